@@ -1,0 +1,50 @@
+"""The registry of checks: every module in ntkcheck.checks that defines ``SPEC`` is a check.
+
+A check module holds a docstring stating its claim (paper, equation), a frozen
+``Config`` dataclass (defaults = full mode; ``Config.quick()`` = the reduced
+sweep), and ``run(config, store) -> Result``. Discovery imports modules but
+runs nothing.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from typing import Callable
+
+from ntkcheck.errors import UserError
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    name: str
+    summary: str
+    config_cls: type
+    run: Callable  # (config, CheckStore) -> Result
+    order: int = 100
+    #: config fields that are sweep axes: changing them keeps finished points
+    axes: tuple[str, ...] = ("widths", "seeds")
+
+    def default_config(self, quick: bool = False):
+        return self.config_cls.quick() if quick else self.config_cls()
+
+
+def all_checks() -> dict[str, CheckSpec]:
+    import ntkcheck.checks as pkg
+
+    specs: dict[str, CheckSpec] = {}
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        if mod.name.startswith("_") or mod.name in ("registry", "sweep", "fit", "plots", "runner"):
+            continue
+        module = importlib.import_module(f"ntkcheck.checks.{mod.name}")
+        spec = getattr(module, "SPEC", None)
+        if isinstance(spec, CheckSpec):
+            specs[spec.name] = spec
+    return dict(sorted(specs.items(), key=lambda kv: (kv[1].order, kv[0])))
+
+
+def get(name: str) -> CheckSpec:
+    specs = all_checks()
+    if name not in specs:
+        raise UserError(f"unknown check {name!r}; known checks: {', '.join(specs)}")
+    return specs[name]

@@ -1,0 +1,1 @@
+"""The empirical-kernel engine (see design.md): empirical_kernel and friends."""

@@ -1,0 +1,1 @@
+"""Pretrained language models through Hugging Face transformers: adapters, data, LM measurements."""
