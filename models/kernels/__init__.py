@@ -1,1 +1,13 @@
-"""The empirical-kernel engine (see design.md): empirical_kernel and friends."""
+"""The empirical-kernel engine (see design.md): empirical_kernel and friends.
+
+    K[i, a, j, b] = sum_M eta_M < phi1(grad_M f_a(x1_i)), phi2(grad_M f_b(x2_j)) >   [N1, C, N2, C]
+"""
+from ntkcheck.models.kernels.api import empirical_kernel, gradient_scales
+from ntkcheck.models.kernels.common import (SUBSETS, KernelKind, KernelMethod, biases_only, eps_sign, flatten,
+                                            lora_only, no_embeddings, no_head, output_block, trace_outputs,
+                                            unflatten)
+from ntkcheck.models.kernels.linearize import kernel_distance, linearize
+
+__all__ = ["empirical_kernel", "gradient_scales", "KernelKind", "KernelMethod", "SUBSETS", "biases_only",
+           "lora_only", "no_embeddings", "no_head", "eps_sign", "flatten", "unflatten", "trace_outputs",
+           "output_block", "linearize", "kernel_distance"]

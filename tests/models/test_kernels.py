@@ -1,0 +1,199 @@
+"""Kernel engine vs a naive per-example autograd loop, in float64 ([KV] Def. 3.4, 4.2, 4.4, C.2g)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ntkcheck.models import MLP, NTK, SP, MLPConfig, Transformer, TransformerConfig, functional
+from ntkcheck.models.kernels import (empirical_kernel, eps_sign, flatten, kernel_distance, linearize, trace_outputs,
+                                     unflatten)
+
+DT = torch.float64
+
+
+def naive_kernel(f, params, x1, x2=None, kind="sgd", names=None, weights=None, eps=None):
+    """K[i,a,j,b] = sum_M eta_M <phi1(grad_M f_a(x1_i)), phi2(grad_M f_b(x2_j))> by one autograd call per (i, a)."""
+    x2 = x1 if x2 is None else x2
+    names = list(params) if names is None else names
+    eps = eps or {}
+
+    def grads(x):
+        out = []
+        for i in range(x.shape[0]):
+            p = {k: v.detach().clone().requires_grad_(k in names) for k, v in params.items()}
+            y = f(p, x[i:i + 1])
+            y = y.reshape(1, -1)[0]
+            rows = []
+            for a in range(y.shape[0]):
+                g = torch.autograd.grad(y[a], [p[n] for n in names], retain_graph=True, allow_unused=True)
+                rows.append({n: (torch.zeros_like(p[n]) if gi is None else gi).reshape(-1)
+                             for n, gi in zip(names, g)})
+            out.append(rows)
+        return out
+
+    g1, g2 = grads(x1), grads(x2)
+    n1, n2, c = len(g1), len(g2), len(g1[0])
+    K = torch.zeros(n1, c, n2, c, dtype=DT)
+    sgn = lambda n, g: eps_sign(g, eps.get(n, 0.0))
+    for i in range(n1):
+        for a in range(c):
+            for j in range(n2):
+                for b in range(c):
+                    s = 0.0
+                    for n in names:
+                        u, v = g1[i][a][n], g2[j][b][n]
+                        if kind == "signgd":
+                            u, v = sgn(n, u), sgn(n, v)
+                        elif kind == "asym_signgd":
+                            v = sgn(n, v)
+                        s = s + (1.0 if weights is None else weights[n]) * torch.dot(u, v)
+                    K[i, a, j, b] = s
+    return K
+
+
+def rel_err(a, b):
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    g = torch.Generator().manual_seed(0)
+    model = MLP(MLPConfig(d_in=5, d_out=3, depth=2, bias=True), width=12, param=NTK, generator=g, dtype=DT)
+    f, params = functional(model.eval())
+    xg = torch.Generator().manual_seed(1)
+    x1 = torch.randn(5, 5, generator=xg, dtype=DT)
+    x2 = torch.randn(4, 5, generator=xg, dtype=DT)
+    return model, f, params, x1, x2
+
+
+@pytest.fixture(scope="module")
+def attn():
+    g = torch.Generator().manual_seed(2)
+    cfg = TransformerConfig(d_in=4, d_out=2, depth=1, n_heads=2, mlp=True)
+    model = Transformer(cfg, width=8, param=SP, generator=g, dtype=DT)
+    f, params = functional(model.eval())
+    xg = torch.Generator().manual_seed(3)
+    x1 = torch.randn(4, 3, 4, generator=xg, dtype=DT)
+    x2 = torch.randn(3, 3, 4, generator=xg, dtype=DT)
+    return model, f, params, x1, x2
+
+
+KINDS = ["sgd", "signgd", "asym_signgd"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("which", ["mlp", "attn"])
+def test_jacobian_matches_naive(kind, which, request):
+    model, f, params, x1, x2 = request.getfixturevalue(which)
+    K = empirical_kernel(f, params, x1, x2, kind=kind, method="jacobian")
+    R = naive_kernel(f, params, x1, x2, kind=kind)
+    assert K.shape == R.shape == (x1.shape[0], R.shape[1], x2.shape[0], R.shape[1])
+    assert K.dtype == DT
+    assert rel_err(K, R) < 1e-10
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_jacobian_streaming_chunks_match(kind, mlp):
+    """A tiny budget forces one-tensor groups and one-example chunks; the result is the same."""
+    _, f, params, x1, x2 = mlp
+    big = empirical_kernel(f, params, x1, kind=kind, method="jacobian")
+    small = empirical_kernel(f, params, x1, kind=kind, method="jacobian", memory_budget=4 * 3 * 8 * 12 * 12 * 2)
+    assert rel_err(small, big) < 1e-12
+    R = naive_kernel(f, params, x1, kind=kind)
+    assert rel_err(small, R) < 1e-10
+
+
+def test_subset_weights_eps(mlp):
+    model, f, params, x1, x2 = mlp
+    lrs = model.learning_rates("sgd", base_lr=0.3)
+    names = [n for n in params if n.endswith("bias")]
+    K = empirical_kernel(f, params, x1, x2, select="biases", weights=lrs)
+    R = naive_kernel(f, params, x1, x2, names=names, weights=lrs)
+    assert rel_err(K, R) < 1e-10
+    eps = {n: 0.01 * (k + 1) for k, n in enumerate(params)}
+    for kind in ("signgd", "asym_signgd"):
+        K = empirical_kernel(f, params, x1, x2, kind=kind, eps=eps, weights=lrs)
+        R = naive_kernel(f, params, x1, x2, kind=kind, eps=eps, weights=lrs)
+        assert rel_err(K, R) < 1e-10
+
+
+def test_decompose_sums_to_total(attn):
+    _, f, params, x1, x2 = attn
+    K = empirical_kernel(f, params, x1, x2, kind="asym_signgd")
+    for how in ("tensor", "module"):
+        parts = empirical_kernel(f, params, x1, x2, kind="asym_signgd", decompose=how)
+        assert rel_err(sum(parts.values()), K) < 1e-12
+    parts = empirical_kernel(f, params, x1, x2, decompose="tensor")
+    assert set(parts) == set(params)
+
+
+def test_flatten_trace(mlp):
+    _, f, params, x1, _ = mlp
+    K = empirical_kernel(f, params, x1)
+    F = flatten(K)
+    assert F.shape == (x1.shape[0] * 3, x1.shape[0] * 3)
+    assert F[1 * 3 + 2, 4 * 3 + 0] == K[1, 2, 4, 0]
+    assert torch.equal(unflatten(F, 3), K)
+    T = trace_outputs(K)
+    assert torch.allclose(T, sum(K[:, a, :, a] for a in range(3)))
+
+
+def test_bad_arguments(mlp):
+    _, f, params, x1, _ = mlp
+    with pytest.raises(ValueError, match="bogus"):
+        empirical_kernel(f, params, x1, kind="bogus")
+    with pytest.raises(ValueError, match="nope"):
+        empirical_kernel(f, params, x1, method="nope")
+    with pytest.raises(ValueError, match="weights"):
+        empirical_kernel(f, params, x1, weights={"layers.0.weight": 1.0})
+    with pytest.raises(ValueError, match="xyz"):
+        empirical_kernel(f, params, x1, select="xyz")
+    with pytest.raises(ValueError, match="memory_budget"):
+        empirical_kernel(f, params, x1, memory_budget=16)
+    with pytest.raises(ValueError, match="-1"):
+        empirical_kernel(f, params, x1, kind="signgd", eps=-1.0)
+
+
+def test_dtype_cast(mlp):
+    _, f, params, x1, _ = mlp
+    K32 = empirical_kernel(f, params, x1, dtype=torch.float32)
+    K64 = empirical_kernel(f, params, x1)
+    assert K32.dtype == torch.float32
+    assert rel_err(K32.double(), K64) < 1e-5
+
+
+def test_linearize(mlp):
+    _, f, params, x1, _ = mlp
+    f_lin = linearize(f, params)
+    assert torch.allclose(f_lin(params, x1), f(params, x1))
+    g = torch.Generator().manual_seed(5)
+    d = {k: 1e-4 * torch.randn(v.shape, generator=g, dtype=DT) for k, v in params.items()}
+    p1 = {k: v + d[k] for k, v in params.items()}
+    # f_lin is exactly affine in params; f agrees to second order
+    p2 = {k: v + 2 * d[k] for k, v in params.items()}
+    lin_step = f_lin(p1, x1) - f_lin(params, x1)
+    assert torch.allclose(f_lin(p2, x1) - f_lin(params, x1), 2 * lin_step, rtol=1e-10, atol=1e-14)
+    assert float((f(p1, x1) - f_lin(p1, x1)).abs().max()) < 1e-3 * float(lin_step.abs().max())
+
+
+def test_linearize_kernel_equals_ntk(mlp):
+    """The NTK of f_lin is the NTK of f at params0 at every params."""
+    _, f, params, x1, _ = mlp
+    f_lin = linearize(f, params)
+    p1 = {k: v + 0.1 for k, v in params.items()}
+    K_lin = empirical_kernel(lambda p, x: f_lin({**p}, x), p1, x1)
+    K0 = empirical_kernel(f, params, x1)
+    assert rel_err(K_lin, K0) < 1e-10
+
+
+def test_kernel_distance():
+    K0 = torch.tensor([[1.0, -2.0], [4.0, 0.5]], dtype=DT)
+    K1 = torch.tensor([[1.5, -2.0], [3.0, 1.0]], dtype=DT)
+    assert kernel_distance(K0, K1) == pytest.approx((0.5 + 0 + 0.25 + 1.0) / 4)
+    assert kernel_distance(K0, K0) == 0.0
+    fro = float(torch.linalg.norm(K1 - K0) / torch.linalg.norm(K0))
+    assert kernel_distance(K0, K1, reduction="frobenius") == pytest.approx(fro)
+    with pytest.raises(ValueError, match="zero"):
+        kernel_distance(torch.zeros(2, 2), K1)
+    with pytest.raises(ValueError, match="shapes"):
+        kernel_distance(K0, K1[:1])
