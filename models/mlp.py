@@ -60,6 +60,7 @@ class MLP(WidthModel):
             out.append(h)
         return out
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [B, d_in] -> [B, d_out]."""
-        return self.features(x)[-1]
+    def forward(self, x: torch.Tensor, all_layers: bool = False):
+        """x: [B, d_in] -> f [B, d_out]; with all_layers, the list ``features(x)`` (works under functional_call)."""
+        feats = self.features(x)
+        return feats if all_layers else feats[-1]

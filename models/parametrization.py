@@ -141,7 +141,9 @@ NTK = Parametrization(
     input=RoleScaling(a=0, b=0, c_sgd=0, c_adam=F(1, 2)),
     hidden=RoleScaling(a=F(1, 2), b=0, c_sgd=0, c_adam=1),
     output=RoleScaling(a=F(1, 2), b=0, c_sgd=0, c_adam=F(1, 2)),
-    attn_logit=F(1, 2),
+    # 1/d logits as in [ES] Sec. 3.2: with 1/sqrt(d), sign updates of W^Q move the logits by
+    # Theta(1) at every width (feature learning inside attention), measured in tp_scaling.
+    attn_logit=F(1),
 )
 #: Maximal-update parametrization in the multiplier-free form of [KV] Table 10.
 MUP = Parametrization(

@@ -176,8 +176,25 @@ def empirical_kernel(f: Callable, params: Mapping[str, torch.Tensor], x1: torch.
 
 def _dispatch(method, f, params, x1, x2, c, spec, acc, **kw):
     from ntkcheck.models.kernels.jacobian import jacobian_kernel
+    from ntkcheck.models.kernels.structured import probe, structured_kernel
 
-    if method in (KernelMethod.JACOBIAN, KernelMethod.AUTO):
+    if method is KernelMethod.AUTO:
+        probed = probe(f, params, spec.names, x1, c)
+        frac = sum(params[n].numel() for n in probed[0]) / sum(params[n].numel() for n in spec.names)
+        if frac >= 0.5:
+            structured_kernel(f, params, x1, x2, c, spec, acc, probed=probed)
+        else:
+            jacobian_kernel(f, params, x1, x2, c, spec, acc)
+        return
+    if method is KernelMethod.JACOBIAN:
         jacobian_kernel(f, params, x1, x2, c, spec, acc)
+        return
+    if method is KernelMethod.STRUCTURED:
+        structured_kernel(f, params, x1, x2, c, spec, acc)
+        return
+    if method is KernelMethod.NTK_VP:
+        from ntkcheck.models.kernels.ntk_vp import ntk_vp_kernel
+
+        ntk_vp_kernel(f, params, x1, x2, c, spec, acc)
         return
     raise ValueError(f"method {method.value!r} is not available")

@@ -199,8 +199,34 @@ class Accumulator:
         target = self.out[group_key(name, self.spec.decompose)]
         target[rows, :, cols, :] += block if w == 1.0 else w * block
 
+    def add_unweighted(self, name: str, block: torch.Tensor, rows: slice = slice(None),
+                       cols: slice = slice(None)) -> None:
+        """K[rows, :, cols, :] += block, for a block that already carries its eta_M."""
+        self.out[group_key(name, self.spec.decompose)][rows, :, cols, :] += block
+
     def result(self):
         return self.out["total"] if self.spec.decompose is None else self.out
+
+
+# ---------------------------------------------------------------- cost probes
+def activation_bytes(f: Callable, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> int:
+    """Bytes of all tensors created by one forward pass of f on x (an upper bound on what autograd saves)."""
+    from torch.overrides import TorchFunctionMode
+    from torch.utils._pytree import tree_flatten
+
+    total = [0]
+
+    class _Count(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor) and t.is_floating_point():
+                    total[0] += t.numel() * t.element_size()
+            return out
+
+    with torch.no_grad(), _Count():
+        f(params, x)
+    return max(1, total[0])
 
 
 # ---------------------------------------------------------------- shapes

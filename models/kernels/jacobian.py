@@ -18,7 +18,7 @@ from typing import Callable, Mapping
 import torch
 from torch.func import jacrev, vmap
 
-from ntkcheck.models.kernels.common import Accumulator, Spec, chunks, human_bytes
+from ntkcheck.models.kernels.common import Accumulator, Spec, activation_bytes, chunks, human_bytes
 
 
 def per_example(f: Callable, params: Mapping[str, torch.Tensor], names: list[str]) -> Callable:
@@ -71,9 +71,11 @@ def jacobian_kernel(f: Callable, params: Mapping[str, torch.Tensor], x1: torch.T
     xb = x1 if same else x2
     n1, n2 = x1.shape[0], xb.shape[0]
     isz = spec.itemsize
+    # vmap(jacrev) keeps a forward's activations per example and their cotangents per output
+    act = activation_bytes(f, params, x1[:1]) * (1 + c)
     for group in plan_groups(params, names, c, spec):
         p = sum(params[n].numel() for n in group)
-        b = max(1, spec.budget // (4 * c * p * isz))
+        b = max(1, spec.budget // (4 * (c * p * isz + act)))
         rows_total = (n1 + (0 if same else n2)) * c
         if rows_total * p * isz * 2 <= spec.budget // 2:
             J1 = _cat([jacobian_rows(f, params, group, x1[s]) for s in chunks(n1, b)], group)

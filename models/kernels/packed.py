@@ -1,0 +1,121 @@
+"""PACKED method: sign kernels from signs stored in 1 bit (or int8), contracted exactly.
+
+For u, v in {-1, 0, +1}^P stored as a nonzero mask m and a sign bit s (1 = negative):
+
+    <u, v> = popcount(m_u & m_v) - 2 popcount(m_u & m_v & (s_u ^ s_v))
+
+which is P - 2 Hamming(s_u, s_v) when no entry is zero. With int8 storage the
+same integer is an integer matrix product, accumulated exactly in int64 over
+column blocks of at most 2^23 (exact in float32). asym_signgd keeps the x1
+gradients real-valued and only the x2 side is stored as signs:
+<g, sign h> = g @ sign(h)^T. eps-sign has no exact low-bit form (ValueError).
+
+Signs of a group of tensors for all examples are held (P / 8 bytes per row
+for bits instead of 4 P or 8 P), Jacobians are computed a chunk at a time.
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import torch
+
+from ntkcheck.models.kernels.common import Accumulator, KernelKind, Spec, activation_bytes, chunks
+from ntkcheck.models.kernels.jacobian import jacobian_rows, plan_groups
+
+_POP = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int64)
+_BITS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
+_EXACT_F32 = 2**23
+
+
+def pack_signs(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[R, P] real -> (nonzero mask, negative bit), each [R, ceil(P / 8)] uint8, little-endian within a byte."""
+    r, p = g.shape
+    pad = (-p) % 8
+
+    def pack(bits: torch.Tensor) -> torch.Tensor:
+        bits = torch.nn.functional.pad(bits.to(torch.uint8), (0, pad)).reshape(r, -1, 8)
+        return (bits * _BITS.to(bits.device)).sum(-1, dtype=torch.uint8)
+
+    return pack(g != 0), pack(g < 0)
+
+
+def packed_dot(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor],
+               row_bytes: int = 2**24) -> torch.Tensor:
+    """Exact <sign u_r, sign v_s> for packed rows: [R1, R2] int64 (see the module docstring)."""
+    (ma, sa), (mb, sb) = a, b
+    r1, nb = ma.shape
+    r2 = mb.shape[0]
+    pop = _POP.to(ma.device)
+    out = torch.empty(r1, r2, dtype=torch.int64, device=ma.device)
+    step = max(1, row_bytes // max(1, r2 * nb))
+    for s in chunks(r1, step):
+        both = ma[s, None, :] & mb[None, :, :]
+        differ = both & (sa[s, None, :] ^ sb[None, :, :])
+        out[s] = pop[both.long()].sum(-1) - 2 * pop[differ.long()].sum(-1)
+    return out
+
+
+def int8_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Exact integer product a @ b^T of int8 sign matrices [R1, P], [R2, P] -> int64 [R1, R2]."""
+    out = torch.zeros(a.shape[0], b.shape[0], dtype=torch.int64, device=a.device)
+    for s in chunks(a.shape[1], _EXACT_F32):
+        out += (a[:, s].float() @ b[:, s].float().T).round().long()
+    return out
+
+
+def packed_kernel(f: Callable, params: Mapping[str, torch.Tensor], x1: torch.Tensor, x2: torch.Tensor | None,
+                  c: int, spec: Spec, acc: Accumulator, storage: str = "bits") -> None:
+    """Adds sum_M eta_M <phi1 grad_M f(x1), sign grad_M f(x2)> with packed signs into ``acc``."""
+    if spec.kind is KernelKind.SGD:
+        raise ValueError("method 'packed' computes sign kernels; kind 'sgd' has no signs (use 'jacobian')")
+    if storage not in ("bits", "int8"):
+        raise ValueError(f"sign_storage must be 'bits' or 'int8', got {storage!r}")
+    bad = [n for n in spec.names if spec.eps[n] != 0]
+    if bad:
+        raise ValueError(f"method 'packed' stores exact signs; eps-sign (eps > 0) for {bad} has no packed form")
+    same = x2 is None
+    xb = x1 if same else x2
+    n1, n2 = x1.shape[0], xb.shape[0]
+    act = activation_bytes(f, params, x1[:1]) * (1 + c)
+    asym = spec.kind is KernelKind.ASYM_SIGNGD
+    for group in plan_groups(params, spec.names, c, spec):
+        p = sum(params[n].numel() for n in group)
+        b = max(1, spec.budget // (4 * (c * p * spec.itemsize + act)))
+
+        def store(x, n_rows):
+            held = {n: [] for n in group}
+            for s in chunks(n_rows, b):
+                J = jacobian_rows(f, params, group, x[s])
+                for n in group:
+                    g = J[n].reshape(-1, J[n].shape[-1])
+                    held[n].append(pack_signs(g) if storage == "bits" else torch.sign(g).to(torch.int8))
+                del J
+            if storage == "bits":
+                return {n: (torch.cat([h[0] for h in held[n]]), torch.cat([h[1] for h in held[n]])) for n in group}
+            return {n: torch.cat(held[n]) for n in group}
+
+        S2 = store(xb, n2)
+        if not asym:
+            S1 = S2 if same else store(x1, n1)
+            for n in group:
+                dot = packed_dot(S1[n], S2[n]) if storage == "bits" else int8_dot(S1[n], S2[n])
+                acc.add(n, dot.to(spec.dtype).reshape(n1, c, n2, c))
+            continue
+        for s in chunks(n1, b):
+            J = jacobian_rows(f, params, group, x1[s])
+            for n in group:
+                g = J[n].reshape(-1, J[n].shape[-1])
+                if storage == "bits":
+                    m, neg = S2[n]
+                    sg = _unpack(m, neg, g.shape[-1], g.dtype)
+                else:
+                    sg = S2[n].to(g.dtype)
+                acc.add(n, (g @ sg.T).reshape(s.stop - s.start, c, n2, c), s, slice(None))
+
+
+def _unpack(m: torch.Tensor, neg: torch.Tensor, p: int, dtype: torch.dtype) -> torch.Tensor:
+    """Inverse of pack_signs: [R, ceil(P/8)] x 2 -> [R, P] in {-1, 0, 1}."""
+    bits = _BITS.to(m.device)
+    mm = ((m.unsqueeze(-1) & bits) != 0).reshape(m.shape[0], -1)[:, :p]
+    nn_ = ((neg.unsqueeze(-1) & bits) != 0).reshape(m.shape[0], -1)[:, :p]
+    return mm.to(dtype) * (1 - 2 * nn_.to(dtype))

@@ -1,0 +1,379 @@
+"""STRUCTURED method: Gram blocks from layer inputs and output gradients (Novak et al. 2022; [KV] Lemma D.4).
+
+For z = x W^T (torch.nn.functional.linear; ParamLinear applies its multiplier
+after it, so grad_W f = sum over uses u and tokens t of g_{u,t} a_{u,t}^T with
+g = df/dz and a = x exactly, whatever the multiplier):
+
+    sgd:          K_W[i,a,j,b] = sum_{t,s} <g^a_{i,t}, g^b_{j,s}> <a_{i,t}, a_{j,s}>
+    single token: K_W = <g^a_i, g^b_j> <a_i, a_j>                            (Lemma D.4)
+                  signgd:      <sign g^a_i, sign g^b_j> <sign a_i, sign a_j>
+                  asym_signgd: <g^a_i, sign g^b_j> <a_i, sign a_j>
+    (exact because sign(g a^T) = sign(g) sign(a)^T). For several tokens with a
+    sign kind, or eps-sign, the per-example gradient sum_t g_t a_t^T is formed
+    from the captured factors, chunked under the budget, and contracted exactly.
+
+Vector tensors are captured too and their per-example gradients formed
+directly: a linear's bias (sum_t g_t), a LayerNorm's weight and bias
+(sum_t g_t * xhat_t, sum_t g_t), and a bias added as ``z + m * b`` with a
+scalar m (ParamLinear): m sum_t g_t.
+
+Capture: one forward pass of the batch under a TorchFunctionMode that adds a
+zero tensor delta to the output of every captured op and records its input;
+then C backward passes give g = d f_a / d delta for all layers at once.
+Tensors used any other way (embeddings, tied weights, attention matmuls on
+parameters, inputs without a leading batch axis) fall back to JACOBIAN.
+Examples must be independent (no batch statistics).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
+
+from ntkcheck.models.kernels.common import Accumulator, KernelKind, Spec, chunks
+from ntkcheck.models.kernels.jacobian import jacobian_kernel
+
+_ADD = {torch.add, torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__radd__}
+_MUL = {torch.mul, torch.Tensor.mul, torch.Tensor.__mul__, torch.Tensor.__rmul__}
+
+
+@dataclass
+class Captured:
+    """Factors of one batch: weights[name] = [(a [B, T, n_in], g [B, C, T, n_out])] per use; vectors[name]:
+    the per-example gradient [B, C, |M|]; other: tensors used in ways not covered."""
+
+    weights: dict[str, list] = field(default_factory=dict)
+    vectors: dict[str, torch.Tensor] = field(default_factory=dict)
+    embeddings: dict[str, list] = field(default_factory=dict)
+    other: set = field(default_factory=set)
+
+
+class _Mode(TorchFunctionMode):
+    def __init__(self, ids: dict[int, str], batch: int):
+        super().__init__()
+        self.ids, self.batch = ids, batch
+        self.deltas: list[torch.Tensor] = []
+        self.wrec: list[tuple[str, torch.Tensor, int]] = []      # (name, input, delta index)
+        self.erec: list[tuple[str, torch.Tensor, int | None, int]] = []  # (name, ids, padding_idx, delta index)
+        self.vrec: list[tuple[str, torch.Tensor | None, float, int]] = []  # (name, feature, factor, delta index)
+        self.derived: dict[int, tuple[str, float, torch.Tensor]] = {}
+        self.other: set[str] = set()
+
+    def _delta(self, z: torch.Tensor) -> torch.Tensor:
+        d = torch.zeros_like(z, requires_grad=True)
+        self.deltas.append(d)
+        return z + d
+
+    def _batched(self, t) -> bool:
+        return isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[0] == self.batch
+
+    def _mark_other(self, args, kwargs):
+        for t in tree_flatten((args, kwargs))[0]:
+            if isinstance(t, torch.Tensor):
+                n = self.ids.get(id(t))
+                if n is not None:
+                    self.other.add(n)
+                elif id(t) in self.derived:
+                    self.other.add(self.derived[id(t)][0])
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.linear:
+            x = args[0] if args else kwargs.get("input")
+            w = args[1] if len(args) > 1 else kwargs.get("weight")
+            b = args[2] if len(args) > 2 else kwargs.get("bias")
+            wn, bn = self.ids.get(id(w)), (self.ids.get(id(b)) if b is not None else None)
+            if (wn or bn) and self._batched(x) and self.ids.get(id(x)) is None:
+                z = self._delta(func(*args, **kwargs))
+                k = len(self.deltas) - 1
+                if wn:
+                    self.wrec.append((wn, x.detach(), k))
+                if bn:
+                    self.vrec.append((bn, None, 1.0, k))
+                return z
+        elif func is F.embedding:
+            ids = args[0] if args else kwargs.get("input")
+            w = args[1] if len(args) > 1 else kwargs.get("weight")
+            wn = self.ids.get(id(w))
+            pad = args[2] if len(args) > 2 else kwargs.get("padding_idx")
+            plain = (len(args) <= 3 and kwargs.get("max_norm") is None and not kwargs.get("scale_grad_by_freq", False)
+                     and not kwargs.get("sparse", False))
+            if wn and plain and isinstance(ids, torch.Tensor) and ids.dim() >= 1 and self.ids.get(id(ids)) is None:
+                if ids.shape[0] == 1 and self.batch > 1:
+                    ids = ids.expand(self.batch, *ids.shape[1:])  # shared ids (positions): one row per example
+                if ids.shape[0] == self.batch:
+                    z = self._delta(F.embedding(ids, w, pad))
+                    if pad is not None and pad < 0:
+                        pad = w.shape[0] + pad
+                    self.erec.append((wn, ids.reshape(self.batch, -1), pad, len(self.deltas) - 1))
+                    return z
+        elif func is F.layer_norm:
+            x, shape = args[0], args[1]
+            w = args[2] if len(args) > 2 else kwargs.get("weight")
+            b = args[3] if len(args) > 3 else kwargs.get("bias")
+            eps = args[4] if len(args) > 4 else kwargs.get("eps", 1e-5)
+            wn = self.ids.get(id(w)) if w is not None else None
+            bn = self.ids.get(id(b)) if b is not None else None
+            if (wn or bn) and self._batched(x) and len(tuple(shape)) == 1:
+                xhat = F.layer_norm(x, shape, None, None, eps)
+                y = xhat * w if w is not None else xhat
+                y = self._delta(y + b if b is not None else y)
+                k = len(self.deltas) - 1
+                if wn:
+                    self.vrec.append((wn, xhat.detach(), 1.0, k))
+                if bn:
+                    self.vrec.append((bn, None, 1.0, k))
+                return y
+        elif func in _MUL and len(args) == 2 and not kwargs:
+            t, s = (args[0], args[1]) if isinstance(args[0], torch.Tensor) else (args[1], args[0])
+            n = self.ids.get(id(t)) if isinstance(t, torch.Tensor) else None
+            if n is not None and isinstance(s, (int, float)):
+                out = func(*args)
+                self.derived[id(out)] = (n, float(s), out)
+                return out
+        elif func in _ADD and len(args) == 2 and not kwargs:
+            src = None
+            for i in (0, 1):
+                t, o = args[i], args[1 - i]
+                if not isinstance(t, torch.Tensor) or not isinstance(o, torch.Tensor):
+                    continue
+                if id(t) in self.derived:
+                    src = (self.derived[id(t)][0], self.derived[id(t)][1], t, o)
+                elif self.ids.get(id(t)) is not None:
+                    src = (self.ids[id(t)], 1.0, t, o)
+                if src is not None:
+                    break
+            if src is not None:
+                n, m, t, o = src
+                if (self._batched(o) and self.ids.get(id(o)) is None and id(o) not in self.derived
+                        and t.dim() == 1 and o.shape[-1] == t.shape[0]):
+                    y = self._delta(func(*args))
+                    self.vrec.append((n, None, m, len(self.deltas) - 1))
+                    return y
+        self._mark_other(args, kwargs)
+        return func(*args, **kwargs)
+
+
+def capture(f: Callable, params: Mapping[str, torch.Tensor], names: list[str], x: torch.Tensor,
+            c: int) -> Captured:
+    """One forward and C backward passes of the batch x; the factors of every captured use of ``names``."""
+    ids = {id(params[n]): n for n in names}
+    mode = _Mode(ids, x.shape[0])
+    with torch.enable_grad():
+        with mode:
+            out = f(params, x)
+        out = out.reshape(out.shape[0], -1)
+        grads = [[] for _ in mode.deltas]
+        for a in range(c):
+            if mode.deltas:
+                gs = torch.autograd.grad(out[:, a].sum(), mode.deltas, retain_graph=a < c - 1, allow_unused=True)
+            else:
+                gs = []
+            for k, g in enumerate(gs):
+                grads[k].append(torch.zeros_like(mode.deltas[k]) if g is None else g.detach())
+    cap = Captured(other=set(mode.other))
+    B = x.shape[0]
+    for n, a, k in mode.wrec:
+        g = torch.stack(grads[k], dim=1)  # [B, C, ..., n_out]
+        cap.weights.setdefault(n, []).append((a.reshape(B, -1, a.shape[-1]), g.reshape(B, c, -1, g.shape[-1])))
+    for n, ids, pad, k in mode.erec:
+        g = torch.stack(grads[k], dim=1)
+        cap.embeddings.setdefault(n, []).append((ids, pad, g.reshape(B, c, -1, g.shape[-1])))
+    for n, feat, m, k in mode.vrec:
+        g = torch.stack(grads[k], dim=1)
+        if feat is not None:
+            g = g * feat.unsqueeze(1)
+        v = m * g.reshape(B, c, -1, g.shape[-1]).sum(2)
+        cap.vectors[n] = cap.vectors[n] + v if n in cap.vectors else v
+    for n in list(cap.vectors):
+        if n in cap.weights or cap.vectors[n].shape[-1] != params[n].numel():
+            cap.other.add(n)
+    for n in cap.embeddings:
+        if n in cap.weights or n in cap.vectors:
+            cap.other.add(n)
+    return cap
+
+
+def covered(cap: Captured, params: Mapping[str, torch.Tensor], names: list[str]) -> list[str]:
+    """Names whose gradient the capture reproduces exactly: captured, never used otherwise, shapes consistent."""
+    out = []
+    for n in names:
+        if n in cap.other:
+            continue
+        if n in cap.embeddings:
+            if n not in cap.weights and n not in cap.vectors and params[n].dim() == 2:
+                out.append(n)
+        elif n in cap.vectors and n not in cap.weights:
+            out.append(n)
+        elif n in cap.weights and n not in cap.vectors:
+            shp = params[n].shape
+            if len(shp) == 2 and all(a.shape[-1] == shp[1] and g.shape[-1] == shp[0] for a, g in cap.weights[n]):
+                out.append(n)
+    return out
+
+
+def _factors(cap: Captured, n: str):
+    uses = cap.weights[n]
+    a = torch.cat([u[0] for u in uses], dim=1) if len(uses) > 1 else uses[0][0]
+    g = torch.cat([u[1] for u in uses], dim=2) if len(uses) > 1 else uses[0][1]
+    return a, g  # [B, T, n_in], [B, C, T, n_out]
+
+
+def _weight_block(spec: Spec, n: str, f1, f2) -> torch.Tensor:
+    """K_W block [b1, C, b2, C] from the factors of both sides."""
+    (a1, g1), (a2, g2) = f1, f2
+    b1, c, t1, n_out = g1.shape
+    b2, _, t2, _ = g2.shape
+    n_in = a1.shape[-1]
+    kind, eps = spec.kind, spec.eps[n]
+    isz = spec.itemsize
+    if t1 == 1 and t2 == 1 and (kind is KernelKind.SGD or eps == 0):
+        G1, A1, G2, A2 = g1[:, :, 0], a1[:, 0], g2[:, :, 0], a2[:, 0]
+        if kind is KernelKind.SIGNGD:
+            G1, A1 = torch.sign(G1), torch.sign(A1)
+        if kind is not KernelKind.SGD:
+            G2, A2 = torch.sign(G2), torch.sign(A2)
+        GG = (G1.reshape(b1 * c, n_out) @ G2.reshape(b2 * c, n_out).T).reshape(b1, c, b2, c)
+        return GG * (A1 @ A2.T)[:, None, :, None]
+    gram_flops = b1 * t1 * b2 * t2 * (c * c * n_out + n_in + c * c)
+    mat_flops = (b1 + b2) * c * t1 * n_out * n_in + b1 * b2 * c * c * n_out * n_in
+    out = torch.empty(b1, c, b2, c, dtype=spec.dtype, device=spec.device)
+    if kind is KernelKind.SGD and gram_flops <= mat_flops:
+        rows = max(1, (spec.budget // 4) // max(1, c * t1 * b2 * c * t2 * isz))
+        for s in chunks(b1, rows):
+            GG = (g1[s].reshape(-1, n_out) @ g2.reshape(-1, n_out).T).reshape(-1, c, t1, b2, c, t2)
+            AA = (a1[s].reshape(-1, n_in) @ a2.reshape(-1, n_in).T).reshape(-1, t1, b2, t2)
+            out[s] = torch.einsum("icsjdt,isjt->icjd", GG, AA)
+        return out
+    # per-example gradients from the factors, sum_t g_t a_t^T, a few examples at a time
+    per = max(1, (spec.budget // 8) // max(1, c * n_out * n_in * isz))
+    for s in chunks(b1, per):
+        P1 = spec.phi1(n, torch.einsum("icto,itm->icom", g1[s], a1[s])).reshape(-1, n_out * n_in)
+        for r in chunks(b2, per):
+            P2 = spec.phi2(n, torch.einsum("icto,itm->icom", g2[r], a2[r])).reshape(-1, n_out * n_in)
+            out[s, :, r, :] = (P1 @ P2.T).reshape(s.stop - s.start, c, r.stop - r.start, c)
+    return out
+
+
+def _embedding_rows(cap: Captured, n: str):
+    """(ids [B, T], R [B, C, T, d]): the nonzero rows of each example's gradient of an embedding table.
+
+    grad_E f_a(x_i) has row v = sum_{t: id_t = v, v != padding} g^a_t; R holds that row at the first
+    token t carrying v and 0 at the others, so every nonzero row appears exactly once.
+    """
+    uses = cap.embeddings[n]
+    ids = torch.cat([u[0] for u in uses], dim=1)
+    g = torch.cat([u[2] for u in uses], dim=2)
+    pads = {u[1] for u in uses}
+    if len(pads) > 1:
+        raise ValueError(f"embedding {n!r} is used with different padding_idx {pads}")
+    pad = pads.pop()
+    same = ids[:, :, None] == ids[:, None, :]  # [B, T, T]
+    earlier = torch.tril(same, diagonal=-1).any(-1)
+    keep = ~earlier
+    if pad is not None:
+        keep = keep & (ids != pad)
+        g = g * (ids != pad)[:, None, :, None].to(g.dtype)
+    R = torch.einsum("bts,bcsd->bctd", same.to(g.dtype), g) * keep[:, None, :, None].to(g.dtype)
+    return ids, R
+
+
+def _embedding_block(spec: Spec, n: str, e1, e2) -> torch.Tensor:
+    """K_E[i,a,j,b] = sum_{t,s} [id_{i,t} = id_{j,s}] <phi1(R^a_{i,t}), phi2(R^b_{j,s})>."""
+    (u1, r1), (u2, r2) = e1, e2
+    b1, c, t1, d = r1.shape
+    b2, _, t2, _ = r2.shape
+    P1 = spec.phi1(n, r1).reshape(-1, d)
+    P2 = spec.phi2(n, r2).reshape(-1, d)
+    out = torch.empty(b1, c, b2, c, dtype=spec.dtype, device=spec.device)
+    rows = max(1, (spec.budget // 4) // max(1, c * t1 * b2 * c * t2 * spec.itemsize))
+    for s in chunks(b1, rows):
+        GG = (P1.reshape(b1, c, t1, d)[s].reshape(-1, d) @ P2.T).reshape(-1, c, t1, b2, c, t2)
+        EQ = (u1[s][:, :, None, None] == u2[None, None, :, :]).to(GG.dtype)  # [b, t1, b2, t2]
+        out[s] = torch.einsum("icsjdt,isjt->icjd", GG, EQ)
+    return out
+
+
+def _vector_block(spec: Spec, n: str, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+    b1, c, p = v1.shape
+    A = spec.phi1(n, v1).reshape(b1 * c, p)
+    B = spec.phi2(n, v2).reshape(-1, p)
+    return (A @ B.T).reshape(b1, c, v2.shape[0], c)
+
+
+def probe(f: Callable, params: Mapping[str, torch.Tensor], names: list[str], x: torch.Tensor,
+          c: int) -> tuple[list[str], int]:
+    """(the selected tensors STRUCTURED covers, factor bytes per example), from the first two examples."""
+    xs = x[: min(2, x.shape[0])]
+    cap = capture(f, params, names, xs, c)
+    cover = covered(cap, params, names)
+    return cover, max(1, _capture_bytes(cap, cover) // xs.shape[0])
+
+
+def _capture_bytes(cap: Captured, names: list[str]) -> int:
+    tot = 0
+    for n in names:
+        if n in cap.weights:
+            tot += sum(a.numel() * a.element_size() + g.numel() * g.element_size() for a, g in cap.weights[n])
+        elif n in cap.embeddings:
+            tot += sum(i.numel() * i.element_size() + 2 * g.numel() * g.element_size() for i, _, g in cap.embeddings[n])
+        else:
+            tot += cap.vectors[n].numel() * cap.vectors[n].element_size()
+    return tot
+
+
+def structured_kernel(f: Callable, params: Mapping[str, torch.Tensor], x1: torch.Tensor, x2: torch.Tensor | None,
+                      c: int, spec: Spec, acc: Accumulator, probed: tuple[list[str], int] | None = None) -> list[str]:
+    """Adds the kernel of the covered tensors into ``acc``, the rest by JACOBIAN; returns the covered names."""
+    names = spec.names
+    cover, per_ex = probe(f, params, names, x1, c) if probed is None else probed
+    rest = [n for n in names if n not in set(cover)]
+    if cover:
+        _structured_part(f, params, x1, x2, c, spec, acc, cover, per_ex)
+    if rest:
+        jacobian_kernel(f, params, x1, x2, c, spec, acc, names=rest)
+    return cover
+
+
+def _structured_part(f, params, x1, x2, c, spec, acc, cover, per_ex):
+    same = x2 is None
+    xb = x1 if same else x2
+    n1, n2 = x1.shape[0], xb.shape[0]
+    # a quarter of the budget for the factors of one chunk of examples
+    b = max(1, (spec.budget // 4) // per_ex)
+
+    def cap(x):
+        k = capture(f, params, cover, x, c)
+        lost = [n for n in cover if n not in covered(k, params, [n])]
+        if lost:
+            raise ValueError(f"tensors {lost} were captured on a probe batch but not on a batch of {x.shape[0]}; "
+                             "use method='jacobian'")
+        return {n: (("w", _factors(k, n)) if n in k.weights else ("e", _embedding_rows(k, n)) if n in k.embeddings
+                    else ("v", k.vectors[n])) for n in cover}
+
+    def block(n, u, v):
+        if u[0] == "w":
+            return _weight_block(spec, n, u[1], v[1])
+        if u[0] == "e":
+            return _embedding_block(spec, n, u[1], v[1])
+        return _vector_block(spec, n, u[1], v[1])
+
+    sl1, sl2 = chunks(n1, b), chunks(n2, b)
+    hold2 = None
+    if not same and len(sl2) > 1 and n2 * per_ex <= spec.budget // 4:
+        hold2 = [cap(xb[s]) for s in sl2]
+    for bi, si in enumerate(sl1):
+        c1 = cap(x1[si])
+        for bj, sj in enumerate(sl2):
+            if same and spec.kind.symmetric and bj < bi:
+                continue
+            c2 = c1 if (same and bi == bj) else (hold2[bj] if hold2 is not None else cap(xb[sj]))
+            for n in cover:
+                blk = block(n, c1[n], c2[n])
+                acc.add(n, blk, si, sj)
+                if same and spec.kind.symmetric and bj > bi:
+                    acc.add(n, blk.permute(2, 3, 0, 1), sj, si)
