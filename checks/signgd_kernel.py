@@ -1,0 +1,318 @@
+"""signgd_kernel: the asymmetric SignGD kernel is the kernel analog of SignGD ([KV] Thm 4.3 / Thm C.4).
+
+Claim ([KV] Def. 4.1, 4.2, Thm 4.3, Thm C.4 with Assumption C.2 g-h): when a
+network trained by SignGD is in the kernel regime, each step changes the output
+on any input x by
+
+    f_t(x) - f_{t-1}(x) ~= - sum_M eta_M sign(chi_t) <grad_M f_0(x), sign(grad_M f_0(x_t))>
+                        =  - sign(chi_t) K^(A-SignGD)_eta(x, x_t),                 (Thm 4.3)
+
+and SGD by  -eta chi_t K^(SGD)(x, x_t)  ([KV] Def. 3.4), with the kernels taken at
+theta_0 and chi_t = f_{t-1}(x_t) - y_t the output derivative (Def. 3.1). The
+theorem is an n -> infinity limit with no rate, so the claim is that the relative
+prediction error falls with width at a slope clearly below 0; the measured slope
+is reported (finite-width theory and checks.md observe about -1).
+
+Setup (docs/checks.md, the setup known to give clean slopes): NTK
+parametrization, 2 hidden tanh layers, SignGD rates on the raw weights
+c/sqrt(n) (input), c/n (hidden), c/sqrt(n) (output) -- the NTK preset's c_adam
+exponents, [KV] Table 10 / Assumption C.2h -- which keep each step's output change
+Theta(1) at every width (also claimed: its slope is 0). SGD runs use the NTK
+preset's width-independent SGD rate. Steps draw batches of size 1 (the theorem)
+and small batches (B > 1); for a batch the analog is the update direction taken
+at theta_0, -eta_M sign(sum_b chi_b grad_M f_0(x_b)), which reduces to
+Thm 4.3 at B = 1. eps-sign ([KV] Assumption C.2g) uses eps_M proportional to the
+rms entry of grad_M f_0 over the training pool, so eps-sign is neither 0 nor sign.
+
+Measured per run: the per-step relative error
+sqrt(sum_t ||df_t - pred_t||^2 / sum_t ||df_t||^2) on held-out inputs, the
+whole-trajectory error ||(f_T - f_0) - sum_t pred_t|| / ||f_T - f_0||, and rms df.
+
+Controls (must hold): (1) the SGD kernel with its best scalar rescaling predicts
+SignGD steps with an error that does not fall with n (SignGD is not a rescaled
+SGD); (2) a muP run with [KV] Table 10's SignGD rates (feature learning, r = 0)
+keeps a non-vanishing error. Also reported: how closely early full-batch Adam
+with a small learning rate tracks SignGD ([KV] Sec. 4).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ntkcheck.checks import _training as T
+from ntkcheck.checks.fit import fit_rows
+from ntkcheck.checks.plots import loglog_panels
+from ntkcheck.checks.registry import CheckSpec
+from ntkcheck.checks.sweep import grid, sweep
+from ntkcheck.models import parametrization as P
+from ntkcheck.models.kernels import empirical_kernel
+from ntkcheck.models.optim import Adam
+from ntkcheck.result import Claim, Result
+
+#: (name, parametrization, update rule, batch size); the lr scale comes from Config
+VARIANTS = (
+    ("signgd_b1", "NTK", "sign", 1),
+    ("signgd_bs", "NTK", "sign", None),
+    ("epssign_b1", "NTK", "eps_sign", 1),
+    ("sgd_b1", "NTK", "sgd", 1),
+    ("sgd_bs", "NTK", "sgd", None),
+    ("mup_signgd_b1", "MUP", "sign", 1),
+)
+#: the variants whose kernel prediction error must fall with width
+KERNEL_VARIANTS = ("signgd_b1", "signgd_bs", "epssign_b1", "sgd_b1", "sgd_bs")
+
+
+@dataclass(frozen=True)
+class Config:
+    widths: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096)
+    seeds: int = 6
+    d_in: int = 8
+    depth: int = 2
+    activation: str = "tanh"
+    n_pool: int = 16          # training examples the steps draw from
+    n_test: int = 16          # held-out inputs where df is predicted
+    steps: int = 8
+    batch: int = 4            # the "small batch" size
+    #: SignGD base rate c: rates c/sqrt(n), c/n, c/sqrt(n) give rms df ~ 0.3 per step at every width
+    lr_signgd: float = 0.5
+    #: SGD rate of the NTK parametrization (width-independent, c_sgd = 0): rms df ~ 0.1 per step
+    lr_sgd: float = 0.5
+    #: muP control with Table 10 SignGD rates (c, c/n, c/n): 0.3 moves features by Theta(1)
+    lr_mup: float = 0.3
+    #: eps_M = eps_rel * rms entry of grad_M f_0 over the pool ([KV] Assumption C.2g: eps matches the scale)
+    eps_rel: float = 0.1
+    #: Adam vs SignGD: full-batch steps with the SignGD rates times this (the "small lr" of early Adam)
+    adam_lr_factor: float = 0.2
+    adam_steps: int = 8
+    #: "clearly below 0": with >= 3 seeds the bootstrap CI half-width of these slopes is ~0.1-0.15,
+    #: and checks.md observes ~-1, so a slope must beat -0.3 to count as a decay
+    decay_margin: float = 0.3
+    #: Theta(1) step size: df's slope must be 0 within 0.15 (neighbouring widths scatter by ~0.1)
+    flat_tol: float = 0.15
+    #: a control "does not vanish": its slope stays above -0.2 (a true decay here is ~-1) ...
+    control_slope_tol: float = 0.2
+    #: ... and its error at the largest width stays above this level (the kernel variants reach ~0.01)
+    control_floor: float = 0.05
+    #: early Adam tracks SignGD: relative trajectory difference at the largest width below this
+    #: (Adam's moments average the sign over a few steps; at lr factor 0.2 the gap is ~0.05-0.1)
+    adam_tol: float = 0.25
+    #: torch intra-op threads while this check runs: its matmuls (batches of 1-16 rows) are too small
+    #: for thread parallelism to pay, and on a shared 2-core machine OMP spinning made runs 10x slower
+    threads: int = 1
+
+    def __post_init__(self):
+        if any(w < 2 for w in self.widths) or len(self.widths) < 2:
+            raise ValueError(f"widths must be >= 2 integers, at least two of them, got {self.widths}")
+        if self.seeds < 2:
+            raise ValueError(f"signgd_kernel needs seeds >= 2 for a bootstrap CI, got {self.seeds}")
+        if self.steps < 1 or self.batch < 1 or self.batch > self.n_pool:
+            raise ValueError("need steps >= 1 and 1 <= batch <= n_pool")
+
+    @classmethod
+    def quick(cls) -> "Config":
+        return cls(widths=(64, 128, 256, 512, 1024), seeds=4)
+
+
+def _pool(config: Config, seed: int):
+    """Width-independent data of one seed: pool inputs/targets, test inputs, the batch schedule."""
+    g = T.gen(10_000 + seed)
+    teacher = T.Teacher.draw(config.d_in, g)
+    xp = T.sphere_inputs(config.n_pool, config.d_in, g)
+    xt = T.sphere_inputs(config.n_test, config.d_in, g)
+    return xp, teacher(xp), xt
+
+
+def eps_per_tensor(f, params0, x_pool, eps_rel: float) -> dict[str, float]:
+    """eps_M = eps_rel * rms_entries(grad_M f_0) averaged over the pool (the scale of grad_M f, Assumption C.2g)."""
+    n = x_pool.shape[0]
+    out = {}
+    for k in params0:
+        acc = 0.0
+        for i in range(n):
+            g = T.pullback(f, params0, x_pool[i:i + 1], torch.ones(1, 1, dtype=T.DTYPE))[k]
+            acc += float(g.pow(2).mean())
+        out[k] = eps_rel * (acc / n) ** 0.5
+    return out
+
+
+def predicted_step(f, params0, lrs, rule, x_batch, chi, x_eval, eps=None) -> torch.Tensor:
+    """The kernel analog's df on x_eval: <grad f_0(x_eval), -eta_M rule(grad_M L_t(theta_0))>, [N_eval, C].
+
+    grad_M L_t(theta_0) = (1/B) sum_b chi_b grad_M f_0(x_b) (chi from the live network). For B = 1 and
+    rule 'sign' this is -sign(chi_t) K^(A-SignGD)_eta(x_eval, x_t) ([KV] Thm 4.3); for 'sgd' it is
+    -(eta chi_t) K^(SGD)(x_eval, x_t) ([KV] Def. 3.4).
+    """
+    g0 = T.pullback(f, params0, x_batch, chi / x_batch.shape[0])
+    return T.pushforward(f, params0, T.direction(g0, lrs, rule, eps), x_eval)
+
+
+def kernel_predictor(K: torch.Tensor, rule: str, B: int):
+    """Step prediction from a kernel K[N_eval, 1, N_pool, 1] computed once at theta_0 by the engine.
+
+    'sign' (B = 1 only): df = -sign(chi_t) K^(A-SignGD)_eta(x, x_t)  ([KV] Thm 4.3);
+    'sgd': df = -(1/B) sum_b chi_b K^(SGD)_eta(x, x_b)  ([KV] Def. 3.3-3.4; eta inside K's weights).
+    """
+    if rule == "sign" and B != 1:
+        raise ValueError("the A-SignGD kernel predicts batch-size-1 steps; use the matrix-free analog for B > 1")
+    K2 = K[:, 0, :, 0]
+
+    def predict(idx: torch.Tensor, chi: torch.Tensor) -> torch.Tensor:
+        c = chi[:, 0]
+        if rule == "sign":
+            return (-torch.sign(c) * K2[:, idx]).sum(dim=1, keepdim=True)
+        return -(K2[:, idx] * c).sum(dim=1, keepdim=True) / idx.numel()
+
+    return predict
+
+
+def matrix_free_predictor(f, params0, lrs, rule, x_pool, x_eval, eps=None):
+    """Step prediction without a kernel matrix (batches of SignGD, eps-sign): see predicted_step."""
+    def predict(idx: torch.Tensor, chi: torch.Tensor) -> torch.Tensor:
+        return predicted_step(f, params0, lrs, rule, x_pool[idx], chi, x_eval, eps)
+
+    return predict
+
+
+def run_trajectory(f, params0, lrs, rule, x_pool, y_pool, x_eval, schedule, predictors, eps=None):
+    """Train with `rule` over the batch schedule ([steps, B] pool indices).
+
+    Returns f_0(x_eval), f_T(x_eval), the actual per-step df and, for each named predictor
+    (idx, chi) -> df, its per-step predictions (chi from the live network at the step).
+    """
+    p = dict(params0)
+    f0 = f_prev = T.output(f, p, x_eval)
+    acts = []
+    preds = {name: [] for name in predictors}
+    for idx in schedule:
+        xb, yb = x_pool[idx], y_pool[idx]
+        chi, g = T.mse_residual_grad(f, p, xb, yb)
+        p = T.add(p, T.direction(g, lrs, rule, eps))
+        f_new = T.output(f, p, x_eval)
+        acts.append(f_new - f_prev)
+        f_prev = f_new
+        for name, predict in predictors.items():
+            preds[name].append(predict(idx, chi))
+    return f0, f_prev, acts, preds
+
+
+def trajectory_metrics(f0, fT, acts, preds) -> dict:
+    A, Pr = torch.cat(acts), torch.cat(preds)
+    return {"step_err": T.rel_err(A, Pr),
+            "traj_err": T.rel_err(fT - f0, sum(preds)),
+            "df_rms": T.rms(A)}
+
+
+def best_scalar_err(acts, preds) -> float:
+    """min_alpha ||A - alpha P|| / ||A|| over all steps: a kernel up to its best rescaling."""
+    A, Pr = torch.cat(acts), torch.cat(preds)
+    alpha = float((A * Pr).sum() / (Pr * Pr).sum())
+    return T.rel_err(A, alpha * Pr)
+
+
+def compute_point(config: Config, width: int, seed: int) -> list[dict]:
+    xp, yp, xt = _pool(config, seed)
+    sched_g = T.gen(20_000 + seed)
+    rows = []
+    cache = {}
+    for name, pname, rule, B in VARIANTS:
+        B = config.batch if B is None else B
+        if pname not in cache:
+            model, f, p0 = T.build_mlp(width, P.get(pname), seed, d_in=config.d_in, depth=config.depth,
+                                       activation=config.activation)
+            cache[pname] = (model, f, p0)
+        model, f, p0 = cache[pname]
+        opt = "sgd" if rule == "sgd" else "signgd"
+        base = {"sgd": config.lr_sgd, "signgd": config.lr_signgd}[opt] if pname == "NTK" else config.lr_mup
+        lrs = model.learning_rates(opt, base)
+        eps = eps_per_tensor(f, p0, xp, config.eps_rel) if rule == "eps_sign" else None
+        schedule = torch.randint(0, config.n_pool, (config.steps, B), generator=sched_g)
+        if rule == "sgd" or (rule == "sign" and B == 1):
+            kind = "sgd" if rule == "sgd" else "asym_signgd"
+            K = empirical_kernel(f, p0, xt, xp, kind=kind, weights=lrs)
+            predictors = {"kernel": kernel_predictor(K, rule, B)}
+        else:
+            predictors = {"kernel": matrix_free_predictor(f, p0, lrs, rule, xp, xt, eps)}
+        if name == "signgd_b1":
+            K_sgd = empirical_kernel(f, p0, xt, xp, kind="sgd")
+            predictors["sgd_kernel"] = kernel_predictor(K_sgd, "sgd", B)
+        f0, fT, acts, preds = run_trajectory(f, p0, lrs, rule, xp, yp, xt, schedule, predictors, eps)
+        rows.append(dict(variant=name, batch=B, **trajectory_metrics(f0, fT, acts, preds["kernel"])))
+        if name == "signgd_b1":
+            rows.append(dict(variant="sgd_kernel_for_signgd", batch=B,
+                             step_err=best_scalar_err(acts, preds["sgd_kernel"]),
+                             traj_err=float("nan"), df_rms=T.rms(torch.cat(acts))))
+    # early Adam vs SignGD: full batch over the pool, the same per-tensor rates scaled down
+    model, f, p0 = cache["NTK"]
+    lrs = model.learning_rates("signgd", config.lr_signgd * config.adam_lr_factor)
+    adam = Adam(lrs, eps=1e-12)
+    p_sign, p_adam = dict(p0), dict(p0)
+    for _ in range(config.adam_steps):
+        _, g = T.mse_residual_grad(f, p_sign, xp, yp)
+        p_sign = T.add(p_sign, T.direction(g, lrs, "sign"))
+        _, g = T.mse_residual_grad(f, p_adam, xp, yp)
+        p_adam = adam.step(p_adam, g)
+    f0 = T.output(f, p0, xt)
+    f_sign, f_adam = T.output(f, p_sign, xt), T.output(f, p_adam, xt)
+    rows.append(dict(variant="adam_vs_signgd", batch=config.n_pool,
+                     step_err=float((f_adam - f_sign).norm() / (f_sign - f0).norm()),
+                     traj_err=float("nan"), df_rms=T.rms(f_sign - f0)))
+    return rows
+
+
+def run(config: Config, store) -> Result:
+    with T.threads(config.threads):
+        return _run(config, store)
+
+
+def _run(config: Config, store) -> Result:
+    points = grid(width=config.widths, seed=range(config.seeds))
+    rows = sweep(store, points, lambda pt: compute_point(config, pt["width"], pt["seed"]), desc="signgd_kernel")
+    store.write_measurements(rows)
+    nmax = max(config.widths)
+    claims = []
+    fits = {}
+    for v in KERNEL_VARIANTS:
+        for key in ("step_err", "traj_err"):
+            fit = fit_rows(rows, "width", key, {"variant": v})
+            fits[(v, key)] = fit
+            claims.append(Claim.compare(f"{v}: slope of {key} vs n (kernel analog error vanishes)", 0.0,
+                                        fit.slope, "<", config.decay_margin, ci=fit.ci))
+    fit = fit_rows(rows, "width", "df_rms", {"variant": "signgd_b1"})
+    claims.append(Claim.compare("signgd_b1: slope of rms df per step (lr scaling keeps steps Theta(1))", 0.0,
+                                fit.slope, "==", config.flat_tol, ci=fit.ci))
+    for v, what in (("sgd_kernel_for_signgd", "SGD kernel, best scalar, predicting SignGD"),
+                    ("mup_signgd_b1", "muP SignGD (feature learning), A-SignGD kernel")):
+        fit = fit_rows(rows, "width", "step_err", {"variant": v})
+        fits[(v, "step_err")] = fit
+        claims.append(Claim.compare(f"control {what}: slope of step error", 0.0, fit.slope, ">=",
+                                    config.control_slope_tol, ci=fit.ci, control=True))
+        level = T.seed_mean(rows, "step_err", variant=v)[nmax]
+        claims.append(Claim.compare(f"control {what}: step error at n={nmax} stays above floor",
+                                    config.control_floor, level, ">=", 0.0, control=True))
+    adam = T.seed_mean(rows, "step_err", variant="adam_vs_signgd")
+    claims.append(Claim.compare(f"early Adam vs SignGD: relative trajectory gap at n={nmax}", 0.0, adam[nmax], "<=",
+                                config.adam_tol))
+    fit = fit_rows(rows, "width", "step_err", {"variant": "adam_vs_signgd"})
+    fits[("adam_vs_signgd", "step_err")] = fit
+    store.write_json("fits.json", {f"{v}:{k}": f.to_json() for (v, k), f in fits.items()})
+    _plot(rows, store)
+    return Result("signgd_kernel", config={}, claims=claims)
+
+
+def _plot(rows, store) -> None:
+    panels = [
+        {"title": "per-step kernel prediction error", "ylabel": "relative error",
+         "series": [(v, *T.series(rows, "step_err", variant=v)) for v in
+                    KERNEL_VARIANTS + ("sgd_kernel_for_signgd", "mup_signgd_b1")]},
+        {"title": "whole-trajectory prediction error", "ylabel": "relative error",
+         "series": [(v, *T.series(rows, "traj_err", variant=v)) for v in KERNEL_VARIANTS + ("mup_signgd_b1",)]},
+        {"title": "rms output change per step; Adam-SignGD gap", "ylabel": "rms df / relative gap",
+         "series": [(v, *T.series(rows, "df_rms", variant=v)) for v in ("signgd_b1", "sgd_b1", "mup_signgd_b1")]
+         + [("Adam vs SignGD gap", *T.series(rows, "step_err", variant="adam_vs_signgd"))]},
+    ]
+    loglog_panels(store.path("signgd_kernel.png"), panels, suptitle="[KV] Thm 4.3: SignGD kernel analog vs width")
+
+
+SPEC = CheckSpec(name="signgd_kernel", order=20, config_cls=Config, run=run,
+                 summary="[KV] Thm 4.3/C.4: A-SignGD kernel predicts SignGD steps (and K_SGD SGD) with error -> 0 in n")
