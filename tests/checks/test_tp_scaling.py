@@ -1,0 +1,41 @@
+"""tp_scaling --quick: the predicted slopes hold and the SP control grows, as its r < 0 says."""
+import pytest
+
+from ntkcheck.checks import tp_scaling
+from ntkcheck.checks.registry import get
+from ntkcheck.runner import run_check
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    spec = get("tp_scaling")
+    return run_check(spec, spec.default_config(quick=True), tmp_path_factory.mktemp("tp"))
+
+
+def test_quick_verdict_passes_with_controls(result):
+    failed = [c.name for c in result.claims if not c.holds]
+    assert result.verdict == "pass", failed
+    controls = [c for c in result.claims if c.control]
+    assert len(controls) >= 4 and all(c.holds for c in controls)
+
+
+def test_sp_control_grows_and_kernel_presets_shrink(result):
+    by_name = {c.name.split(" [")[0]: c for c in result.claims}
+    assert by_name["mlp/sgd/SP: last-layer dh slope at step 1"].measured > 0.3
+    assert by_name["mlp/sgd/NTK: last-layer dh slope at step 1"].measured < -0.35
+    assert abs(by_name["mlp/sgd/MUP: last-layer dh slope at step 1"].measured) < 0.15
+
+
+def test_predictions_come_from_theory_not_constants():
+    dh, df = tp_scaling._predicted("SP", "sgd", 2)
+    assert (dh, df) == (0.5, 1.0)
+    assert tp_scaling._predicted("NTK", "adam", 2) == (-0.5, 0.0)
+    assert tp_scaling._predicted("MUP", "sgd", 3) == (0.0, 0.0)
+
+
+def test_single_point_measures_a_kernel_regime_step():
+    """One NTK point: the first hidden layer moves much less than the output at width 1024."""
+    cfg = tp_scaling.Config(steps=1)
+    rows = {r["layer"]: r for r in tp_scaling.measure_point(cfg, "mlp", "sgd", "NTK", 1024, 0)}
+    assert rows["h2"]["rms_dh"] < 0.1 * rows["out"]["rms_dh"]
+    assert rows["h1"]["rms_h"] > 0.5

@@ -1,0 +1,152 @@
+"""The run store and CLI: atomic resumable points, corrupt-file detection, result.json, bad input."""
+import json
+
+import pytest
+
+from ntkcheck.checks.fit import fit_exponent
+from ntkcheck.checks.sweep import grid, sweep
+from ntkcheck.cli import main
+from ntkcheck.result import Claim, Result
+from ntkcheck.store import CheckStore
+
+SMALL = ["--widths", "16", "32", "64", "--seeds", "2", "--set", "archs=mlp", "--set", "optimizers=sgd"]
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_interrupted_sweep_resumes_without_recomputing(tmp_path):
+    store = CheckStore(tmp_path, "demo")
+    points = grid(width=[8, 16, 32, 64], seed=range(2))
+    calls = []
+
+    def compute(pt, fail_at=None):
+        if fail_at is not None and len(calls) == fail_at:
+            raise Interrupt
+        calls.append(dict(pt))
+        return {"value": pt["width"] * 10 + pt["seed"]}
+
+    with pytest.raises(Interrupt):
+        sweep(store, points, lambda pt: compute(pt, fail_at=3))
+    assert len(calls) == 3
+    rows = sweep(store, points, compute)
+    assert len(calls) == len(points)                      # only the 5 unfinished points ran
+    assert [c["width"] for c in calls[3:]] == [16, 32, 32, 64, 64]
+    assert [r["value"] for r in rows] == [p["width"] * 10 + p["seed"] for p in points]
+    rows_again = sweep(store, points, compute)
+    assert len(calls) == len(points) and rows_again == rows
+
+
+@pytest.mark.parametrize("damage", ["truncate", "tamper", "garbage"])
+def test_corrupt_point_is_detected_and_recomputed(tmp_path, damage):
+    store = CheckStore(tmp_path, "demo")
+    points = grid(width=[8, 16], seed=[0])
+    sweep(store, points, lambda pt: {"value": float(pt["width"])})
+    path = next(store.points_dir.glob("seed=0_width=8.json"))
+    text = path.read_text()
+    if damage == "truncate":
+        path.write_text(text[: len(text) // 2])
+    elif damage == "tamper":
+        path.write_text(text.replace('"value":8.0', '"value":9.0').replace('"value": 8.0', '"value": 9.0'))
+    else:
+        path.write_bytes(b"\x00\xff not json")
+    calls = []
+    with pytest.warns(RuntimeWarning, match="corrupt point file"):
+        rows = sweep(store, points, lambda pt: calls.append(pt) or {"value": float(pt["width"])})
+    assert [c["width"] for c in calls] == [8]
+    assert [r["value"] for r in rows] == [8.0, 16.0]
+
+
+def test_no_temp_files_left_behind(tmp_path):
+    store = CheckStore(tmp_path, "demo")
+    sweep(store, grid(width=[8], seed=[0, 1]), lambda pt: {"v": 1})
+    assert not [p for p in store.dir.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_claim_relations_and_verdict():
+    ok = Claim.compare("s", -0.5, -0.45, "==", 0.1)
+    assert ok.holds and "[== -0.5, tol 0.1]" in ok.name
+    assert not Claim.compare("s", -0.5, -0.3, "==", 0.1).holds
+    assert Claim.compare("s", -0.5, -0.9, "<=", 0.1).holds
+    assert not Claim.compare("s", -0.5, -0.3, "<=", 0.1).holds
+    assert Claim.compare("s", 0.0, 0.4, ">", 0.25).holds and not Claim.compare("s", 0.0, 0.2, ">", 0.25).holds
+    assert not Claim.compare("s", 0.0, float("nan"), "<=", 1.0).holds
+    r = Result("x", {}, [ok, Claim.compare("c", 0, 0.5, ">", 0.1, control=True)])
+    assert r.verdict == "pass"
+    r.claims.append(Claim.compare("bad", 0, 1, "==", 0.1))
+    assert r.verdict == "fail"
+    assert Result("empty", {}, []).verdict == "fail"
+
+
+def test_exponent_fit_recovers_power_law_and_ci_covers():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = np.repeat([64, 128, 256, 512, 1024], 6)
+    seeds = np.tile(np.arange(6), 5)
+    y = 3.0 * x**-0.5 * np.exp(0.05 * rng.standard_normal(len(x)))
+    fit = fit_exponent(x, y, seeds)
+    assert fit.slope == pytest.approx(-0.5, abs=0.03)
+    assert fit.ci[0] < -0.5 < fit.ci[1] and fit.ci[1] - fit.ci[0] < 0.1
+    exact = fit_exponent([1, 2, 4, 8], [5, 10, 20, 40])
+    assert exact.slope == pytest.approx(1.0, abs=1e-12)
+
+
+def test_cli_run_writes_contract_and_reruns_fast(tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert main(["run", "tp_scaling", "--quick", "--out", str(out), *SMALL]) == 0
+    result = json.loads((out / "tp_scaling" / "result.json").read_text())
+    assert set(result) == {"check", "version", "verdict", "config", "claims", "provenance"}
+    assert result["check"] == "tp_scaling" and result["verdict"] in ("pass", "fail")
+    assert result["config"]["widths"] == [16, 32, 64] and result["config"]["seeds"] == 2
+    assert set(result["claims"][0]) == {"name", "predicted", "measured", "ci", "tolerance", "holds", "control"}
+    assert set(result["provenance"]) == {"ntkcheck", "torch", "git", "seconds", "device"}
+    assert (out / "tp_scaling" / "measurements.csv").read_text().startswith("arch,")
+    assert (out / "tp_scaling" / "coordinate_check.png").stat().st_size > 1000
+    assert "| tp_scaling |" in (out / "report.md").read_text()
+    points = sorted((out / "tp_scaling" / "points").rglob("*.json"))
+    mtimes = [p.stat().st_mtime_ns for p in points]
+    assert main(["run", "tp_scaling", "--quick", "--out", str(out), *SMALL]) == 0
+    assert [p.stat().st_mtime_ns for p in points] == mtimes  # nothing recomputed
+    assert json.loads((out / "tp_scaling" / "result.json").read_text())["claims"] == result["claims"]
+    # widening the sweep reuses finished points and computes only the new width
+    assert main(["run", "tp_scaling", "--quick", "--out", str(out), *SMALL[:4], "128", *SMALL[4:]]) == 0
+    assert [p.stat().st_mtime_ns for p in points] == mtimes
+    assert len(list((out / "tp_scaling" / "points").rglob("*.json"))) > len(points)
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["run", "nosuchcheck"], "'nosuchcheck'"),
+    (["run", "tp_scaling", "--widths", "0"], "'0'"),
+    (["run", "tp_scaling", "--widths", "-8"], "'-8'"),
+    (["run", "tp_scaling", "--widths", "3.5"], "'3.5'"),
+    (["run", "tp_scaling", "--widths", "abc"], "'abc'"),
+    (["run", "tp_scaling", "--set", "nonsense"], "'nonsense'"),
+    (["run", "tp_scaling", "--set", "=3"], "'=3'"),
+    (["run", "tp_scaling", "--set", "steps=two"], "'two'"),
+    (["run", "tp_scaling", "--set", "nosuchkey=1"], "'nosuchkey'"),
+    (["run", "tp_scaling", "--seeds", "0"], "'0'"),
+    (["run", "tp_scaling", "--set", "params=XYZ"], "'XYZ'"),
+    (["frobnicate"], "frobnicate"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, fragment, capsys, tmp_path):
+    assert main([*argv, "--out", str(tmp_path)] if argv[0] == "run" else argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("ntkcheck: error:") and fragment in err
+
+
+def test_unwritable_out_is_one_line_and_exit_2(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert main(["run", "tp_scaling", "--out", str(blocker / "sub")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(blocker / "sub") in err
+
+
+def test_list_and_report(tmp_path, capsys):
+    assert main(["list"]) == 0
+    assert "tp_scaling" in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert main(["report", str(tmp_path)]) == 0
+    assert "No check results" in (tmp_path / "report.md").read_text()
