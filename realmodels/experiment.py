@@ -1,0 +1,273 @@
+"""One LM experiment: model + task + k-shot splits, encoded once, and its kernels cached on disk.
+
+Kernels of all seeds come from one computation: the columns are the union U
+of the seeds' training sets (the only side a kernel predictor sums over), the
+rows are U, the union of the dev sets, and the test set (shared by all seeds).
+Per seed, K(train, train), K(dev, train) and K(test, train) are sub-blocks:
+
+    K_rows[r, a, u, b] = sum_M < phi1(grad_M f_a(x_r)), phi2(grad_M f_b(x_u)) >     [R, C, U, C]
+
+(phi1, phi2 by kind: sgd (id, id), signgd (sign, sign), asym_signgd (id, sign),
+ntkcheck.models.kernels). Rows are computed in blocks; every finished block is
+a file written atomically under DIR/lm_kernels/<fingerprint>/ (shared by all `lm` commands), so an
+interrupted run resumes at the first missing block, and a block that fails to
+load is recomputed. The fingerprint hashes everything the kernel depends on
+(model folder, its weights' size and mtime, mode, template, label words,
+parameter subset, max length, k, seeds, test cap, dtype).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ntkcheck.errors import UserError
+from ntkcheck.realmodels.data import SEEDS, Example, Split, k_shot_split, load_task
+from ntkcheck.realmodels.tasks import Task, custom_task, get_task
+from ntkcheck.store import CheckStore, atomic_write_bytes, fingerprint
+
+KINDS = ("sgd", "signgd", "asym_signgd")
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    """Everything an `ntkcheck lm` measurement depends on (CLI flags map 1:1 onto fields)."""
+
+    model: str
+    task: str = "sst2"
+    data: str = "../shared/data"
+    k: int = 16
+    seeds: tuple[int, ...] = SEEDS
+    test_max: int | None = 1000
+    mode: str = "auto"  # mlm | causal | head | auto
+    template: str | None = None
+    label_words: tuple[str, ...] | None = None
+    multi_token: str = "error"
+    params: str | None = None  # regular expression over parameter names; None = all
+    max_length: int = 128
+    device: str = "cpu"
+    kinds: tuple[str, ...] = ("sgd",)
+    kernel_dtype: str = "float64"
+    method: str = "auto"
+    block: int = 256
+    memory_budget_gb: float = 2.0
+    holdout: int = 2000
+    bos: bool = False
+    gguf_file: str | None = None
+    out: str = "ntkcheck-runs"
+
+    def kernel_fields(self) -> dict:
+        """The fields the kernels depend on (kinds and output folder excluded)."""
+        d = asdict(self)
+        for k in ("kinds", "out", "device", "block", "memory_budget_gb"):
+            d.pop(k)
+        d["model_id"] = model_identity(self.model, self.gguf_file)
+        return d
+
+
+def model_identity(path: str, gguf_file: str | None = None) -> str:
+    """Resolved folder plus the size and mtime of its weight files: changes when the weights change."""
+    p = Path(path).expanduser().resolve()
+    parts = [str(p)]
+    files = [p] if p.is_file() else sorted(q for q in p.glob("*") if q.suffix in (".safetensors", ".bin", ".gguf"))
+    for q in files:
+        st = q.stat()
+        parts.append(f"{q.name}:{st.st_size}:{int(st.st_mtime)}")
+    return "|".join(parts)
+
+
+def _dtype(name: str) -> torch.dtype:
+    table = {"float64": torch.float64, "float32": torch.float32}
+    if name not in table:
+        raise UserError(f"--kernel-dtype {name!r}: expected float64 or float32")
+    return table[name]
+
+
+@dataclass
+class Session:
+    """A loaded experiment: adapter, task, splits, and the row/column index of the cached kernels."""
+
+    config: LMConfig
+    task: Task
+    adapter: object
+    splits: list[Split]
+    rows: list[Example]  # U (train union), then dev union, then test
+    n_cols: int  # the first n_cols rows are the columns U
+    index: dict[int, dict[str, list[int]]]  # seed -> {"train": [...], "dev": [...], "test": [...]} row ids
+    x_rows: torch.Tensor  # encoded rows [R, 3, T]
+    store: CheckStore
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return torch.tensor([e.label for e in self.rows])
+
+    def kernel_dir(self) -> Path:
+        return Path(self.config.out) / "lm_kernels" / fingerprint(self.config.kernel_fields())
+
+    def f0(self) -> torch.Tensor:
+        """Pretrained outputs f(theta_PT, x_r) for every row, [R, C] float64 (cached on disk)."""
+        path = self.kernel_dir() / "f0.pt"
+        got = _load_tensor(path)
+        if got is None:
+            got = self.adapter.outputs(self.x_rows).double()
+            _save_tensor(path, got)
+        return got
+
+    def kernel(self, kind: str, *, progress: bool = True) -> torch.Tensor:
+        """K_rows of ``kind``, [R, C, U, C] float64 on the CPU, computed block by block and cached."""
+        from ntkcheck.models.kernels import empirical_kernel
+
+        if kind not in KINDS:
+            raise UserError(f"--kinds {kind!r}: expected one of {', '.join(KINDS)}")
+        cfg = self.config
+        R, U, B = len(self.rows), self.n_cols, max(1, cfg.block)
+        starts = list(range(0, R, B))
+        kdir = self.kernel_dir()
+        blocks: list[torch.Tensor | None] = [_load_tensor(kdir / f"{kind}_{s}.pt") for s in starts]
+        todo = sum(b is None for b in blocks)
+        ad = self.adapter
+        xc = self.x_rows[:U]
+        bar = tqdm(total=len(starts), initial=len(starts) - todo, desc=f"kernel {kind} ({R}x{U} examples)",
+                   unit="block", file=sys.stderr, leave=False,
+                   disable=not progress or os.environ.get("NTKCHECK_PROGRESS", "1") == "0")
+        try:
+            for i, s in enumerate(starts):
+                if blocks[i] is not None:
+                    continue
+                t0 = time.perf_counter()
+                K = empirical_kernel(ad.f, ad.params, self.x_rows[s:s + B], xc, kind=kind, method=cfg.method,
+                                     dtype=_dtype(cfg.kernel_dtype), device=ad.device,
+                                     memory_budget=int(cfg.memory_budget_gb * 2**30))
+                K = K.detach().double().cpu()
+                _save_tensor(kdir / f"{kind}_{s}.pt", K)
+                blocks[i] = K
+                self.meta.setdefault("kernel_seconds", {}).setdefault(kind, 0.0)
+                self.meta["kernel_seconds"][kind] += time.perf_counter() - t0
+                bar.update(1)
+        finally:
+            bar.close()
+        return torch.cat(blocks, 0)
+
+    def block(self, K: torch.Tensor, seed: int, rows: str, cols: str = "train") -> torch.Tensor:
+        """K[rows of split ``rows``, :, columns of split ``cols``, :] for ``seed`` ([n_r, C, n_c, C])."""
+        r = torch.tensor(self.index[seed][rows])
+        c = torch.tensor(self.index[seed][cols])
+        return K[r][:, :, c]
+
+
+def _save_tensor(path: Path, t: torch.Tensor) -> None:
+    buf = io.BytesIO()
+    payload = t.contiguous()
+    torch.save({"t": payload, "sha": hashlib.sha256(payload.numpy().tobytes()).hexdigest()}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _load_tensor(path: Path) -> torch.Tensor | None:
+    """The tensor saved at ``path``; None if absent, or (with a warning, file removed) if corrupt."""
+    if not path.exists():
+        return None
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        t = blob["t"]
+        if hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest() != blob["sha"]:
+            raise ValueError("checksum mismatch")
+        return t
+    except Exception as e:  # any unreadable file is recomputed
+        warnings.warn(f"corrupt cache file {path} ({e}); recomputing it", RuntimeWarning, stacklevel=2)
+        path.unlink(missing_ok=True)
+        return None
+
+
+def resolve_task(cfg: LMConfig) -> Task:
+    """The registered task with the config's template / label-word overrides applied and validated."""
+    base = get_task(cfg.task)
+    if cfg.template or cfg.label_words:
+        return custom_task(base, cfg.template, list(cfg.label_words) if cfg.label_words else None)
+    return base
+
+
+def open_session(cfg: LMConfig, check: str, *, model_bundle=None, adapter=None) -> Session:
+    """Load model, task, data and the k-shot splits of ``cfg``; rows/columns indexed for the kernel cache.
+
+    ``model_bundle`` = (model, tokenizer, mode) reuses a loaded model; ``adapter`` a built adapter.
+    The run store folder is DIR/<check>/<task>_k<k>.
+    """
+    from ntkcheck.realmodels.adapters import load_pretrained, make_adapter, resolve_device
+
+    if not cfg.seeds:
+        raise UserError("--seeds needs at least one seed")
+    task = resolve_task(cfg)
+    train, test = load_task(task, cfg.data, holdout=cfg.holdout)
+    splits = [k_shot_split(train, test, cfg.k, s, test_max=cfg.test_max, num_labels=task.num_labels)
+              for s in cfg.seeds]
+    resolve_device(cfg.device)
+    if adapter is None:
+        model, tok, mode = model_bundle or load_pretrained(cfg.model, mode=cfg.mode, device=cfg.device,
+                                                           gguf_file=cfg.gguf_file)
+        adapter = make_adapter(model, tok, mode, task=task, multi_token=cfg.multi_token, params=cfg.params,
+                               max_length=cfg.max_length, bos=cfg.bos)
+        if mode == "head":
+            # Standard FT: the new head starts at the linear-probing solution of this split's training set
+            # ([KV] Sec. 3.1 footnote), so a head session holds exactly one seed.
+            if len(splits) != 1:
+                raise ValueError("a head-mode session holds one seed; use iter_sessions")
+            sp = splits[0]
+            probe = (adapter.encode(sp.train), torch.tensor([e.label for e in sp.train]))
+            adapter = make_adapter(model, tok, mode, task=task, params=cfg.params, max_length=cfg.max_length,
+                                   probe_data=probe)
+    # Rows: U (union of train sets), dev union, test; identity by object position in the pool.
+    key_of: dict[tuple, int] = {}
+    rows: list[Example] = []
+
+    def add(kind: str, e: Example) -> int:
+        key = (kind, e.text, e.text_b, e.label)
+        if key not in key_of:
+            key_of[key] = len(rows)
+            rows.append(e)
+        return key_of[key]
+
+    index: dict[int, dict[str, list[int]]] = {}
+    for sp in splits:
+        index[sp.seed] = {"train": [add("pool", e) for e in sp.train]}
+    n_cols = len(rows)
+    for sp in splits:
+        index[sp.seed]["dev"] = [add("pool", e) for e in sp.dev]
+    test_ids = [add("test", e) for e in splits[0].test]
+    for sp in splits:
+        index[sp.seed]["test"] = test_ids
+    x_rows = adapter.encode(rows)
+    store = CheckStore(Path(cfg.out) / check, f"{task.name}_k{cfg.k}")
+    return Session(cfg, task, adapter, splits, rows, n_cols, index, x_rows, store,
+                   meta={"mode": adapter.mode, "params": sum(v.numel() for v in adapter.params.values()),
+                         "label_words": list(adapter.label_words), "template": adapter.template})
+
+
+def load_bundle(cfg: LMConfig):
+    """(model, tokenizer, mode) of ``cfg`` (loaded once, shared by sessions)."""
+    from ntkcheck.realmodels.adapters import load_pretrained, resolve_device
+
+    resolve_device(cfg.device)
+    return load_pretrained(cfg.model, mode=cfg.mode, device=cfg.device, gguf_file=cfg.gguf_file)
+
+
+def iter_sessions(cfg: LMConfig, check: str, bundle=None):
+    """Sessions covering ``cfg.seeds``: one for prompt modes (kernels shared across seeds), one per seed
+    for head mode (each split probes its own head, so kernels differ per seed). Yields lazily."""
+    from dataclasses import replace
+
+    bundle = bundle or load_bundle(cfg)
+    if bundle[2] != "head":
+        yield open_session(cfg, check, model_bundle=bundle)
+        return
+    for s in cfg.seeds:
+        yield open_session(replace(cfg, seeds=(s,)), check, model_bundle=bundle)

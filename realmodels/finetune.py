@@ -1,0 +1,175 @@
+"""Prompt-based (or head-based) fine-tuning on the k-shot splits: the baseline kernels are judged against.
+
+[KV] App. A.3: cross-entropy on f(params, x) (the label-word logits), SGD or
+Adam, no weight decay, learning rate decayed linearly to 0 with no warmup,
+T = 32 k C steps with a dev evaluation every 4 k C steps; the checkpoint with
+the best dev metric is kept, and (lr, batch size) is chosen on dev per split.
+Updates are functional (ntkcheck.models.optim over the adapter's params dict):
+
+    eta_t = eta (1 - t / T),   theta_{t+1} = theta_t - eta_t * step(grad L_B(theta_t))
+
+where step is the identity (SGD) or Adam's normalized moment ratio.
+Each (optimizer, lr, batch size, seed) is one point of the run store's sweep;
+its best parameters are saved atomically, so an interrupted grid resumes.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+from torch.func import grad
+
+from ntkcheck.errors import UserError
+from ntkcheck.models.optim import make_optimizer
+from ntkcheck.realmodels.metrics import score
+
+DEFAULT_LRS = {"sgd": (1e-4, 5e-4, 1e-3, 5e-3, 1e-2), "adam": (1e-5, 2e-5, 5e-5)}  # [KV] Table 4
+DEFAULT_BATCH_SIZES = (2, 4, 8)
+
+
+@dataclass(frozen=True)
+class FTConfig:
+    """Fine-tuning grid: optimizers, learning rates per optimizer, batch sizes, steps (None = 32kC)."""
+
+    optimizers: tuple[str, ...] = ("sgd", "adam")
+    lrs_sgd: tuple[float, ...] = DEFAULT_LRS["sgd"]
+    lrs_adam: tuple[float, ...] = DEFAULT_LRS["adam"]
+    batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
+    steps: int | None = None
+    eval_every: int | None = None
+
+    def lrs(self, opt: str) -> tuple[float, ...]:
+        return self.lrs_sgd if opt == "sgd" else self.lrs_adam
+
+
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """L = mean_i -log softmax(f(x_i))_{y_i} (float32), or mean squared error for a scalar output."""
+    if logits.shape[-1] == 1:
+        return 0.5 * ((logits[:, 0] - y.to(logits.dtype)) ** 2).mean()
+    return torch.nn.functional.cross_entropy(logits, y.long())
+
+
+def train(adapter, x_train: torch.Tensor, y_train: torch.Tensor, x_dev: torch.Tensor, y_dev: torch.Tensor, *,
+          optimizer: str, lr: float, batch_size: int, steps: int, eval_every: int, seed: int, metric: str = "acc",
+          params0: Mapping[str, torch.Tensor] | None = None, progress=None) -> tuple[dict, dict]:
+    """Fine-tune adapter.params from ``params0`` (default: pretrained); returns (best params, log).
+
+    Minibatches: a seeded permutation per epoch (torch.Generator(seed)). The
+    log holds the best dev metric, its step, and the final train loss.
+    """
+    if optimizer not in ("sgd", "adam"):
+        raise UserError(f"--optimizers {optimizer!r}: expected sgd or adam")
+    if steps <= 0 or batch_size <= 0:
+        raise UserError(f"fine-tuning needs positive steps and batch size (got {steps}, {batch_size})")
+    dev = adapter.device
+    p = {k: v.detach().clone().to(dev) for k, v in (params0 or adapter.params).items()}
+    opt = make_optimizer(optimizer, {k: lr for k in p})
+    g = torch.Generator().manual_seed(seed)
+    y_train = y_train.to(dev)
+    n = x_train.shape[0]
+
+    def loss_fn(params, xb, yb):
+        return cross_entropy(adapter.f(params, xb), yb)
+
+    grad_fn = grad(loss_fn)
+    best, best_step, best_params = -math.inf, 0, {k: v.clone() for k, v in p.items()}
+    order: list[int] = []
+    last_loss = float("nan")
+    for t in range(steps):
+        if len(order) < batch_size:
+            order += torch.randperm(n, generator=g).tolist()
+        idx, order = order[:batch_size], order[batch_size:]
+        xb, yb = x_train[idx].to(dev), y_train[idx]
+        grads = grad_fn(p, xb, yb)
+        opt.lrs = {k: lr * (1.0 - t / steps) for k in p}  # linear decay to 0, no warmup
+        p = {k: v.detach() for k, v in opt.step(p, grads).items()}
+        if (t + 1) % eval_every == 0 or t + 1 == steps:
+            with torch.no_grad():
+                last_loss = float(loss_fn(p, xb, yb))
+            m = evaluate(adapter, p, x_dev, y_dev, metric)
+            if m > best:
+                best, best_step, best_params = m, t + 1, {k: v.clone() for k, v in p.items()}
+        if progress is not None:
+            progress(1)
+    return best_params, {"dev": best, "best_step": best_step, "final_batch_loss": last_loss}
+
+
+def evaluate(adapter, params, x: torch.Tensor, y: torch.Tensor, metric: str) -> float:
+    """The task metric of f(params, x) (argmax over outputs; negative MSE for a scalar output)."""
+    out = adapter.outputs(x, params)
+    if out.shape[-1] == 1:
+        return -float(((out[:, 0].double() - y.double().cpu()) ** 2).mean())
+    return score(out, y.cpu().numpy(), metric)
+
+
+def default_schedule(k: int, num_classes: int) -> tuple[int, int]:
+    """(T, eval_every) = (32 k C, 4 k C) of [KV] App. A.3 (C = 1 for regression)."""
+    c = max(1, num_classes)
+    return 32 * k * c, 4 * k * c
+
+
+def save_params(path: Path, params: Mapping[str, torch.Tensor]) -> None:
+    """Atomically save a params dict (CPU copies) with a checksum (see experiment._save_tensor)."""
+    from ntkcheck.realmodels.experiment import _save_tensor
+
+    flat = torch.cat([v.detach().reshape(-1).float().cpu() for v in params.values()])
+    _save_tensor(path, flat)
+
+
+def load_params(path: Path, like: Mapping[str, torch.Tensor]) -> dict | None:
+    """Inverse of save_params, shaped like ``like``; None when absent or corrupt."""
+    from ntkcheck.realmodels.experiment import _load_tensor
+
+    flat = _load_tensor(path)
+    if flat is None:
+        return None
+    out, i = {}, 0
+    for k, v in like.items():
+        out[k] = flat[i:i + v.numel()].reshape(v.shape).to(device=v.device, dtype=v.dtype)
+        i += v.numel()
+    if i != flat.numel():
+        return None
+    return out
+
+
+def run_finetune(session, ft: FTConfig, *, seeds: Sequence[int] | None = None) -> dict:
+    """Grid-search fine-tuning on every split of ``session``; returns per-(optimizer, seed) best results.
+
+    Returns {(optimizer, seed): {"lr", "batch_size", "dev", "test", "params_path"}}; every grid point is a
+    resumable sweep point of session.store (its best params in params/<point>.pt).
+    """
+    from ntkcheck.checks.sweep import sweep
+    from ntkcheck.store import point_key
+
+    task, ad = session.task, session.adapter
+    k = session.config.k
+    steps, every = default_schedule(k, ad.num_outputs)
+    steps, every = ft.steps or steps, ft.eval_every or min(every, ft.steps or every)
+    seeds = list(seeds or [sp.seed for sp in session.splits])
+    points = [{"optimizer": o, "lr": lr, "batch_size": b, "seed": s}
+              for o in ft.optimizers for lr in ft.lrs(o) for b in ft.batch_sizes for s in seeds]
+    session.store.bind({"finetune": session.config.kernel_fields(), "steps": steps, "every": every})
+    pdir = session.store.points_dir / "params"
+    y_all = session.labels
+
+    def compute(pt):
+        s = pt["seed"]
+        ix = session.index[s]
+        xt, yt = session.x_rows[ix["train"]], y_all[ix["train"]]
+        xd, yd = session.x_rows[ix["dev"]], y_all[ix["dev"]]
+        best, log = train(ad, xt, yt, xd, yd, optimizer=pt["optimizer"], lr=pt["lr"], batch_size=pt["batch_size"],
+                          steps=steps, eval_every=every, seed=s, metric=task.metric)
+        save_params(pdir / f"{point_key(pt)}.pt", best)
+        test = evaluate(ad, best, session.x_rows[ix["test"]], y_all[ix["test"]], task.metric)
+        return dict(log, test=test, steps=steps)
+
+    rows = sweep(session.store, points, compute, desc=f"finetune {task.name}")
+    best: dict = {}
+    for r in rows:
+        key = (r["optimizer"], r["seed"])
+        if key not in best or r["dev"] > best[key]["dev"]:
+            best[key] = dict(r, params_path=str(pdir / f"{point_key({q: r[q] for q in ('optimizer', 'lr', 'batch_size', 'seed')})}.pt"))
+    return best

@@ -1,0 +1,70 @@
+"""Task metrics and the [KV] Table 2 layout (mean (std) over k-shot seeds)."""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+
+def accuracy(pred: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> float:
+    """mean_i [pred_i == y_i], in percent."""
+    pred, y = np.asarray(pred), np.asarray(y)
+    return float(100.0 * (pred == y).mean())
+
+
+def f1_binary(pred, y, positive: int = 1) -> float:
+    """F1 of the positive class, in percent: 2 TP / (2 TP + FP + FN) (0 when there is no positive at all)."""
+    pred, y = np.asarray(pred), np.asarray(y)
+    tp = float(((pred == positive) & (y == positive)).sum())
+    fp = float(((pred == positive) & (y != positive)).sum())
+    fn = float(((pred != positive) & (y == positive)).sum())
+    return 0.0 if tp == 0 else 100.0 * 2 * tp / (2 * tp + fp + fn)
+
+
+def score(logits: torch.Tensor, y, metric: str) -> float:
+    """The task metric of argmax predictions of ``logits`` [N, C] against labels ``y`` [N]."""
+    pred = torch.as_tensor(logits).argmax(-1).cpu().numpy()
+    return f1_binary(pred, y) if metric == "f1" else accuracy(pred, y)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """(mean, population std) as LM-BFF / [KV] report over seeds."""
+    v = np.asarray(list(values), dtype=float)
+    return (float(v.mean()), float(v.std())) if len(v) else (float("nan"), float("nan"))
+
+
+METHOD_LABELS = {"zero_shot": "zero-shot f0", "sgd": "K(SGD)", "signgd": "K(SignGD)",
+                 "asym_signgd": "K(A-SignGD)", "ft_sgd": "SGD-FT", "ft_adam": "Adam-FT",
+                 "lin_sgd": "Lin. (SGD-FT)", "lin_adam": "Lin. (Adam-FT)"}
+TASK_LABELS = {"sst2": "SST-2", "sst5": "SST-5", "mr": "MR", "cr": "CR", "mpqa": "MPQA", "subj": "Subj",
+               "trec": "TREC", "agnews": "AG News", "mnli": "MNLI", "snli": "SNLI", "qnli": "QNLI",
+               "rte": "RTE", "mrpc": "MRPC", "qqp": "QQP"}
+
+
+def table2(results: Mapping[tuple[int, str], Mapping[str, Sequence[float]]]) -> str:
+    """A markdown table in the [KV] Table 2 layout.
+
+    results: {(k, method): {task: [score per seed]}}; rows are k-shot then
+    method (in METHOD_LABELS order), columns tasks, cells 'mean (std)'.
+    """
+    tasks: list[str] = []
+    for per_task in results.values():
+        tasks += [t for t in per_task if t not in tasks]
+    order = list(METHOD_LABELS)
+    keys = sorted(results, key=lambda km: (km[0], order.index(km[1]) if km[1] in order else len(order)))
+    head = "| k-shot | Method | " + " | ".join(TASK_LABELS.get(t, t) for t in tasks) + " |"
+    lines = [head, "|" + "---|" * (len(tasks) + 2)]
+    last_k = None
+    for k, method in keys:
+        cells = []
+        for t in tasks:
+            vals = results[(k, method)].get(t)
+            if not vals:
+                cells.append("-")
+            else:
+                m, s = mean_std(vals)
+                cells.append(f"{m:.1f} ({s:.1f})")
+        lines.append(f"| {k if k != last_k else ''} | {METHOD_LABELS.get(method, method)} | " + " | ".join(cells) + " |")
+        last_k = k
+    return "\n".join(lines)
