@@ -104,7 +104,7 @@ class Config:
 
     @classmethod
     def quick(cls) -> "Config":
-        return cls(widths=(64, 128, 256, 512), attn_widths=(32, 64, 128), seeds=3)
+        return cls(widths=(128, 256, 512, 1024), attn_widths=(32, 64, 128), seeds=3)
 
 
 def _data(config: Config, seed: int, arch: str):
@@ -177,11 +177,12 @@ def compute_point(config: Config, variant: str, width: int, seed: int) -> dict:
 
 
 def _points(config: Config):
+    """Every (variant, width, seed), cheapest widths first so an interrupted sweep covers every variant."""
     pts = []
     for v, (arch, *_ ) in VARIANTS.items():
         ws = config.widths if arch == "mlp" else config.attn_widths
         pts += grid(variant=[v], width=ws, seed=range(config.seeds))
-    return pts
+    return sorted(pts, key=lambda p: (p["width"], p["seed"]))
 
 
 def run(config: Config, store) -> Result:
