@@ -7,7 +7,11 @@ from ntkcheck.models.kernels.common import (SUBSETS, KernelKind, KernelMethod, b
                                             lora_only, no_embeddings, no_head, output_block, trace_outputs,
                                             unflatten)
 from ntkcheck.models.kernels.linearize import kernel_distance, linearize
+from ntkcheck.models.kernels.packed import pack_signs, packed_dot
+from ntkcheck.models.kernels.sketch import (intrinsic_dimension_kernel, jl_epsilon, jl_failure_probability,
+                                            lora_kernel)
 
 __all__ = ["empirical_kernel", "gradient_scales", "KernelKind", "KernelMethod", "SUBSETS", "biases_only",
            "lora_only", "no_embeddings", "no_head", "eps_sign", "flatten", "unflatten", "trace_outputs",
-           "output_block", "linearize", "kernel_distance"]
+           "output_block", "linearize", "kernel_distance", "lora_kernel", "intrinsic_dimension_kernel",
+           "jl_epsilon", "jl_failure_probability", "pack_signs", "packed_dot"]

@@ -197,4 +197,16 @@ def _dispatch(method, f, params, x1, x2, c, spec, acc, **kw):
 
         ntk_vp_kernel(f, params, x1, x2, c, spec, acc)
         return
+    if method is KernelMethod.SKETCH:
+        from ntkcheck.models.kernels.sketch import sketch_kernel
+
+        if kw["sketch_dim"] is None:
+            raise ValueError("method 'sketch' needs sketch_dim (the projection dimension k), got None")
+        sketch_kernel(f, params, x1, x2, c, spec, acc, kw["sketch_dim"], kw["sketch"], kw["seed"])
+        return
+    if method is KernelMethod.PACKED:
+        from ntkcheck.models.kernels.packed import packed_kernel
+
+        packed_kernel(f, params, x1, x2, c, spec, acc, storage=kw["sign_storage"])
+        return
     raise ValueError(f"method {method.value!r} is not available")

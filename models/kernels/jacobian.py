@@ -41,9 +41,10 @@ def jacobian_rows(f: Callable, params: Mapping[str, torch.Tensor], names: list[s
     return {n: jac[n].reshape(x.shape[0], jac[n].shape[1], -1) for n in names}
 
 
-def plan_groups(params: Mapping[str, torch.Tensor], names: list[str], c: int, spec: Spec) -> list[list[str]]:
-    """Consecutive tensors packed so one example's Jacobian of a group takes <= budget / 4."""
-    cap = max(1, spec.budget // (4 * c * spec.itemsize))
+def plan_groups(params: Mapping[str, torch.Tensor], names: list[str], c: int, spec: Spec,
+                cap: int | None = None) -> list[list[str]]:
+    """Consecutive tensors packed so one example's Jacobian of a group takes <= budget / 4 (or <= cap entries)."""
+    cap = max(1, spec.budget // (4 * c * spec.itemsize)) if cap is None else max(1, cap)
     groups, cur, size = [], [], 0
     for n in names:
         p = params[n].numel()

@@ -22,7 +22,6 @@ import torch
 from ntkcheck.models.kernels.common import Accumulator, KernelKind, Spec, activation_bytes, chunks
 from ntkcheck.models.kernels.jacobian import jacobian_rows, plan_groups
 
-_POP = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int64)
 _BITS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
 _EXACT_F32 = 2**23
 
@@ -39,26 +38,54 @@ def pack_signs(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return pack(g != 0), pack(g < 0)
 
 
+_M1, _M2, _M4, _H01 = 0x5555555555555555, 0x3333333333333333, 0x0F0F0F0F0F0F0F0F, 0x0101010101010101
+
+
+def popcount64(x: torch.Tensor) -> torch.Tensor:
+    """Number of set bits of each int64 (SWAR; the masks clear the sign extension of >>)."""
+    x = x - ((x >> 1) & _M1)
+    x = (x & _M2) + ((x >> 2) & _M2)
+    x = (x + (x >> 4)) & _M4
+    return (x * _H01) >> 56
+
+
+def _words(b: torch.Tensor) -> torch.Tensor:
+    """[R, nb] uint8 -> [R, ceil(nb / 8)] int64 (zero padded)."""
+    pad = (-b.shape[1]) % 8
+    return torch.nn.functional.pad(b, (0, pad)).contiguous().view(torch.int64)
+
+
 def packed_dot(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor],
-               row_bytes: int = 2**24) -> torch.Tensor:
-    """Exact <sign u_r, sign v_s> for packed rows: [R1, R2] int64 (see the module docstring)."""
-    (ma, sa), (mb, sb) = a, b
-    r1, nb = ma.shape
+               budget: int = 2**28) -> torch.Tensor:
+    """Exact <sign u_r, sign v_s> for packed rows: [R1, R2] int64 (see the module docstring).
+
+    Works on 64-bit words; temporaries take about 40 bytes per (row pair, word), and blocks of
+    rows and words are chosen to keep them under ``budget``.
+    """
+    w = lambda t: t if t.dtype == torch.int64 else _words(t)
+    (ma, sa), (mb, sb) = (w(a[0]), w(a[1])), (w(b[0]), w(b[1]))
+    r1, nw = ma.shape
     r2 = mb.shape[0]
-    pop = _POP.to(ma.device)
-    out = torch.empty(r1, r2, dtype=torch.int64, device=ma.device)
-    step = max(1, row_bytes // max(1, r2 * nb))
-    for s in chunks(r1, step):
-        both = ma[s, None, :] & mb[None, :, :]
-        differ = both & (sa[s, None, :] ^ sb[None, :, :])
-        out[s] = pop[both.long()].sum(-1) - 2 * pop[differ.long()].sum(-1)
+    out = torch.zeros(r1, r2, dtype=torch.int64, device=ma.device)
+    width = max(1, min(nw, budget // max(1, 40 * r2)))
+    step = max(1, budget // max(1, 40 * r2 * width))
+    for w in chunks(nw, width):
+        for s in chunks(r1, step):
+            both = ma[s, None, w] & mb[None, :, w]
+            differ = both & (sa[s, None, w] ^ sb[None, :, w])
+            out[s] += popcount64(both).sum(-1) - 2 * popcount64(differ).sum(-1)
     return out
 
 
-def int8_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Exact integer product a @ b^T of int8 sign matrices [R1, P], [R2, P] -> int64 [R1, R2]."""
+def int8_dot(a: torch.Tensor, b: torch.Tensor, budget: int = 2**28) -> torch.Tensor:
+    """Exact integer product a @ b^T of int8 sign matrices [R1, P], [R2, P] -> int64 [R1, R2].
+
+    Column blocks of at most 2^23 are multiplied in float32 (exact: |partial sums| < 2^24) and
+    accumulated in int64; blocks are also kept under ``budget`` bytes of float32 copies.
+    """
     out = torch.zeros(a.shape[0], b.shape[0], dtype=torch.int64, device=a.device)
-    for s in chunks(a.shape[1], _EXACT_F32):
+    width = max(1, min(_EXACT_F32, budget // max(1, 4 * (a.shape[0] + b.shape[0]))))
+    for s in chunks(a.shape[1], width):
         out += (a[:, s].float() @ b[:, s].float().T).round().long()
     return out
 
@@ -78,7 +105,10 @@ def packed_kernel(f: Callable, params: Mapping[str, torch.Tensor], x1: torch.Ten
     n1, n2 = x1.shape[0], xb.shape[0]
     act = activation_bytes(f, params, x1[:1]) * (1 + c)
     asym = spec.kind is KernelKind.ASYM_SIGNGD
-    for group in plan_groups(params, spec.names, c, spec):
+    # signs of all rows of a group (2 bits per entry and row) take at most half of the budget
+    rows = (n1 + (0 if same else n2)) * c
+    for group in plan_groups(params, spec.names, c, spec, cap=min(spec.budget // (4 * c * spec.itemsize),
+                                                                   spec.budget * 4 // (2 * max(1, rows)))):
         p = sum(params[n].numel() for n in group)
         b = max(1, spec.budget // (4 * (c * p * spec.itemsize + act)))
 
@@ -88,7 +118,10 @@ def packed_kernel(f: Callable, params: Mapping[str, torch.Tensor], x1: torch.Ten
                 J = jacobian_rows(f, params, group, x[s])
                 for n in group:
                     g = J[n].reshape(-1, J[n].shape[-1])
-                    held[n].append(pack_signs(g) if storage == "bits" else torch.sign(g).to(torch.int8))
+                    if storage == "bits":
+                        held[n].append(tuple(_words(t) for t in pack_signs(g)))
+                    else:
+                        held[n].append(torch.sign(g).to(torch.int8))
                 del J
             if storage == "bits":
                 return {n: (torch.cat([h[0] for h in held[n]]), torch.cat([h[1] for h in held[n]])) for n in group}
@@ -98,7 +131,8 @@ def packed_kernel(f: Callable, params: Mapping[str, torch.Tensor], x1: torch.Ten
         if not asym:
             S1 = S2 if same else store(x1, n1)
             for n in group:
-                dot = packed_dot(S1[n], S2[n]) if storage == "bits" else int8_dot(S1[n], S2[n])
+                dot = (packed_dot(S1[n], S2[n], spec.budget // 4) if storage == "bits"
+                       else int8_dot(S1[n], S2[n], spec.budget // 4))
                 acc.add(n, dot.to(spec.dtype).reshape(n1, c, n2, c))
             continue
         for s in chunks(n1, b):
@@ -107,14 +141,21 @@ def packed_kernel(f: Callable, params: Mapping[str, torch.Tensor], x1: torch.Ten
                 g = J[n].reshape(-1, J[n].shape[-1])
                 if storage == "bits":
                     m, neg = S2[n]
-                    sg = _unpack(m, neg, g.shape[-1], g.dtype)
+                    out = torch.zeros(g.shape[0], m.shape[0], dtype=g.dtype, device=g.device)
+                    # unpack 64-entry words a block at a time: n2 C x width floats, not n2 C x |M|
+                    width = max(1, (spec.budget // 8) // max(1, m.shape[0] * 64 * spec.itemsize))
+                    for w in chunks(m.shape[1], width):
+                        lo, hi = w.start * 64, min(g.shape[-1], w.stop * 64)
+                        sg = _unpack(m[:, w], neg[:, w], hi - lo, g.dtype)
+                        out += g[:, lo:hi] @ sg.T
                 else:
-                    sg = S2[n].to(g.dtype)
-                acc.add(n, (g @ sg.T).reshape(s.stop - s.start, c, n2, c), s, slice(None))
+                    out = g @ S2[n].to(g.dtype).T
+                acc.add(n, out.reshape(s.stop - s.start, c, n2, c), s, slice(None))
 
 
 def _unpack(m: torch.Tensor, neg: torch.Tensor, p: int, dtype: torch.dtype) -> torch.Tensor:
-    """Inverse of pack_signs: [R, ceil(P/8)] x 2 -> [R, P] in {-1, 0, 1}."""
+    """Inverse of pack_signs (bytes or 64-bit words) -> [R, P] in {-1, 0, 1}."""
+    m, neg = m.contiguous().view(torch.uint8), neg.contiguous().view(torch.uint8)
     bits = _BITS.to(m.device)
     mm = ((m.unsqueeze(-1) & bits) != 0).reshape(m.shape[0], -1)[:, :p]
     nn_ = ((neg.unsqueeze(-1) & bits) != 0).reshape(m.shape[0], -1)[:, :p]

@@ -149,7 +149,7 @@ def test_bad_arguments(mlp):
     with pytest.raises(ValueError, match="xyz"):
         empirical_kernel(f, params, x1, select="xyz")
     with pytest.raises(ValueError, match="memory_budget"):
-        empirical_kernel(f, params, x1, memory_budget=16)
+        empirical_kernel(f, params, x1, method="jacobian", memory_budget=16)
     with pytest.raises(ValueError, match="-1"):
         empirical_kernel(f, params, x1, kind="signgd", eps=-1.0)
 
@@ -197,3 +197,163 @@ def test_kernel_distance():
         kernel_distance(torch.zeros(2, 2), K1)
     with pytest.raises(ValueError, match="shapes"):
         kernel_distance(K0, K1[:1])
+
+
+# ------------------------------------------------------------------ every method and kind vs the naive loop
+def _roberta():
+    from transformers import RobertaConfig, RobertaForMaskedLM
+
+    torch.manual_seed(0)
+    cfg = RobertaConfig(vocab_size=40, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=16, max_position_embeddings=16, type_vocab_size=1,
+                        attn_implementation="eager")
+    return RobertaForMaskedLM(cfg).double().eval()
+
+
+def _gptneo():
+    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+
+    torch.manual_seed(1)
+    cfg = GPTNeoConfig(vocab_size=40, hidden_size=8, num_layers=2, num_heads=2, intermediate_size=16,
+                       attention_types=[[["global", "local"], 1]], window_size=3, max_position_embeddings=16,
+                       bos_token_id=0, eos_token_id=0, attn_implementation="eager")
+    return GPTNeoForCausalLM(cfg).double().eval()
+
+
+def hf_functional(model, position: int, label_ids: list[int]):
+    """f(params, ids [B, T]) = logits[:, position, label_ids]: a prompt-based FT output with C = len(label_ids)."""
+    from torch.func import functional_call
+
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+
+    def f(p, x):
+        return functional_call(model, p, (x,)).logits[:, position, label_ids]
+
+    return f, params
+
+
+@pytest.fixture(scope="module")
+def roberta():
+    model = _roberta()
+    f, params = hf_functional(model, 2, [5, 9])
+    g = torch.Generator().manual_seed(4)
+    x1 = torch.randint(3, 40, (3, 4), generator=g)
+    x1[:, 2] = 4  # the "mask" position
+    x2 = torch.randint(3, 40, (2, 4), generator=g)
+    x2[:, 2] = 4
+    return model, f, params, x1, x2
+
+
+@pytest.fixture(scope="module")
+def gptneo():
+    model = _gptneo()
+    f, params = hf_functional(model, -1, [5, 9])
+    g = torch.Generator().manual_seed(5)
+    return model, f, params, torch.randint(1, 40, (3, 4), generator=g), torch.randint(1, 40, (2, 4), generator=g)
+
+
+def sign_safe(name: str) -> bool:
+    """Key-projection biases have an analytically zero gradient (softmax is shift invariant), so their
+    computed gradient is round-off whose sign is arbitrary; sign kernels exclude them in comparisons."""
+    return "key.bias" not in name and "k_proj.bias" not in name
+
+
+_REF: dict = {}
+
+
+def reference(which, kind, request):
+    key = (which, kind)
+    if key not in _REF:
+        _, f, params, x1, x2 = request.getfixturevalue(which)
+        names = [n for n in params if kind == "sgd" or sign_safe(n)]
+        _REF[key] = naive_kernel(f, params, x1, x2, kind=kind, names=names)
+    return _REF[key]
+
+
+METHOD_KINDS = [("structured", k) for k in KINDS] + [("auto", k) for k in KINDS] + [
+    ("ntk_vp", "sgd"), ("ntk_vp", "asym_signgd"), ("packed", "signgd"), ("packed", "asym_signgd")]
+def _hf(which, method):
+    # HF models: the structured path (captures, embedding rows) runs by default; the rest is slow-marked
+    marks = [pytest.mark.hf] + ([] if method == "structured" else [pytest.mark.slow])
+    return pytest.param(which, marks=marks)
+
+
+@pytest.mark.parametrize("method,which,kind", [(m, w, k) for m, k in METHOD_KINDS for w in ("mlp", "attn")]
+                         + [pytest.param(m, *_hf(w, m).values, k, marks=_hf(w, m).marks)
+                            for m, k in METHOD_KINDS for w in ("roberta", "gptneo")])
+def test_method_matches_naive(method, kind, which, request):
+    _, f, params, x1, x2 = request.getfixturevalue(which)
+    select = None if kind == "sgd" else sign_safe
+    K = empirical_kernel(f, params, x1, x2, kind=kind, method=method, select=select)
+    assert rel_err(K, reference(which, kind, request)) < 1e-10
+
+
+@pytest.mark.hf
+@pytest.mark.parametrize("which", ["roberta", "gptneo"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_hf_jacobian_matches_naive(kind, which, request):
+    _, f, params, x1, x2 = request.getfixturevalue(which)
+    K = empirical_kernel(f, params, x1, x2, kind=kind, method="jacobian", select=None if kind == "sgd" else sign_safe)
+    assert rel_err(K, reference(which, kind, request)) < 1e-10
+
+
+def test_structured_covers_dense_layers(mlp, attn):
+    from ntkcheck.models.kernels.structured import probe
+
+    for _, f, params, x1, _ in (mlp, attn):
+        cover, _ = probe(f, params, list(params), x1, 2)
+        assert cover == list(params)
+
+
+@pytest.mark.hf
+def test_structured_covers_hf_except_tied_embedding(roberta, gptneo):
+    from ntkcheck.models.kernels.structured import probe
+
+    for (_, f, params, x1, _), tied in ((roberta, "roberta.embeddings.word_embeddings.weight"),
+                                        (gptneo, "transformer.wte.weight")):
+        cover, _ = probe(f, params, list(params), x1, 2)
+        assert [n for n in params if n not in cover] == [tied]
+
+
+def test_packed_int8_and_sequences(attn):
+    _, f, params, x1, x2 = attn
+    for kind in ("signgd", "asym_signgd"):
+        a = empirical_kernel(f, params, x1, x2, kind=kind, method="packed", sign_storage="int8")
+        b = empirical_kernel(f, params, x1, x2, kind=kind, method="jacobian")
+        assert rel_err(a, b) < 1e-12
+
+
+@pytest.mark.parametrize("method", ["structured", "ntk_vp", "packed", "sketch"])
+def test_methods_same_x(method, mlp):
+    """x2 = None (the symmetric, triangle-only paths) and per-tensor weights, eps-sign where allowed."""
+    model, f, params, x1, _ = mlp
+    lrs = model.learning_rates("sgd", base_lr=0.5)
+    kinds = {"structured": KINDS, "ntk_vp": ["sgd", "asym_signgd"], "packed": ["signgd", "asym_signgd"],
+             "sketch": KINDS}[method]
+    for kind in kinds:
+        kw = dict(sketch_dim=64) if method == "sketch" else {}
+        K = empirical_kernel(f, params, x1, kind=kind, method=method, weights=lrs, memory_budget=20_000, **kw)
+        R = naive_kernel(f, params, x1, kind=kind, weights=lrs)
+        if method == "sketch":
+            assert K.shape == R.shape
+        else:
+            assert rel_err(K, R) < 1e-10
+    if method == "structured":
+        eps = {n: 0.02 for n in params}
+        for kind in ("signgd", "asym_signgd"):
+            K = empirical_kernel(f, params, x1, kind=kind, method=method, eps=eps)
+            assert rel_err(K, naive_kernel(f, params, x1, kind=kind, eps=eps)) < 1e-10
+
+
+def test_method_kind_mismatch(mlp):
+    _, f, params, x1, _ = mlp
+    with pytest.raises(ValueError, match="signgd"):
+        empirical_kernel(f, params, x1, kind="signgd", method="ntk_vp")
+    with pytest.raises(ValueError, match="sgd"):
+        empirical_kernel(f, params, x1, kind="sgd", method="packed")
+    with pytest.raises(ValueError, match="eps"):
+        empirical_kernel(f, params, x1, kind="signgd", method="packed", eps=0.1)
+    with pytest.raises(ValueError, match="sketch_dim"):
+        empirical_kernel(f, params, x1, method="sketch")
+    with pytest.raises(ValueError, match="bogus"):
+        empirical_kernel(f, params, x1, method="sketch", sketch_dim=8, sketch="bogus")

@@ -1,0 +1,63 @@
+"""Peak resident memory of a block of code, for checking the kernel engine's memory budget.
+
+tracemalloc does not see torch's allocations, and torch has no CPU peak
+counter, so a thread samples the process RSS (/proc/self/statm) every
+``interval`` seconds and keeps the maximum; ``peak_delta`` is that maximum
+minus the RSS on entry. glibc keeps freed small blocks in its heap, which
+would hide reuse; run under MALLOC_MMAP_THRESHOLD_=65536 (set before the
+process starts, see ``child_env``) so tensor buffers are mmapped and returned
+on free, making the delta of one block independent of earlier ones.
+Linux only (ValueError elsewhere).
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process, in bytes."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError as e:
+        raise ValueError(f"cannot read /proc/self/statm ({e}); peak-RSS measurement needs Linux") from None
+
+
+def child_env(env: dict | None = None) -> dict:
+    """A copy of ``env`` (default os.environ) with glibc set to mmap every block >= 64 KiB."""
+    out = dict(os.environ if env is None else env)
+    out["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    return out
+
+
+class PeakRSS:
+    """with PeakRSS() as m: ...; m.peak_delta -> max RSS during the block minus RSS at entry (bytes)."""
+
+    def __init__(self, interval: float = 0.0005):
+        self.interval = interval
+        self.start = self.peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_bytes())
+            time.sleep(self.interval)
+
+    def __enter__(self) -> "PeakRSS":
+        self.start = self.peak = rss_bytes()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_bytes())
+
+    @property
+    def peak_delta(self) -> int:
+        return self.peak - self.start

@@ -1,0 +1,200 @@
+"""SKETCH method, the IntrinsicDimension kernel ([KV] Def. D.1) and the LoRA kernel ([KV] Lemma D.4).
+
+Sketch: with a seeded random Pi in R^{P x k}, E[Pi Pi^T] = I,
+
+    K_hat[i, a, j, b] = sum_M eta_M < Pi_M^T phi1(grad_M f_a(x1_i)), Pi_M^T phi2(grad_M f_b(x2_j)) >
+
+Pi is never held: rows of Pi_M are generated in blocks from a generator seeded
+by (seed, tensor index, block), identically for both sides. Entries are
+N(0, 1/k) ("gaussian") or sqrt(s/k) * {+1, 0, -1} with probabilities
+{1/2s, 1 - 1/s, 1/2s}, s = 3 ("sparse_sign", Achlioptas 2003). [KV] Lemma D.3:
+for ||u||^2, ||v||^2 <= c, Pr[|u.v - h(u).h(v)| >= c eps] <= 4 exp(-(eps^2 - eps^3) k / 4).
+
+IntrinsicDimension (Def. D.1): theta = theta0 + Pi theta_hat, trained in theta_hat, so
+grad_{theta_hat} f = Pi^T grad_theta f and the kernel of optimizer A is
+<phi1(Pi^T g_i), phi2(Pi^T g_j)> (the sign is taken after projecting).
+
+LoRA (Lemma D.4): z = x W^T + scale * (x A^T) B^T with B = 0 and A in R^{r x n_in},
+A_ij ~ N(0, 1/r); only B moves, grad_B f = scale * sum_t g_t (A a_t)^T, so
+K_LoRA = scale^2 sum_W sum_{t,s} <g_t, g_s> <A a_t, A a_s> (= dH dH^T ⊙ X A^T A X^T for one token),
+with phi applied to the factors g and A a for sign kinds (single token).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Mapping
+
+import torch
+
+from ntkcheck.models.kernels.common import (DEFAULT_MEMORY_BUDGET, Accumulator, KernelKind, Spec,
+                                            activation_bytes, chunks, group_key, parse_kind, select_names)
+from ntkcheck.models.kernels.jacobian import jacobian_rows, plan_groups
+
+SKETCHES = ("gaussian", "sparse_sign")
+_SPARSITY = 3.0
+
+
+def jl_failure_probability(k: int, eps: float, n_pairs: int = 1) -> float:
+    """Union bound of [KV] Lemma D.3: min(1, 4 n_pairs exp(-(eps^2 - eps^3) k / 4))."""
+    return min(1.0, 4.0 * n_pairs * math.exp(-(eps * eps - eps ** 3) * k / 4.0))
+
+
+def jl_epsilon(k: int, n_pairs: int, delta: float) -> float:
+    """Smallest eps in (0, 2/3] with jl_failure_probability(k, eps, n_pairs) <= delta (inf if none)."""
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must be in (0, 1), got {delta}")
+    if jl_failure_probability(k, 2 / 3, n_pairs) > delta:
+        return math.inf
+    lo, hi = 0.0, 2 / 3  # (eps^2 - eps^3) increases on (0, 2/3)
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if jl_failure_probability(k, mid, n_pairs) > delta else (lo, mid)
+    return hi
+
+
+def projection_block(k: int, rows: int, seed: int, tensor: int, block: int, sketch: str,
+                     dtype: torch.dtype, device) -> torch.Tensor:
+    """Rows [block * rows_per_block, ...) of Pi_M for tensor index ``tensor``: [rows, k], E[Pi Pi^T] = I."""
+    gen = torch.Generator().manual_seed((seed * 1_000_003 + tensor * 10_007 + block) % (2**63))
+    if sketch == "gaussian":
+        R = torch.randn(rows, k, generator=gen, dtype=torch.float64) / math.sqrt(k)
+    else:
+        u = torch.rand(rows, k, generator=gen, dtype=torch.float64)
+        val = math.sqrt(_SPARSITY / k)
+        R = torch.where(u < 0.5 / _SPARSITY, val, torch.where(u > 1 - 0.5 / _SPARSITY, -val, 0.0))
+    return R.to(dtype=dtype, device=device)
+
+
+def project(G: torch.Tensor, k: int, seed: int, tensor: int, sketch: str, block_rows: int) -> torch.Tensor:
+    """G @ Pi_M: [R, |M|] -> [R, k], generating Pi_M block by block."""
+    out = torch.zeros(G.shape[0], k, dtype=G.dtype, device=G.device)
+    for bi, s in enumerate(chunks(G.shape[1], block_rows)):
+        out += G[:, s] @ projection_block(k, s.stop - s.start, seed, tensor, bi, sketch, G.dtype, G.device)
+    return out
+
+
+def _check_sketch(k, sketch):
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"sketch_dim must be a positive integer, got {k!r}")
+    if sketch not in SKETCHES:
+        raise ValueError(f"sketch must be one of {SKETCHES}, got {sketch!r}")
+
+
+def _projected(f, params, x, c, names, index, spec: Spec, k, sketch, seed, phi, by_key=True):
+    """{key: [N C, k]} = sum_{M in key} scale_M Pi_M^T phi(grad_M f(x)) (phi(name, g) or None)."""
+    n = x.shape[0]
+    act = activation_bytes(f, params, x[:1]) * (1 + c)
+    block_rows = max(1, (spec.budget // 8) // (k * spec.itemsize))
+    out: dict[str, torch.Tensor] = {}
+    for group in plan_groups(params, names, c, spec):
+        p = sum(params[m].numel() for m in group)
+        b = max(1, spec.budget // (4 * (c * p * spec.itemsize + act)))
+        for s in chunks(n, b):
+            J = jacobian_rows(f, params, group, x[s])
+            for m in group:
+                g = J[m].reshape(-1, J[m].shape[-1])
+                g = phi(m, g) if phi is not None else g
+                key = group_key(m, spec.decompose) if by_key else "total"
+                if key not in out:
+                    out[key] = torch.zeros(n * c, k, dtype=spec.dtype, device=spec.device)
+                out[key][s.start * c: s.stop * c] += project(g, k, seed, index[m], sketch, block_rows)
+            del J
+    return out
+
+
+def sketch_kernel(f: Callable, params: Mapping[str, torch.Tensor], x1: torch.Tensor, x2: torch.Tensor | None,
+                  c: int, spec: Spec, acc: Accumulator, k: int | None, sketch: str = "gaussian",
+                  seed: int = 0) -> None:
+    """Adds the sketched kernel (module docstring) into ``acc``: an unbiased estimate of the exact one."""
+    _check_sketch(k, sketch)
+    index = {m: i for i, m in enumerate(params)}
+    eta = spec.weights
+    nonneg = all(v >= 0 for v in eta.values())
+    # sqrt(eta) on both sides keeps a symmetric kind's sketch symmetric PSD; otherwise eta on the x1 side
+    w1 = {m: math.sqrt(v) if nonneg else v for m, v in eta.items()}
+    w2 = {m: math.sqrt(v) if nonneg else 1.0 for m, v in eta.items()}
+    phi1 = lambda m, g: w1[m] * spec.phi1(m, g)
+    phi2 = lambda m, g: w2[m] * spec.phi2(m, g)
+    S1 = _projected(f, params, x1, c, spec.names, index, spec, k, sketch, seed, phi1)
+    if x2 is None and spec.kind.symmetric and nonneg:
+        S2 = S1
+    else:
+        S2 = _projected(f, params, x1 if x2 is None else x2, c, spec.names, index, spec, k, sketch, seed, phi2)
+    n1 = x1.shape[0]
+    n2 = n1 if x2 is None else x2.shape[0]
+    first = {}
+    for m in spec.names:
+        first.setdefault(group_key(m, spec.decompose), m)
+    for key, A in S1.items():
+        acc.add_unweighted(first[key], (A @ S2[key].T).reshape(n1, c, n2, c))
+
+
+def intrinsic_dimension_kernel(f: Callable, params: Mapping[str, torch.Tensor], x1: torch.Tensor,
+                               x2: torch.Tensor | None = None, *, dim: int, kind: str = "sgd",
+                               eps: float = 0.0, select=None, seed: int = 0, sketch: str = "gaussian",
+                               memory_budget: int | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Kernel of A-IntrinsicDimension FT ([KV] Def. D.1): <phi1(Pi^T g(x1_i)), phi2(Pi^T g(x2_j))> -> [N1, C, N2, C].
+
+    Pi in R^{P x dim} over the selected tensors (entries N(0, 1/dim) for "gaussian"),
+    g = grad_theta f_a; phi from ``kind`` (sign / eps-sign applied to the dim-vector).
+    """
+    from ntkcheck.models.kernels.api import _as_2d, _output_dim, _prepare
+
+    kind = parse_kind(kind)
+    _check_sketch(dim, sketch)
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    params, x1, x2, dt, dev = _prepare(params, x1, x2, dtype, None)
+    f = _as_2d(f)
+    names = select_names(params, select)
+    c = _output_dim(f, params, x1)
+    spec = Spec(kind=KernelKind.SGD, names=names, weights={m: 1.0 for m in names}, eps={m: 0.0 for m in names},
+                dtype=dt, device=dev, budget=int(memory_budget or DEFAULT_MEMORY_BUDGET))
+    index = {m: i for i, m in enumerate(params)}
+    S1 = _projected(f, params, x1, c, names, index, spec, dim, sketch, seed, None, by_key=False)["total"]
+    S2 = S1 if x2 is None else _projected(f, params, x2, c, names, index, spec, dim, sketch, seed, None,
+                                          by_key=False)["total"]
+    sgn = lambda v: torch.sign(v) if eps == 0 else v / (v.abs() + eps)
+    A = sgn(S1) if kind is KernelKind.SIGNGD else S1
+    B = S2 if kind is KernelKind.SGD else sgn(S2)
+    n1 = x1.shape[0]
+    return (A @ B.T).reshape(n1, c, B.shape[0] // c, c)
+
+
+def lora_kernel(f: Callable, params: Mapping[str, torch.Tensor], x1: torch.Tensor, x2: torch.Tensor | None = None,
+                *, rank: int = 8, scale: float = 1.0, kind: str = "sgd", select=None, seed: int = 0,
+                memory_budget: int | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Kernel of LoRA FT at B = 0 ([KV] Lemma D.4), summed over the adapted linear weights -> [N1, C, N2, C].
+
+    Adapted: every selected 2-D weight used by torch.nn.functional.linear (ParamLinear, nn.Linear);
+    A_W ~ N(0, 1/rank) seeded per weight. Sign kinds need single-token inputs (ValueError otherwise).
+    """
+    from ntkcheck.models.kernels.api import _as_2d, _output_dim, _prepare
+    from ntkcheck.models.kernels.structured import _factors, _weight_block, capture, covered
+
+    kind = parse_kind(kind)
+    if not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"rank must be a positive integer, got {rank!r}")
+    params, x1, x2, dt, dev = _prepare(params, x1, x2, dtype, None)
+    f = _as_2d(f)
+    names = select_names(params, select)
+    c = _output_dim(f, params, x1)
+    cap1 = capture(f, params, names, x1, c)
+    adapted = [m for m in covered(cap1, params, names) if m in cap1.weights]
+    if not adapted:
+        raise ValueError(f"no selected tensor of {names} is a weight used by a linear layer; nothing to adapt")
+    cap2 = cap1 if x2 is None else capture(f, params, adapted, x2, c)
+    spec = Spec(kind=kind, names=adapted, weights={m: 1.0 for m in adapted}, eps={m: 0.0 for m in adapted},
+                dtype=dt, device=dev, budget=int(memory_budget or DEFAULT_MEMORY_BUDGET))
+    index = {m: i for i, m in enumerate(params)}
+    K = None
+    for m in adapted:
+        a1, g1 = _factors(cap1, m)
+        a2, g2 = _factors(cap2, m)
+        if kind is not KernelKind.SGD and (a1.shape[1] > 1 or a2.shape[1] > 1):
+            raise ValueError(f"lora_kernel with kind {kind.value!r} needs single-token inputs; {m!r} sees "
+                             f"{a1.shape[1]} tokens")
+        A = projection_block(rank, a1.shape[-1], seed, index[m], 0, "gaussian", dt, dev).T  # [rank, n_in]
+        blk = _weight_block(spec, m, (a1 @ A.T, g1), (a2 @ A.T, g2))
+        K = blk if K is None else K + blk
+    return (scale ** 2) * K
