@@ -17,7 +17,8 @@ grad_{theta_hat} f = Pi^T grad_theta f and the kernel of optimizer A is
 LoRA (Lemma D.4): z = x W^T + scale * (x A^T) B^T with B = 0 and A in R^{r x n_in},
 A_ij ~ N(0, 1/r); only B moves, grad_B f = scale * sum_t g_t (A a_t)^T, so
 K_LoRA = scale^2 sum_W sum_{t,s} <g_t, g_s> <A a_t, A a_s> (= dH dH^T ⊙ X A^T A X^T for one token),
-with phi applied to the factors g and A a for sign kinds (single token).
+with phi applied to the factors g and A a for sign kinds (single token; the factor scale^2 becomes
+|scale| for asym_signgd and 1 for signgd).
 """
 from __future__ import annotations
 
@@ -197,4 +198,6 @@ def lora_kernel(f: Callable, params: Mapping[str, torch.Tensor], x1: torch.Tenso
         A = projection_block(rank, a1.shape[-1], seed, index[m], 0, "gaussian", dt, dev).T  # [rank, n_in]
         blk = _weight_block(spec, m, (a1 @ A.T, g1), (a2 @ A.T, g2))
         K = blk if K is None else K + blk
-    return (scale ** 2) * K
+    # grad_B f = scale * (...): the sign drops the scale on a signed side
+    factor = {KernelKind.SGD: scale ** 2, KernelKind.ASYM_SIGNGD: abs(scale), KernelKind.SIGNGD: 1.0}[kind]
+    return factor * K

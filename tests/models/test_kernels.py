@@ -289,6 +289,7 @@ def test_method_matches_naive(method, kind, which, request):
 
 
 @pytest.mark.hf
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["roberta", "gptneo"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_hf_jacobian_matches_naive(kind, which, request):

@@ -1,0 +1,209 @@
+"""Kernel-engine properties: sign identities, symmetry / PSD, the JL bound of the sketch, LoRA and
+IntrinsicDimension kernels against their definitions ([KV] Lemma D.3, D.4, Def. D.1), the memory budget."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ntkcheck.models import MLP, NTK, MLPConfig, functional
+from ntkcheck.models.kernels import (empirical_kernel, flatten, intrinsic_dimension_kernel, jl_epsilon, lora_kernel,
+                                     pack_signs, packed_dot)
+from ntkcheck.models.kernels.packed import int8_dot, popcount64
+from ntkcheck.models.kernels.sketch import projection_block
+
+DT = torch.float64
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    g = torch.Generator().manual_seed(0)
+    model = MLP(MLPConfig(d_in=6, d_out=2, depth=2, bias=True), width=16, param=NTK, generator=g, dtype=DT)
+    f, params = functional(model.eval())
+    x = torch.randn(6, 6, generator=torch.Generator().manual_seed(1), dtype=DT)
+    return model, f, params, x
+
+
+def ternary(seed, rows, p, zero_frac):
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(rows, p, generator=g, dtype=DT)
+    v[torch.rand(rows, p, generator=g, dtype=DT) < zero_frac] = 0
+    return v
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**20), p=st.integers(1, 300), zero=st.sampled_from([0.0, 0.3]))
+def test_packed_sign_dot_is_exact(seed, p, zero):
+    u, v = ternary(seed, 3, p, zero), ternary(seed + 1, 4, p, zero)
+    exact = (torch.sign(u) @ torch.sign(v).T).long()
+    assert torch.equal(packed_dot(pack_signs(u), pack_signs(v), budget=4096), exact)
+    assert torch.equal(int8_dot(torch.sign(u).to(torch.int8), torch.sign(v).to(torch.int8)), exact)
+    if zero == 0.0:
+        # no zeros: <sign u, sign v> = P - 2 Hamming(sign bits)
+        ham = ((u[:, None, :] < 0) != (v[None, :, :] < 0)).sum(-1)
+        assert torch.equal(exact, p - 2 * ham)
+
+
+@settings(max_examples=30, deadline=None)
+@given(x=st.integers(-2**63, 2**63 - 1))
+def test_popcount64(x):
+    assert int(popcount64(torch.tensor([x]))[0]) == bin(x & (2**64 - 1)).count("1")
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**20), m=st.integers(1, 12), n=st.integers(1, 12))
+def test_sign_of_outer_product_factorizes(seed, m, n):
+    """sign(g a^T) = sign(g) sign(a)^T, hence <sign(g a^T), sign(h b^T)> = <sign g, sign h><sign a, sign b>."""
+    g, h = ternary(seed, 1, m, 0.2)[0], ternary(seed + 1, 1, m, 0.2)[0]
+    a, b = ternary(seed + 2, 1, n, 0.2)[0], ternary(seed + 3, 1, n, 0.2)[0]
+    assert torch.equal(torch.sign(torch.outer(g, a)), torch.outer(torch.sign(g), torch.sign(a)))
+    lhs = (torch.sign(torch.outer(g, a)) * torch.sign(torch.outer(h, b))).sum()
+    assert lhs == torch.dot(torch.sign(g), torch.sign(h)) * torch.dot(torch.sign(a), torch.sign(b))
+
+
+@pytest.mark.parametrize("kind", ["sgd", "signgd"])
+@pytest.mark.parametrize("method", ["jacobian", "structured"])
+def test_symmetric_kinds_are_symmetric_psd(kind, method, mlp):
+    _, f, params, x = mlp
+    K = flatten(empirical_kernel(f, params, x, kind=kind, method=method))
+    assert torch.equal(K, K.T)
+    ev = torch.linalg.eigvalsh(K)
+    assert float(ev.min()) > -1e-10 * float(ev.max())
+
+
+def test_asym_signgd_diagonal_is_l1_norm(mlp):
+    """K_A(x, x)[a, a] = <g, sign g> = ||g||_1 >= 0, and signgd's diagonal counts nonzero coordinates."""
+    _, f, params, x = mlp
+    KA = empirical_kernel(f, params, x, kind="asym_signgd")
+    KS = empirical_kernel(f, params, x, kind="signgd")
+    J = torch.func.vmap(torch.func.jacrev(lambda p, xi: f(p, xi[None])[0]), in_dims=(None, 0))(params, x)
+    G = torch.cat([J[n].reshape(x.shape[0], 2, -1) for n in params], dim=-1)
+    for a in range(2):
+        assert torch.allclose(torch.diagonal(KA[:, a, :, a]), G[:, a].abs().sum(-1), rtol=1e-12)
+        assert torch.equal(torch.diagonal(KS[:, a, :, a]), (G[:, a] != 0).sum(-1).to(DT))
+
+
+def test_eps_sign_limits(mlp):
+    """eps-sign -> sign as eps -> 0 and eps * eps-sign -> identity as eps -> inf."""
+    _, f, params, x = mlp
+    S = empirical_kernel(f, params, x, kind="asym_signgd")
+    S_eps = empirical_kernel(f, params, x, kind="asym_signgd", eps=1e-12)
+    assert float((S - S_eps).abs().max() / S.abs().max()) < 1e-6
+    K = empirical_kernel(f, params, x)
+    big = 1e8
+    K_eps = empirical_kernel(f, params, x, kind="signgd", eps=big) * big * big
+    assert float((K - K_eps).abs().max() / K.abs().max()) < 1e-6
+    auto = empirical_kernel(f, params, x, kind="signgd", eps="auto")
+    assert torch.isfinite(auto).all()
+
+
+@pytest.mark.parametrize("sketch", ["gaussian", "sparse_sign"])
+@pytest.mark.parametrize("kind", ["sgd", "signgd", "asym_signgd"])
+def test_sketch_within_jl_bound(kind, sketch, mlp):
+    """[KV] Lemma D.3 with a union bound over the (N C)^2 entries, at failure probability 1%, seeded."""
+    _, f, params, x = mlp
+    k = 2048
+    K = empirical_kernel(f, params, x, kind=kind, method="jacobian")
+    Kh = empirical_kernel(f, params, x, kind=kind, method="sketch", sketch_dim=k, sketch=sketch, seed=3)
+    J = torch.func.vmap(torch.func.jacrev(lambda p, xi: f(p, xi[None])[0]), in_dims=(None, 0))(params, x)
+    G = torch.cat([J[n].reshape(-1, J[n][0, 0].numel()) for n in params], dim=-1)
+    feats = [G] if kind == "sgd" else [torch.sign(G)] if kind == "signgd" else [G, torch.sign(G)]
+    c = max(float((v * v).sum(-1).max()) for v in feats)
+    eps = jl_epsilon(k, K.numel(), 0.01)
+    assert float((Kh - K).abs().max()) <= c * eps
+    again = empirical_kernel(f, params, x, kind=kind, method="sketch", sketch_dim=k, sketch=sketch, seed=3)
+    assert torch.equal(Kh, again)
+
+
+def test_intrinsic_dimension_kernel(mlp):
+    """Def. D.1: grad_{theta_hat} f = Pi^T grad f. sgd: equals the Gaussian sketch with the same seed;
+    signgd takes signs of the dim-vector, so entries are integers of magnitude <= dim."""
+    _, f, params, x = mlp
+    KI = intrinsic_dimension_kernel(f, params, x, dim=64, seed=5)
+    KS = empirical_kernel(f, params, x, method="sketch", sketch_dim=64, seed=5)
+    assert torch.allclose(KI, KS, rtol=1e-12, atol=1e-14)
+    Ks = intrinsic_dimension_kernel(f, params, x, dim=64, kind="signgd", seed=5)
+    assert torch.equal(Ks, Ks.round()) and float(Ks.abs().max()) <= 64
+
+
+def test_lora_kernel_matches_explicit_lora_model():
+    """Lemma D.4 by construction: a network with adapters z = x W^T + s (x A^T) B^T at B = 0; the naive
+    kernel over the B's equals lora_kernel (single token and sequences)."""
+    g = torch.Generator().manual_seed(7)
+    p = {"w1": torch.randn(10, 4, generator=g, dtype=DT), "b1": torch.randn(10, generator=g, dtype=DT),
+         "w2": torch.randn(3, 10, generator=g, dtype=DT)}
+    scale, rank = 2.0, 5
+
+    def f(q, x):
+        h = torch.tanh(F.linear(x, q["w1"]) * 0.5 + q["b1"])
+        return F.linear(h, q["w2"]).reshape(x.shape[0], -1, 3).mean(1)
+
+    A = {n: projection_block(rank, p[n].shape[1], 11, i, 0, "gaussian", DT, "cpu").T
+         for i, n in enumerate(p) if n != "b1"}
+
+    def f_lora(B, x):
+        z1 = F.linear(x, p["w1"]) + scale * F.linear(F.linear(x, A["w1"]), B["w1"])
+        h = torch.tanh(z1 * 0.5 + p["b1"])
+        z2 = F.linear(h, p["w2"]) + scale * F.linear(F.linear(h, A["w2"]), B["w2"])
+        return z2.reshape(x.shape[0], -1, 3).mean(1)
+
+    B0 = {"w1": torch.zeros(10, rank, dtype=DT), "w2": torch.zeros(3, rank, dtype=DT)}
+    for shape in ((5, 4), (5, 3, 4)):
+        x = torch.randn(*shape, generator=g, dtype=DT)
+        ref = empirical_kernel(f_lora, B0, x, method="jacobian")
+        K = lora_kernel(f, p, x, rank=rank, scale=scale, select=["w1", "w2"], seed=11)
+        assert float((K - ref).abs().max() / ref.abs().max()) < 1e-10
+    xs = torch.randn(5, 4, generator=g, dtype=DT)
+    for kind in ("signgd", "asym_signgd"):
+        ref = empirical_kernel(f_lora, B0, xs, kind=kind, method="jacobian")
+        K = lora_kernel(f, p, xs, rank=rank, scale=scale, kind=kind, select=["w1", "w2"], seed=11)
+        assert float((K - ref).abs().max() / ref.abs().max()) < 1e-10
+
+
+_MEMORY_SCRIPT = textwrap.dedent("""
+    import json, sys, torch
+    torch.set_num_threads(1)
+    from torch.func import jacrev, vmap
+    from ntkcheck.models import MLP, MLPConfig, NTK, functional
+    from ntkcheck.models.kernels import empirical_kernel
+    from ntkcheck.models.kernels.memory import PeakRSS
+    budget = int(sys.argv[1])
+    model = MLP(MLPConfig(d_in=64, d_out=2, depth=2), 384, NTK, torch.Generator().manual_seed(0), dtype=torch.float64)
+    f, p = functional(model.eval())
+    x = torch.randn(8, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    out = {}
+    for method, kind in (("jacobian", "sgd"), ("structured", "signgd"), ("packed", "signgd"), ("ntk_vp", "sgd")):
+        empirical_kernel(f, p, x[:2], kind=kind, method=method, memory_budget=budget)  # warm-up, lazy init
+        with PeakRSS() as m:
+            empirical_kernel(f, p, x, kind=kind, method=method, memory_budget=budget)
+        out[method] = m.peak_delta
+    with PeakRSS() as m:
+        J = vmap(jacrev(lambda q, xi: f(q, xi[None])[0]), in_dims=(None, 0))(p, x)
+    out["held_jacobians"] = m.peak_delta
+    out["jacobian_bytes"] = sum(v.numel() * v.element_size() for v in J.values())
+    print(json.dumps(out))
+""")
+
+
+def test_memory_budget_respected():
+    """Peak RSS (sampled, glibc set to mmap tensors) of each exact method stays under the budget, while
+    holding all Jacobians (the control) needs over 2x the budget -- so the meter sees what is allocated."""
+    from ntkcheck.models.kernels.memory import child_env
+
+    budget = 8 * 2**20
+    res = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, str(budget)], capture_output=True, text=True,
+                         env=child_env(), timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["held_jacobians"] >= 0.8 * out["jacobian_bytes"] > 2 * budget, out
+    for method in ("jacobian", "structured", "packed", "ntk_vp"):
+        assert out[method] <= budget, (method, out)
