@@ -128,7 +128,8 @@ def rwy_error_bound(rho: float) -> float:
 def gd_filter(eigs: np.ndarray, step: float, t: float) -> np.ndarray:
     """g_t(lam) = 1 - (1 - step lam)^t, the GD filter after t steps. eigs: [N] -> [N]. Needs step lam <= 1."""
     lam = np.asarray(eigs, dtype=np.float64)
-    return -np.expm1(t * np.log1p(-step * lam))
+    with np.errstate(divide="ignore"):  # step lam = 1 gives log1p(-1) = -inf and the exact filter 1
+        return -np.expm1(t * np.log1p(-step * lam))
 
 
 def gradient_flow_filter(eigs: np.ndarray, eta_t: float) -> np.ndarray:

@@ -1,0 +1,234 @@
+"""Experiments behind the early_stopping check: a kernel with known eigen-decay, and an MLP trained by GD.
+
+Synthetic problem (one point = (beta, N, seed)):
+  x ~ U[0, 1), kernel K = periodic_sobolev_kernel(., ., beta) whose Mercer
+  eigenvalues under U[0, 1) are 1, k^-2beta (twice, cos and sin), k >= 1;
+  target f*(x) = sum_{k <= k_max} sqrt2 (a_k cos 2 pi k x + b_k sin 2 pi k x)
+  with a_k, b_k ~ N(0, k^-2beta k^-(1+delta)) rescaled to ||f*||_H = norm,
+  i.e. at distance delta from the edge of the RKHS ([ES] eq. 29's setting);
+  y = f*(x) + sigma w, w ~ N(0, 1).
+  L2(P) errors are means over a uniform grid of M points, exact for the
+  band-limited target (M > 2 k_max) up to the estimator's aliased
+  frequencies above M / 2, whose amplitudes are below (M / 2)^-2beta.
+
+MLP problem (one point = (N, seed)): inputs z(x) = (cos 2 pi x, sin 2 pi x),
+a one-hidden-layer NTK-parametrized ReLU MLP with biases at width n (float64),
+"pretrained" network = its initialization f_0 (fixed per seed), target
+f_0 + g with g a Fourier target as above, noisy labels; full-batch GD on the
+MSE from f_0, stopped at the best validation loss (hold-out, [ES] Sec. 6.2's
+recommendation); beta-hat from the eNTK Gram of f_0 on a fixed sample
+([ES] Sec. 7.1, eq. 31-32).
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import math
+from typing import Iterator
+
+import numpy as np
+import scipy.linalg
+
+from ntkcheck.theory import early_stopping as es
+
+
+@contextlib.contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """Run numpy/scipy's OpenBLAS and torch on one thread inside the block, then restore both.
+
+    On a shared 2-core machine a multi-threaded OpenBLAS eigh of a 512 x 512 matrix was
+    measured at 4-8 s against 0.1 s single-threaded (threads spin while the cores are busy),
+    and a small torch gradient step at 0.27 s against 0.01 s. Finds the loaded OpenBLAS
+    libraries through /proc/self/maps; that part is a no-op where it fails.
+    """
+    import torch
+
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    libs = []
+    try:
+        with open("/proc/self/maps") as fh:
+            paths = {line.split()[-1] for line in fh if "openblas" in line.lower() and line.strip().endswith(".so")}
+        for path in sorted(paths):
+            lib = ctypes.CDLL(path)
+            for get, put in (("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
+                             ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
+                             ("openblas_get_num_threads", "openblas_set_num_threads")):
+                if hasattr(lib, get) and hasattr(lib, put):
+                    libs.append((getattr(lib, put), int(getattr(lib, get)())))
+                    break
+    except OSError:
+        libs = []
+    for put, _ in libs:
+        put(ctypes.c_int(1))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(torch_threads)
+        for put, n in libs:
+            put(ctypes.c_int(n))
+
+
+def _rng(*key: int) -> np.random.Generator:
+    return np.random.default_rng([int(k) for k in key])
+
+
+def gram_eigh(K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenpairs of K / N (descending, clipped at 0); LAPACK's divide-and-conquer driver, the fastest here."""
+    n = K.shape[0]
+    lam, U = scipy.linalg.eigh((K + K.T) / (2.0 * n), driver="evd")
+    return np.clip(lam[::-1], 0.0, None), U[:, ::-1]
+
+
+# ------------------------------------------------------------------ targets
+def fourier_target(beta: float, delta: float, k_max: int, norm: float, rng: np.random.Generator
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficients (a, b) [k_max] of sum_k sqrt2 (a_k cos + b_k sin)(2 pi k x), with ||f||_H = norm
+    in the RKHS whose eigenvalues are k^-2beta: ||f||_H^2 = sum_k (a_k^2 + b_k^2) k^2beta."""
+    k = np.arange(1, k_max + 1, dtype=np.float64)
+    sd = k ** (-beta) * k ** (-(1.0 + delta) / 2.0)
+    a, b = sd * rng.standard_normal(k_max), sd * rng.standard_normal(k_max)
+    h = math.sqrt(float(((a**2 + b**2) * k ** (2 * beta)).sum()))
+    return a * norm / h, b * norm / h
+
+
+def eval_fourier(a: np.ndarray, b: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """sum_k sqrt2 (a_k cos 2 pi k x + b_k sin 2 pi k x). x: [M] -> [M]."""
+    ph = 2.0 * math.pi * np.outer(x, np.arange(1, a.size + 1))
+    return math.sqrt(2.0) * (np.cos(ph) @ a + np.sin(ph) @ b)
+
+
+# --------------------------------------------------------------- synthetic
+def synthetic_point(beta: int, n: int, seed: int, *, sigma: float, delta: float, norm: float, k_max: int,
+                    grid: int, n_times: int, beta_window: tuple[float, float], step_fraction: float) -> dict:
+    """One (beta, N, seed) point: errors at the stopping rule, the oracle time, ridge, interpolation.
+
+    Returns a flat row: rho2 (squared critical radius), T_rule, err_rule, bound_rule (12 rho^2,
+    RWY Thm 1), err_oracle, eta_oracle, err_ridge_rule (lambda = 1/eta_T), err_ridge_oracle
+    (best lambda on the grid 1/eta_t), err_interp, beta_hat (eq. 31-32 on the Gram spectrum).
+    """
+    a, b = fourier_target(beta, delta, k_max, norm, _rng(seed, beta, 1))
+    rng = _rng(seed, beta, n, 2)
+    x = rng.uniform(0.0, 1.0, n)
+    y = eval_fourier(a, b, x) + sigma * rng.standard_normal(n)
+    xg = np.arange(grid) / grid
+    fg = eval_fourier(a, b, xg)
+    lam, U = gram_eigh(es.periodic_sobolev_kernel(x, x, beta))
+    Kg = es.periodic_sobolev_kernel(xg, x, beta)
+    z = U.T @ y
+
+    def err(weights: np.ndarray) -> float:
+        pred = Kg @ (U @ (weights * z)) / n
+        return float(np.mean((pred - fg) ** 2))
+
+    step = step_fraction * min(1.0, 1.0 / lam[0])  # RWY: alpha <= min(1, 1/lam_1)
+    rho = es.critical_radius(lam, sigma, norm)
+    T = es.stopping_time(lam, sigma, step, norm)
+    ts = np.unique(np.round(np.geomspace(1, 1e3 * max(T, 1) + 10, n_times)).astype(int))
+    gd_errs = np.array([err(es.gd_weights(lam, step, t)) for t in ts])
+    ridge_errs = np.array([err(es.ridge_weights(lam, es.ridge_lambda_for_time(step, t))) for t in ts])
+    i = int(np.argmin(gd_errs))
+    lo, hi = beta_window
+    fit = es.fit_beta(lam, k_min=max(2, int(lo * n)), k_max=max(3, int(hi * n)))
+    w_int = es.interpolation_weights(lam)
+    resid = float(np.mean((U @ (lam * w_int * z) - y) ** 2))
+    return {"rho2": rho**2, "T_rule": int(T), "eta_rule": step * T,
+            "err_rule": err(es.gd_weights(lam, step, T)) if T > 0 else float(np.mean(fg**2)),
+            "bound_rule": es.rwy_error_bound(rho),
+            "err_oracle": float(gd_errs[i]), "eta_oracle": float(step * ts[i]),
+            "err_ridge_rule": err(es.ridge_weights(lam, 1.0 / (step * max(T, 1)))),
+            "err_ridge_oracle": float(ridge_errs.min()),
+            "err_interp": err(w_int), "train_mse_interp": resid, "beta_hat": fit.beta}
+
+
+# --------------------------------------------------------------------- MLP
+def mlp_point(n: int, seed: int, *, width: int, sigma: float, delta: float, norm: float, k_max: int,
+              beta_target: float, grid: int, val_frac: float, max_steps: int, n_checkpoints: int,
+              n_beta: int, beta_window: tuple[float, float]) -> dict:
+    """One (N, seed) point of the NTK-parametrized MLP trained by full-batch GD with hold-out stopping.
+
+    The step size is 1 / lam_max of the training set's normalized eNTK Gram (weighted by the
+    parametrization's per-tensor learning rates), GD's largest stable step up to a factor 2.
+    The validation loss is read at n_checkpoints log-spaced steps (GD's progress is linear in
+    log t across the spectrum); returns err_holdout (test MSE to f_0 + g at the checkpoint of
+    least validation loss), step_holdout, err_last (after max_steps, no stopping),
+    beta_hat (eNTK of f_0 on n_beta fixed points), lr.
+    """
+    import torch
+
+    from ntkcheck.models.functional import functional
+    from ntkcheck.models.kernels import empirical_kernel
+    from ntkcheck.models.mlp import MLP, MLPConfig
+    from ntkcheck.models.parametrization import NTK
+
+    dt = torch.float64
+    gen = torch.Generator().manual_seed(int(seed) * 7919 + 17)
+    model = MLP(MLPConfig(d_in=2, d_out=1, depth=1, activation="relu", bias=True), width, NTK, gen, dtype=dt)
+    f, p0 = functional(model)
+    lrs = model.learning_rates("sgd", 1.0)
+
+    def embed(x: np.ndarray) -> torch.Tensor:
+        t = torch.as_tensor(2.0 * math.pi * x, dtype=dt)
+        return torch.stack([torch.cos(t), torch.sin(t)], dim=1)
+
+    a, b = fourier_target(beta_target, delta, k_max, norm, _rng(seed, 3))
+    rng = _rng(seed, n, 4)
+    x = rng.uniform(0.0, 1.0, n)
+    n_val = max(2, int(round(val_frac * n)))
+    xtr, xva = x[n_val:], x[:n_val]
+    xg = np.arange(grid) / grid
+    Xtr, Xva, Xg = embed(xtr), embed(xva), embed(xg)
+    with torch.no_grad():
+        f0 = {k: f(p0, X)[:, 0] for k, X in (("tr", Xtr), ("va", Xva), ("g", Xg))}
+    noise = sigma * rng.standard_normal(n)
+    ytr = f0["tr"] + torch.as_tensor(eval_fourier(a, b, xtr) + noise[n_val:], dtype=dt)
+    yva = f0["va"] + torch.as_tensor(eval_fourier(a, b, xva) + noise[:n_val], dtype=dt)
+    target_g = f0["g"] + torch.as_tensor(eval_fourier(a, b, xg), dtype=dt)
+
+    K = empirical_kernel(f, p0, Xtr, weights=lrs)[:, 0, :, 0].numpy()
+    lr = 1.0 / float(np.linalg.eigvalsh(K / K.shape[0])[-1])
+    xb = embed(_rng(seed, 5).uniform(0.0, 1.0, n_beta))
+    Kb = empirical_kernel(f, p0, xb, weights=lrs)[:, 0, :, 0].numpy()
+    lo, hi = beta_window
+    beta_hat = es.fit_beta(np.linalg.eigvalsh(Kb / n_beta), k_min=max(2, int(lo * n_beta)),
+                           k_max=max(3, int(hi * n_beta))).beta
+
+    layers = list(model.layers)
+    names = [(f"layers.{i}.weight", f"layers.{i}.bias") for i in range(len(layers))]
+
+    def fwd(p: dict, X: torch.Tensor) -> torch.Tensor:
+        """The MLP's forward (ParamLinear: mult * x w^T + bias_mult * b, phi between) without
+        functional_call, whose overhead dominated a step at these sizes."""
+        h = X
+        for i, (layer, (wn, bn)) in enumerate(zip(layers, names)):
+            h = torch.nn.functional.linear(h, p[wn]) * layer.mult + p[bn] * layer.bias_mult
+            if i < len(layers) - 1:
+                h = model.phi(h)
+        return h
+
+    with torch.no_grad():
+        if not torch.allclose(fwd(p0, Xg), f(p0, Xg), rtol=1e-12, atol=1e-12):
+            raise RuntimeError("manual MLP forward disagrees with the module's")
+    # plain autograd (torch.func.grad costs ~3x more per step at this size)
+    params = {k: v.clone().requires_grad_(True) for k, v in p0.items()}
+    step_lr = {k: lr * v for k, v in lrs.items()}
+    checks = set(np.unique(np.round(np.geomspace(1, max_steps, n_checkpoints)).astype(int)).tolist()) | {0}
+    best, best_step, best_err = float("inf"), 0, float("nan")
+    for step in range(max_steps + 1):
+        if step in checks:
+            with torch.no_grad():
+                val = float(((fwd(params, Xva)[:, 0] - yva) ** 2).mean())
+                if val < best:
+                    best_err = float(((fwd(params, Xg)[:, 0] - target_g) ** 2).mean())
+                    best, best_step = val, step
+        if step == max_steps:
+            break
+        loss = 0.5 * ((fwd(params, Xtr)[:, 0] - ytr) ** 2).mean()
+        grads = torch.autograd.grad(loss, list(params.values()))
+        with torch.no_grad():
+            for (k, v), g in zip(params.items(), grads):
+                v -= step_lr[k] * g
+    with torch.no_grad():
+        last_err = float(((fwd(params, Xg)[:, 0] - target_g) ** 2).mean())
+    return {"err_holdout": best_err, "step_holdout": best_step, "err_last": last_err, "beta_hat": beta_hat,
+            "lr": lr}

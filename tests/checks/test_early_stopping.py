@@ -1,0 +1,35 @@
+"""early_stopping --quick: verdict pass, every claim (controls included) holds."""
+import pytest
+
+from ntkcheck.checks import registry
+from ntkcheck.runner import run_check
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    spec = registry.get("early_stopping")
+    return run_check(spec, spec.default_config(quick=True), tmp_path_factory.mktemp("es"))
+
+
+def test_verdict_pass(result):
+    bad = [c.name for c in result.claims if not c.holds]
+    assert result.verdict == "pass", bad
+
+
+def test_control_holds(result):
+    controls = [c for c in result.claims if c.control]
+    assert controls and all(c.holds for c in controls)
+
+
+def test_rate_claims_present(result):
+    names = " ".join(c.name for c in result.claims)
+    for key in ("stopping rule", "oracle time", "critical radius", "beta-hat", "ridge", "MLP", "interpolation"):
+        assert key in names
+
+
+def test_config_is_frozen_and_quick_is_smaller():
+    cls = registry.get("early_stopping").config_cls
+    q, full = cls.quick(), cls()
+    assert max(q.sample_sizes) <= max(full.sample_sizes) and q.seeds <= full.seeds
+    with pytest.raises(Exception):
+        q.seeds = 1  # frozen
