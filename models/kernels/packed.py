@@ -4,9 +4,11 @@ For u, v in {-1, 0, +1}^P stored as a nonzero mask m and a sign bit s (1 = negat
 
     <u, v> = popcount(m_u & m_v) - 2 popcount(m_u & m_v & (s_u ^ s_v))
 
-which is P - 2 Hamming(s_u, s_v) when no entry is zero. With int8 storage the
-same integer is an integer matrix product, accumulated exactly in int64 over
-column blocks of at most 2^23 (exact in float32). asym_signgd keeps the x1
+which is P - 2 Hamming(s_u, s_v) when no entry is zero. The same integer is an
+integer matrix product; by default blocks of at most 2^23 entries are unpacked
+to float32 and multiplied by BLAS (exact, partial sums < 2^24), accumulating in
+int64 -- much faster on CPU than elementwise popcounts. int8 storage uses the
+same block product. asym_signgd keeps the x1
 gradients real-valued and only the x2 side is stored as signs:
 <g, sign h> = g @ sign(h)^T. eps-sign has no exact low-bit form (ValueError).
 
@@ -56,23 +58,36 @@ def _words(b: torch.Tensor) -> torch.Tensor:
 
 
 def packed_dot(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor],
-               budget: int = 2**28) -> torch.Tensor:
-    """Exact <sign u_r, sign v_s> for packed rows: [R1, R2] int64 (see the module docstring).
+               budget: int = 2**28, via: str = "matmul") -> torch.Tensor:
+    """Exact <sign u_r, sign v_s> for packed rows (bytes or 64-bit words): [R1, R2] int64.
 
-    Works on 64-bit words; temporaries take about 40 bytes per (row pair, word), and blocks of
-    rows and words are chosen to keep them under ``budget``.
+    via="matmul": blocks of at most 2^23 entries are unpacked to {-1, 0, 1} float32 and multiplied
+    (exact: every partial sum is an integer below 2^24), accumulating in int64 -- BLAS speed.
+    via="popcount": popcount(m_u & m_v) - 2 popcount(m_u & m_v & (s_u ^ s_v)) on 64-bit words
+    (P - 2 Hamming when nothing is zero); no float copies, but elementwise-slow on CPU.
+    Temporaries are kept under ``budget`` bytes.
     """
     w = lambda t: t if t.dtype == torch.int64 else _words(t)
     (ma, sa), (mb, sb) = (w(a[0]), w(a[1])), (w(b[0]), w(b[1]))
     r1, nw = ma.shape
     r2 = mb.shape[0]
     out = torch.zeros(r1, r2, dtype=torch.int64, device=ma.device)
+    if via == "matmul":
+        width = max(1, min(_EXACT_F32 // 64, budget // max(1, 2 * 4 * 64 * (r1 + r2))))
+        for blk in chunks(nw, width):
+            n_ent = (blk.stop - blk.start) * 64
+            U = _unpack(ma[:, blk], sa[:, blk], n_ent, torch.float32)
+            V = U if a is b else _unpack(mb[:, blk], sb[:, blk], n_ent, torch.float32)
+            out += (U @ V.T).round().long()
+        return out
+    if via != "popcount":
+        raise ValueError(f"via must be 'matmul' or 'popcount', got {via!r}")
     width = max(1, min(nw, budget // max(1, 40 * r2)))
     step = max(1, budget // max(1, 40 * r2 * width))
-    for w in chunks(nw, width):
+    for blk in chunks(nw, width):
         for s in chunks(r1, step):
-            both = ma[s, None, w] & mb[None, :, w]
-            differ = both & (sa[s, None, w] ^ sb[None, :, w])
+            both = ma[s, None, blk] & mb[None, :, blk]
+            differ = both & (sa[s, None, blk] ^ sb[None, :, blk])
             out[s] += popcount64(both).sum(-1) - 2 * popcount64(differ).sum(-1)
     return out
 
@@ -153,10 +168,21 @@ def packed_kernel(f: Callable, params: Mapping[str, torch.Tensor], x1: torch.Ten
                 acc.add(n, out.reshape(s.stop - s.start, c, n2, c), s, slice(None))
 
 
+_LUT: dict = {}
+
+
+def _signs_lut(dtype: torch.dtype, device) -> torch.Tensor:
+    """[65536, 8]: row (m << 8 | s) holds the 8 entries m_k (1 - 2 s_k) of a (mask, sign) byte pair."""
+    key = (dtype, str(device))
+    if key not in _LUT:
+        v = torch.arange(256)
+        bits = ((v[:, None] >> torch.arange(8)) & 1).to(dtype)  # [256, 8], little-endian
+        _LUT[key] = (bits[:, None, :] * (1 - 2 * bits[None, :, :])).reshape(65536, 8).to(device)
+    return _LUT[key]
+
+
 def _unpack(m: torch.Tensor, neg: torch.Tensor, p: int, dtype: torch.dtype) -> torch.Tensor:
-    """Inverse of pack_signs (bytes or 64-bit words) -> [R, P] in {-1, 0, 1}."""
+    """Inverse of pack_signs (bytes or 64-bit words) -> [R, P] in {-1, 0, 1}, by one table lookup."""
     m, neg = m.contiguous().view(torch.uint8), neg.contiguous().view(torch.uint8)
-    bits = _BITS.to(m.device)
-    mm = ((m.unsqueeze(-1) & bits) != 0).reshape(m.shape[0], -1)[:, :p]
-    nn_ = ((neg.unsqueeze(-1) & bits) != 0).reshape(m.shape[0], -1)[:, :p]
-    return mm.to(dtype) * (1 - 2 * nn_.to(dtype))
+    idx = (m.to(torch.int32) << 8) | neg.to(torch.int32)
+    return _signs_lut(dtype, m.device)[idx].reshape(m.shape[0], -1)[:, :p]

@@ -57,13 +57,14 @@ def projection_block(k: int, rows: int, seed: int, tensor: int, block: int, sket
                      dtype: torch.dtype, device) -> torch.Tensor:
     """Rows [block * rows_per_block, ...) of Pi_M for tensor index ``tensor``: [rows, k], E[Pi Pi^T] = I."""
     gen = torch.Generator().manual_seed((seed * 1_000_003 + tensor * 10_007 + block) % (2**63))
+    # entries are drawn in float32 (4x faster than float64 on CPU; any iid draw serves JL) and then cast
     if sketch == "gaussian":
-        R = torch.randn(rows, k, generator=gen, dtype=torch.float64) / math.sqrt(k)
+        R = torch.randn(rows, k, generator=gen, dtype=torch.float32).to(dtype) / math.sqrt(k)
     else:
-        u = torch.rand(rows, k, generator=gen, dtype=torch.float64)
+        u = torch.randint(0, int(2 * _SPARSITY), (rows, k), generator=gen, dtype=torch.int8)
         val = math.sqrt(_SPARSITY / k)
-        R = torch.where(u < 0.5 / _SPARSITY, val, torch.where(u > 1 - 0.5 / _SPARSITY, -val, 0.0))
-    return R.to(dtype=dtype, device=device)
+        R = ((u == 0).to(dtype) - (u == 1).to(dtype)) * val  # +-val with probability 1/(2s) each
+    return R.to(device=device)
 
 
 def project(G: torch.Tensor, k: int, seed: int, tensor: int, sketch: str, block_rows: int) -> torch.Tensor:

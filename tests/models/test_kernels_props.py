@@ -46,6 +46,7 @@ def test_packed_sign_dot_is_exact(seed, p, zero):
     u, v = ternary(seed, 3, p, zero), ternary(seed + 1, 4, p, zero)
     exact = (torch.sign(u) @ torch.sign(v).T).long()
     assert torch.equal(packed_dot(pack_signs(u), pack_signs(v), budget=4096), exact)
+    assert torch.equal(packed_dot(pack_signs(u), pack_signs(v), budget=4096, via="popcount"), exact)
     assert torch.equal(int8_dot(torch.sign(u).to(torch.int8), torch.sign(v).to(torch.int8)), exact)
     if zero == 0.0:
         # no zeros: <sign u, sign v> = P - 2 Hamming(sign bits)
