@@ -1,0 +1,35 @@
+"""task_arithmetic --quick: verdict pass, every claim (controls included) holds."""
+import pytest
+
+from ntkcheck.checks import registry
+from ntkcheck.runner import run_check
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    spec = registry.get("task_arithmetic")
+    return run_check(spec, spec.default_config(quick=True), tmp_path_factory.mktemp("ta"))
+
+
+def test_verdict_pass(result):
+    bad = [c.name for c in result.claims if not c.holds]
+    assert result.verdict == "pass", bad
+
+
+def test_control_holds(result):
+    controls = [c for c in result.claims if c.control]
+    assert controls and all(c.holds for c in controls)
+
+
+def test_rate_claims_present(result):
+    names = " ".join(c.name for c in result.claims)
+    for key in ("interference", "interaction", "cos", "MSE(theta_PT - tau_1)", "normalized accuracy", "shared"):
+        assert key in names
+
+
+def test_config_is_frozen_and_quick_is_smaller():
+    cls = registry.get("task_arithmetic").config_cls
+    q, full = cls.quick(), cls()
+    assert max(q.widths) <= max(full.widths) and q.seeds <= full.seeds
+    with pytest.raises(Exception):
+        q.seeds = 1  # frozen
