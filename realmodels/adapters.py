@@ -189,10 +189,30 @@ class LMAdapter:
         return len(self.label_ids) if self.label_ids else int(self.info.get("num_outputs", 0))
 
     def f(self, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        """f(params, x) -> [B, C]: the model with the trainable tensors replaced by ``params``."""
-        merged = dict(self.frozen)
+        """f(params, x) -> [B, C]: the model with the trainable tensors replaced by ``params``.
+
+        The frozen tensors follow the dtype and device of ``params`` (so a float64 kernel
+        computation runs the whole model in float64).
+        """
+        merged = dict(self._frozen_like(params))
         merged.update(params)
         return functional_call(self.module, merged, (x,), strict=False)
+
+    def _frozen_like(self, params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if not self.frozen or not params:
+            return self.frozen
+        ref = next(iter(params.values()))
+        dt, dev = ref.dtype, ref.device
+        probe = next(iter(self.frozen.values()))
+        if probe.dtype == dt and probe.device == dev:
+            return self.frozen
+        key = (dt, dev)
+        cache = self.info.setdefault("_frozen_cast", {})
+        if key not in cache:
+            cache.clear()  # keep at most one extra copy
+            cache[key] = {k: v.to(device=dev, dtype=dt if v.is_floating_point() else v.dtype)
+                          for k, v in self.frozen.items()}
+        return cache[key]
 
     def features(self, x: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
         """h_r(x): the backbone's hidden state at the readout position, [B, n] (no grad)."""

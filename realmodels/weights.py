@@ -44,3 +44,36 @@ def find_real_model(name: str) -> Path | None:
         return hits[0] if hits else None
     p = root / spec["sub"]
     return p if p.exists() else None
+
+
+def export_gguf(gguf: str | Path, out_dir: str | Path) -> Path:
+    """Dequantize a GGUF causal LM once into a float32 safetensors folder (fast to load afterwards).
+
+    transformers dequantizes GGUF weights on every load (minutes on a CPU) and refuses
+    to save a GGUF-loaded model; this copies the float32 weights into a fresh model built
+    from the same config (quantization settings dropped) and saves it with the tokenizer.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from ntkcheck.errors import UserError
+
+    gguf = Path(gguf)
+    if not gguf.is_file():
+        raise UserError(f"GGUF file {str(gguf)!r} not found")
+    kw = dict(gguf_file=gguf.name, local_files_only=True)
+    src = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype="float32", **kw)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, **kw)
+    config = AutoConfig.from_pretrained(gguf.parent, **kw)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.architectures = [type(src).__name__]
+    dst = type(src)(config)
+    missing, unexpected = dst.load_state_dict(src.state_dict(), strict=False)
+    if unexpected or [m for m in missing if "lm_head" not in m]:
+        raise UserError(f"cannot export {str(gguf)!r}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    dst.tie_weights()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dst.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out

@@ -1,0 +1,137 @@
+"""Kernels through the session cache equal a naive gradient loop; solvers reach 100% end to end; CLI."""
+import math
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from ntkcheck.realmodels.experiment import LMConfig, iter_sessions
+
+pytestmark = pytest.mark.hf
+
+
+def _naive(ad, x1, x2, kind, with_slack=False):
+    """K[i, a, j, b] = <phi1(grad f_a(x1_i)), phi2(grad f_b(x2_j))> by one autograd call per (example, output).
+
+    with_slack: also return the bound 2 (s1_ia + s2_jb) on how far a sign kernel may move when the signs of
+    the s coordinates with |g| < 1e-9 max|g| (round-off level: sums that cancel to ~0) flip.
+    """
+    def grads(x):
+        out = []
+        for i in range(len(x)):
+            row = []
+            for a in range(ad.num_outputs):
+                p = {k: v.clone().double().requires_grad_(True) for k, v in ad.params.items()}
+                g = torch.autograd.grad(ad.f(p, x[i:i + 1])[0, a], list(p.values()), allow_unused=True)
+                row.append(torch.cat([(gi if gi is not None else torch.zeros_like(pi)).reshape(-1)
+                                      for gi, pi in zip(g, p.values())]))
+            out.append(torch.stack(row))
+        return torch.stack(out)  # [N, C, P]
+
+    g1, g2 = grads(x1), grads(x2)
+    phi1 = torch.sign if kind == "signgd" else (lambda t: t)
+    phi2 = torch.sign if kind in ("signgd", "asym_signgd") else (lambda t: t)
+    K = torch.einsum("iap,jbp->iajb", phi1(g1), phi2(g2))
+    if not with_slack:
+        return K
+    tiny = lambda g: (g.abs() < 1e-9 * g.abs().amax(-1, keepdim=True)).sum(-1).double()  # [N, C]
+    s1 = tiny(g1) if kind == "signgd" else torch.zeros(g1.shape[:2], dtype=torch.float64)
+    s2 = tiny(g2) if kind in ("signgd", "asym_signgd") else torch.zeros(g2.shape[:2], dtype=torch.float64)
+    scale = g1.abs().amax() if kind == "asym_signgd" else 1.0
+    return K, 2 * scale * (s1[:, :, None, None] + s2[None, None, :, :])
+
+
+@pytest.mark.parametrize("arch", ["roberta", "gpt-neo"])
+def test_session_kernels_equal_naive_loop(tiny_models, separable_dir, tmp_path, arch):
+    cfg = LMConfig(model=str(tiny_models[arch]), task="sst2", data=str(separable_dir), k=1, seeds=(13, 21),
+                   test_max=2, out=str(tmp_path), params=r"(layer\.1\.|h\.1\.|ln_f|head\.)" , block=3,
+                   kinds=("sgd", "signgd", "asym_signgd"))
+    sess = next(iter_sessions(cfg, "lm_kernel"))
+    assert sess.n_cols <= 4 and len(sess.rows) <= 4 + 4 + 2
+    U = sess.x_rows[:sess.n_cols]
+    for kind in cfg.kinds:
+        K = sess.kernel(kind)
+        ref, slack = _naive(sess.adapter, sess.x_rows, U, kind, with_slack=True)
+        assert K.shape == ref.shape and K.dtype == torch.float64
+        # exact up to round-off, plus for sign kinds the flips of round-off-level coordinates
+        assert bool(((K - ref).abs() <= 1e-9 * ref.abs().max() + slack).all()), kind
+    # per-seed blocks are sub-blocks of the cached kernel
+    Kt = sess.block(sess.kernel("sgd"), 21, "train")
+    ids = sess.index[21]["train"]
+    torch.testing.assert_close(Kt, _naive(sess.adapter, sess.x_rows[ids], sess.x_rows[ids], "sgd"))
+    f0 = sess.f0()
+    torch.testing.assert_close(f0, sess.adapter.outputs(sess.x_rows).double())
+
+
+def test_cache_resumes_and_recovers(tiny_models, separable_dir, tmp_path):
+    cfg = LMConfig(model=str(tiny_models["gpt-neo"]), task="sst2", data=str(separable_dir), k=1, seeds=(13,),
+                   test_max=2, out=str(tmp_path), params=r"h\.1\.mlp", block=2)
+    sess = next(iter_sessions(cfg, "lm_kernel"))
+    K = sess.kernel("sgd")
+    files = sorted(sess.kernel_dir().glob("sgd_*.pt"))
+    assert len(files) == math.ceil(len(sess.rows) / 2)
+    files[0].unlink()
+    files[-1].write_bytes(b"truncated")
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        K2 = sess.kernel("sgd")
+    assert any("corrupt cache file" in str(x.message) for x in w)
+    torch.testing.assert_close(K2, K)
+
+
+def test_solvers_reach_100_percent(tiny_models, separable_dir, tmp_path):
+    """Prompt kernels of a random tiny MLM solve a separable task on test (every kind, every seed)."""
+    from ntkcheck.realmodels.measure import solve_cmd
+
+    cfg = LMConfig(model=str(tiny_models["roberta"]), task="sst2", data=str(separable_dir), k=4, seeds=(13, 21),
+                   test_max=None, out=str(tmp_path), kinds=("sgd", "signgd", "asym_signgd"),
+                   params=r"(layer\.1\.|head\.)")
+    res = solve_cmd(cfg)
+    for kind in cfg.kinds:
+        assert res["summary"][kind]["per_seed"] == [100.0, 100.0], (kind, res["table"])
+    assert "| 4 | zero-shot f0 |" in res["table"] and "K(A-SignGD)" in res["table"]
+    again = solve_cmd(cfg)  # resumes from the store: same rows, nothing recomputed
+    assert again["rows"] == res["rows"]
+    assert (tmp_path / "lm_solve" / "sst2_k4" / "table.md").exists()
+
+
+def test_solver_grid_and_predictor():
+    from ntkcheck.realmodels._solvers import fit
+    from ntkcheck.realmodels.solve import grid_for, onehot
+
+    assert len(grid_for("sgd")) == 25 and len(grid_for("asym_signgd")) == 100
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(6, 20))
+    y = [0, 1, 0, 1, 1, 0]
+    K = np.kron(X @ X.T, np.eye(2))  # [N C, N C]
+    Y = onehot(y, 2)
+    pred = fit("sgd", K, Y, np.zeros((6, 2)), {"reg": 0.0, "f0_scale": math.inf})
+    np.testing.assert_allclose(pred(K, np.zeros((6, 2))), Y, atol=1e-8)  # interpolation
+    f0 = rng.normal(size=(6, 2))
+    pred = fit("sgd", K, Y, f0, {"reg": 0.0, "f0_scale": 10.0})
+    np.testing.assert_allclose(pred(K, f0), Y, atol=1e-8)
+    pa = fit("asym_signgd", K, Y, f0, {"reg": 0.0, "f0_scale": math.inf, "gamma": 10.0})
+    assert (pa(K, f0).argmax(1) == np.array(y)).all()
+
+
+def test_cli_make_tiny_and_solve(tmp_path, separable_dir):
+    model = tmp_path / "tiny"
+    run = lambda *a: subprocess.run([sys.executable, "-m", "ntkcheck", "lm", *a], capture_output=True, text=True,
+                                    env={**__import__("os").environ, "NTKCHECK_PROGRESS": "0"})
+    r = run("make-tiny", str(model), "--arch", "gpt-neo", "--hidden", "8", "--layers", "1")
+    assert r.returncode == 0, r.stderr
+    r = run("solve", "--model", str(model), "--task", "sst2", "--data", str(separable_dir), "--k", "2",
+            "--seeds", "13", "--out", str(tmp_path / "runs"))
+    assert r.returncode == 0, r.stderr
+    assert "| k-shot | Method | SST-2 |" in r.stdout and "K(SGD)" in r.stdout
+    r = run("solve", "--model", str(model), "--data", str(separable_dir), "--template", "<S1> It was .",
+            "--out", str(tmp_path / "runs"))
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == \
+        "ntkcheck: error: template '<S1> It was .' has no [MASK] slot"
+    r = run("solve", "--model", str(tmp_path / "nope"), "--data", str(separable_dir), "--out", str(tmp_path / "r"))
+    assert r.returncode == 2 and "does not exist" in r.stderr
+    r = run("solve", "--model", str(model), "--data", str(separable_dir), "--kinds", "sgd,bogus")
+    assert r.returncode == 2 and "'bogus'" in r.stderr
