@@ -179,7 +179,11 @@ def _dispatch(method, f, params, x1, x2, c, spec, acc, **kw):
     from ntkcheck.models.kernels.structured import probe, structured_kernel
 
     if method is KernelMethod.AUTO:
-        probed = probe(f, params, spec.names, x1, c)
+        try:
+            probed = probe(f, params, spec.names, x1, c)
+        except (RuntimeError, TypeError, IndexError, NotImplementedError):
+            # f does something the capture cannot trace (e.g. its own torch.func transforms): no structure
+            probed = ([], 0)
         frac = sum(params[n].numel() for n in probed[0]) / sum(params[n].numel() for n in spec.names)
         if frac >= 0.5:
             structured_kernel(f, params, x1, x2, c, spec, acc, probed=probed)
