@@ -1,6 +1,17 @@
 """The empirical-kernel engine (see design.md): empirical_kernel and friends.
 
     K[i, a, j, b] = sum_M eta_M < phi1(grad_M f_a(x1_i)), phi2(grad_M f_b(x2_j)) >   [N1, C, N2, C]
+
+Usage:
+    f, params = functional(model.eval())
+    K = empirical_kernel(f, params, x_train)                              # [KV] Def. 3.4, [N, C, N, C]
+    K = empirical_kernel(f, params, x_test, x_train, kind="asym_signgd")  # Def. 4.2
+    K = empirical_kernel(f, params, x, kind="signgd",                     # Thm. C.4 per-tensor form
+                         weights=model.learning_rates("signgd"), eps="auto")
+    flatten(K) -> [(N1 C), (N2 C)];  trace_outputs(K) -> [N1, N2]
+
+Methods: ntkcheck.models.kernels.common.KernelMethod. Solvers that consume
+these kernels live in ntkcheck.theory.solvers.
 """
 from ntkcheck.models.kernels.api import empirical_kernel, gradient_scales
 from ntkcheck.models.kernels.common import (SUBSETS, KernelKind, KernelMethod, biases_only, eps_sign, flatten,
