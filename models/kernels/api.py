@@ -127,9 +127,10 @@ def empirical_kernel(f: Callable, params: Mapping[str, torch.Tensor], x1: torch.
       eps-sign(g) = g / (|g| + eps_M) ([KV] Assumption C.2g); eps is a float, a
       {name: eps_M} mapping, or "auto" (eps_M = max_{i,a} ||grad_M f_a(x_i)|| / sqrt(|M|),
       C.2g's "eps matches the scale of grad_M f").
-    method: a KernelMethod; "auto" uses STRUCTURED when it covers at least half of the
-      selected entries exactly (dense layers; single-token inputs for sign kinds) and
-      JACOBIAN otherwise. NTK_VP, SKETCH and PACKED are used only when asked for.
+    method: a KernelMethod; "auto" uses STRUCTURED when its capture covers at least half of
+      the selected entries exactly (linear, LayerNorm, bias, embedding uses), and otherwise
+      JACOBIAN or NTK_VP by the pass-count cost model of ``choose_method``. SKETCH (approximate)
+      and PACKED are used only when asked for.
     select: which tensors M (None = all; "lora", "biases", "no_embeddings", "no_head";
       a predicate on names; or a list of names).
     weights: {name: eta_M}, e.g. ``model.learning_rates(optimizer)``, giving the
@@ -174,27 +175,61 @@ def empirical_kernel(f: Callable, params: Mapping[str, torch.Tensor], x1: torch.
     return acc.result()
 
 
+def choose_method(f, params, x1, x2, c, spec) -> tuple[KernelMethod, tuple[list[str], int] | None, dict]:
+    """AUTO's cost model. Returns (method, structured probe or None, the estimates).
+
+    1. STRUCTURED when its capture covers at least half of the selected entries exactly: its cost
+       is one forward and C backward passes per chunk plus Gram products, near the floor.
+    2. Otherwise JACOBIAN vs NTK_VP (NTK_VP only for phi1 = id), costs in per-example passes:
+         jacobian  G C (N1 + N2 R) + N1 N2 C^2 / 6
+                   (G parameter groups, R = 1 when a group's features fit in half the budget,
+                    else the number of x1 panels that each recompute x2; a dense pass is ~6 P flops,
+                    so the contraction N1 N2 C^2 P costs N1 N2 C^2 / 6 passes)
+         ntk_vp    N2 C (r + 2 N1)     (vjp over x2 chunks of r examples, then jvp per direction)
+    """
+    from ntkcheck.models.kernels.common import ceil_div
+    from ntkcheck.models.kernels.jacobian import plan_groups
+    from ntkcheck.models.kernels.structured import probe
+
+    try:
+        probed = probe(f, params, spec.names, x1, c)
+    except (RuntimeError, TypeError, IndexError, NotImplementedError):
+        # f does something the capture cannot trace (e.g. its own torch.func transforms): no structure
+        probed = ([], 0)
+    total = sum(params[n].numel() for n in spec.names)
+    frac = sum(params[n].numel() for n in probed[0]) / total
+    est = {"structured_coverage": frac}
+    if frac >= 0.5:
+        return KernelMethod.STRUCTURED, probed, est
+    n1 = x1.shape[0]
+    n2 = n1 if x2 is None else x2.shape[0]
+    isz = spec.itemsize
+    groups = plan_groups(params, spec.names, c, spec)
+    jac = 0.0
+    for g in groups:
+        p = sum(params[n].numel() for n in g)
+        b = max(1, spec.budget // (4 * c * p * isz))
+        hold = (n1 + (0 if x2 is None else n2)) * c * p * isz * 2 <= spec.budget // 2
+        jac += c * (n1 + n2 * (1 if hold else ceil_div(n1, b)))
+    jac += n1 * n2 * c * c / 6
+    r = max(1, min(n2, (spec.budget // 4) // max(1, c * total * isz)))
+    vp = n2 * c * (r + 2 * n1) if spec.kind is not KernelKind.SIGNGD else float("inf")
+    est.update(jacobian_passes=jac, ntk_vp_passes=vp)
+    return (KernelMethod.NTK_VP if vp < jac else KernelMethod.JACOBIAN), None, est
+
+
 def _dispatch(method, f, params, x1, x2, c, spec, acc, **kw):
     from ntkcheck.models.kernels.jacobian import jacobian_kernel
-    from ntkcheck.models.kernels.structured import probe, structured_kernel
+    from ntkcheck.models.kernels.structured import structured_kernel
 
+    probed = None
     if method is KernelMethod.AUTO:
-        try:
-            probed = probe(f, params, spec.names, x1, c)
-        except (RuntimeError, TypeError, IndexError, NotImplementedError):
-            # f does something the capture cannot trace (e.g. its own torch.func transforms): no structure
-            probed = ([], 0)
-        frac = sum(params[n].numel() for n in probed[0]) / sum(params[n].numel() for n in spec.names)
-        if frac >= 0.5:
-            structured_kernel(f, params, x1, x2, c, spec, acc, probed=probed)
-        else:
-            jacobian_kernel(f, params, x1, x2, c, spec, acc)
-        return
+        method, probed, _ = choose_method(f, params, x1, x2, c, spec)
     if method is KernelMethod.JACOBIAN:
         jacobian_kernel(f, params, x1, x2, c, spec, acc)
         return
     if method is KernelMethod.STRUCTURED:
-        structured_kernel(f, params, x1, x2, c, spec, acc)
+        structured_kernel(f, params, x1, x2, c, spec, acc, probed=probed)
         return
     if method is KernelMethod.NTK_VP:
         from ntkcheck.models.kernels.ntk_vp import ntk_vp_kernel

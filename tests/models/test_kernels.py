@@ -358,3 +358,30 @@ def test_method_kind_mismatch(mlp):
         empirical_kernel(f, params, x1, method="sketch")
     with pytest.raises(ValueError, match="bogus"):
         empirical_kernel(f, params, x1, method="sketch", sketch_dim=8, sketch="bogus")
+
+
+def test_auto_cost_model(mlp):
+    """Dense nets go structured; an f the capture cannot see into (matmul on a transposed weight) is
+    costed between jacobian and ntk_vp, and either way the kernel is exact."""
+    from ntkcheck.models.kernels.api import choose_method
+    from ntkcheck.models.kernels.common import KernelKind, KernelMethod, Spec
+
+    _, f, params, x1, x2 = mlp
+    spec = Spec(kind=KernelKind.SGD, names=list(params), weights={n: 1.0 for n in params},
+                eps={n: 0.0 for n in params}, dtype=DT, device=torch.device("cpu"), budget=2**30)
+    assert choose_method(f, params, x1, x2, 3, spec)[0] is KernelMethod.STRUCTURED
+
+    def g(p, x):
+        return torch.tanh(x @ p["w"].T) @ p["v"].T
+
+    gp = {"w": torch.randn(7, 5, dtype=DT, generator=torch.Generator().manual_seed(3)),
+          "v": torch.randn(2, 7, dtype=DT, generator=torch.Generator().manual_seed(4))}
+    spec.names, spec.weights, spec.eps = list(gp), {n: 1.0 for n in gp}, {n: 0.0 for n in gp}
+    method, _, est = choose_method(g, gp, x1, x2, 2, spec)
+    assert est["structured_coverage"] == 0.0
+    assert method in (KernelMethod.JACOBIAN, KernelMethod.NTK_VP)
+    spec.budget = 4096  # forces streaming recomputation: the cost model must notice
+    _, _, est_small = choose_method(g, gp, x1, x2, 2, spec)
+    assert est_small["jacobian_passes"] > est["jacobian_passes"]
+    K = empirical_kernel(g, gp, x1, x2)
+    assert rel_err(K, naive_kernel(g, gp, x1, x2)) < 1e-10
