@@ -175,7 +175,7 @@ def empirical_kernel(f: Callable, params: Mapping[str, torch.Tensor], x1: torch.
     return acc.result()
 
 
-def choose_method(f, params, x1, x2, c, spec) -> tuple[KernelMethod, tuple[list[str], int] | None, dict]:
+def choose_method(f, params, x1, x2, c, spec) -> tuple[KernelMethod, tuple | None, dict]:
     """AUTO's cost model. Returns (method, structured probe or None, the estimates).
 
     1. STRUCTURED when its capture covers at least half of the selected entries exactly: its cost
@@ -195,7 +195,7 @@ def choose_method(f, params, x1, x2, c, spec) -> tuple[KernelMethod, tuple[list[
         probed = probe(f, params, spec.names, x1, c)
     except (RuntimeError, TypeError, IndexError, NotImplementedError):
         # f does something the capture cannot trace (e.g. its own torch.func transforms): no structure
-        probed = ([], 0)
+        probed = ([], 0, {})
     total = sum(params[n].numel() for n in spec.names)
     frac = sum(params[n].numel() for n in probed[0]) / total
     est = {"structured_coverage": frac}

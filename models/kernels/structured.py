@@ -50,6 +50,7 @@ class Captured:
     vectors: dict[str, torch.Tensor] = field(default_factory=dict)
     embeddings: dict[str, list] = field(default_factory=dict)
     other: set = field(default_factory=set)
+    signature: dict[str, list] = field(default_factory=dict)  # per use: the op's input shape without the batch
 
 
 class _Mode(TorchFunctionMode):
@@ -62,6 +63,10 @@ class _Mode(TorchFunctionMode):
         self.vrec: list[tuple[str, torch.Tensor | None, float, int]] = []  # (name, feature, factor, delta index)
         self.derived: dict[int, tuple[str, float, torch.Tensor]] = {}
         self.other: set[str] = set()
+        self.sig: dict[str, list] = {}
+
+    def _sign(self, name: str, t: torch.Tensor) -> None:
+        self.sig.setdefault(name, []).append(tuple(t.shape[1:]))
 
     def _delta(self, z: torch.Tensor) -> torch.Tensor:
         d = torch.zeros_like(z, requires_grad=True)
@@ -92,8 +97,10 @@ class _Mode(TorchFunctionMode):
                 k = len(self.deltas) - 1
                 if wn:
                     self.wrec.append((wn, x.detach(), k))
+                    self._sign(wn, x)
                 if bn:
                     self.vrec.append((bn, None, 1.0, k))
+                    self._sign(bn, x)
                 return z
         elif func is F.embedding:
             ids = args[0] if args else kwargs.get("input")
@@ -110,6 +117,7 @@ class _Mode(TorchFunctionMode):
                     if pad is not None and pad < 0:
                         pad = w.shape[0] + pad
                     self.erec.append((wn, ids.reshape(self.batch, -1), pad, len(self.deltas) - 1))
+                    self._sign(wn, ids)
                     return z
         elif func is F.layer_norm:
             x, shape = args[0], args[1]
@@ -125,8 +133,10 @@ class _Mode(TorchFunctionMode):
                 k = len(self.deltas) - 1
                 if wn:
                     self.vrec.append((wn, xhat.detach(), 1.0, k))
+                    self._sign(wn, x)
                 if bn:
                     self.vrec.append((bn, None, 1.0, k))
+                    self._sign(bn, x)
                 return y
         elif func in _MUL and len(args) == 2 and not kwargs:
             t, s = (args[0], args[1]) if isinstance(args[0], torch.Tensor) else (args[1], args[0])
@@ -153,6 +163,7 @@ class _Mode(TorchFunctionMode):
                         and t.dim() == 1 and o.shape[-1] == t.shape[0]):
                     y = self._delta(func(*args))
                     self.vrec.append((n, None, m, len(self.deltas) - 1))
+                    self._sign(n, o)
                     return y
         self._mark_other(args, kwargs)
         return func(*args, **kwargs)
@@ -175,7 +186,7 @@ def capture(f: Callable, params: Mapping[str, torch.Tensor], names: list[str], x
                 gs = []
             for k, g in enumerate(gs):
                 grads[k].append(torch.zeros_like(mode.deltas[k]) if g is None else g.detach())
-    cap = Captured(other=set(mode.other))
+    cap = Captured(other=set(mode.other), signature=mode.sig)
     B = x.shape[0]
     for n, a, k in mode.wrec:
         g = torch.stack(grads[k], dim=1)  # [B, C, ..., n_out]
@@ -306,12 +317,20 @@ def _vector_block(spec: Spec, n: str, v1: torch.Tensor, v2: torch.Tensor) -> tor
 
 
 def probe(f: Callable, params: Mapping[str, torch.Tensor], names: list[str], x: torch.Tensor,
-          c: int) -> tuple[list[str], int]:
-    """(the selected tensors STRUCTURED covers, factor bytes per example), from the first two examples."""
-    xs = x[: min(2, x.shape[0])]
-    cap = capture(f, params, names, xs, c)
-    cover = covered(cap, params, names)
-    return cover, max(1, _capture_bytes(cap, cover) // xs.shape[0])
+          c: int) -> tuple[list[str], int, dict]:
+    """(covered tensors, factor bytes per example, their use signatures) from captures of 2 and 3 examples.
+
+    An op input counts as batch-leading only if its leading axis follows the batch size in both
+    captures with the rest of its shape unchanged; a sequence-first layout [T, B, ...] whose T
+    happens to equal one batch size is thereby excluded rather than misread.
+    """
+    caps = [capture(f, params, names, x[:b], c) for b in sorted({min(2, x.shape[0]), min(3, x.shape[0])})]
+    cover = covered(caps[0], params, names)
+    for k in caps[1:]:
+        ok = set(covered(k, params, names))
+        cover = [n for n in cover if n in ok and k.signature.get(n) == caps[0].signature.get(n)]
+    b0 = min(2, x.shape[0])
+    return cover, max(1, _capture_bytes(caps[0], cover) // b0), {n: caps[0].signature.get(n) for n in cover}
 
 
 def _capture_bytes(cap: Captured, names: list[str]) -> int:
@@ -327,19 +346,19 @@ def _capture_bytes(cap: Captured, names: list[str]) -> int:
 
 
 def structured_kernel(f: Callable, params: Mapping[str, torch.Tensor], x1: torch.Tensor, x2: torch.Tensor | None,
-                      c: int, spec: Spec, acc: Accumulator, probed: tuple[list[str], int] | None = None) -> list[str]:
+                      c: int, spec: Spec, acc: Accumulator, probed: tuple | None = None) -> list[str]:
     """Adds the kernel of the covered tensors into ``acc``, the rest by JACOBIAN; returns the covered names."""
     names = spec.names
-    cover, per_ex = probe(f, params, names, x1, c) if probed is None else probed
+    cover, per_ex, sig = probe(f, params, names, x1, c) if probed is None else probed
     rest = [n for n in names if n not in set(cover)]
     if cover:
-        _structured_part(f, params, x1, x2, c, spec, acc, cover, per_ex)
+        _structured_part(f, params, x1, x2, c, spec, acc, cover, per_ex, sig)
     if rest:
         jacobian_kernel(f, params, x1, x2, c, spec, acc, names=rest)
     return cover
 
 
-def _structured_part(f, params, x1, x2, c, spec, acc, cover, per_ex):
+def _structured_part(f, params, x1, x2, c, spec, acc, cover, per_ex, sig):
     same = x2 is None
     xb = x1 if same else x2
     n1, n2 = x1.shape[0], xb.shape[0]
@@ -348,7 +367,7 @@ def _structured_part(f, params, x1, x2, c, spec, acc, cover, per_ex):
 
     def cap(x):
         k = capture(f, params, cover, x, c)
-        lost = [n for n in cover if n not in covered(k, params, [n])]
+        lost = [n for n in cover if n not in covered(k, params, [n]) or k.signature.get(n) != sig[n]]
         if lost:
             raise ValueError(f"tensors {lost} were captured on a probe batch but not on a batch of {x.shape[0]}; "
                              "use method='jacobian'")

@@ -302,7 +302,7 @@ def test_structured_covers_dense_layers(mlp, attn):
     from ntkcheck.models.kernels.structured import probe
 
     for _, f, params, x1, _ in (mlp, attn):
-        cover, _ = probe(f, params, list(params), x1, 2)
+        cover = probe(f, params, list(params), x1, 2)[0]
         assert cover == list(params)
 
 
@@ -312,7 +312,7 @@ def test_structured_covers_hf_except_tied_embedding(roberta, gptneo):
 
     for (_, f, params, x1, _), tied in ((roberta, "roberta.embeddings.word_embeddings.weight"),
                                         (gptneo, "transformer.wte.weight")):
-        cover, _ = probe(f, params, list(params), x1, 2)
+        cover = probe(f, params, list(params), x1, 2)[0]
         assert [n for n in params if n not in cover] == [tied]
 
 
@@ -385,3 +385,21 @@ def test_auto_cost_model(mlp):
     assert est_small["jacobian_passes"] > est["jacobian_passes"]
     K = empirical_kernel(g, gp, x1, x2)
     assert rel_err(K, naive_kernel(g, gp, x1, x2)) < 1e-10
+
+
+def test_structured_refuses_sequence_first_layout():
+    """A linear applied to [T, B, d] (sequence first) must not be read as batch-leading, even when T equals
+    the chunk size; such weights fall back to jacobian and the kernel stays exact."""
+    g = torch.Generator().manual_seed(9)
+    p = {"w": torch.randn(6, 5, generator=g, dtype=DT), "v": torch.randn(2, 6, generator=g, dtype=DT)}
+
+    def f(q, x):  # x [B, T=3, 5]
+        h = torch.tanh(torch.nn.functional.linear(x.transpose(0, 1), q["w"]))  # [T, B, 6]
+        return torch.nn.functional.linear(h.mean(0), q["v"])
+
+    from ntkcheck.models.kernels.structured import probe
+
+    x = torch.randn(3, 3, 5, generator=g, dtype=DT)
+    assert probe(f, p, list(p), x, 2)[0] == ["v"]
+    K = empirical_kernel(f, p, x, method="structured")
+    assert rel_err(K, naive_kernel(f, p, x)) < 1e-10
