@@ -448,8 +448,9 @@ def make_adapter(model: nn.Module, tokenizer, mode: str, *, task: Task | None = 
         module = _Readout(model.base_model, lin, None, None, "first", causal=is_decoder)
         ids, words = [], tuple(words)
     module.eval()
-    all_params = {k: v.detach().clone() for k, v in module.named_parameters() if ".pooler." not in k}
-    chosen = set(select_params(all_params, params))
+    all_params = {k: v.detach().clone() for k, v in module.named_parameters()}
+    # The pooler runs (BertModel computes it) but never reaches f: frozen, so it adds no zero columns.
+    chosen = set(select_params({k: v for k, v in all_params.items() if ".pooler." not in k}, params))
     adapter = LMAdapter(module, tokenizer, mode, template or "", words, ids,
                         {k: v for k, v in all_params.items() if k in chosen},
                         {k: v for k, v in all_params.items() if k not in chosen},

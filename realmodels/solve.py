@@ -3,7 +3,8 @@
 Per k-shot split and kernel kind, with K = K(train, train) flattened to
 [n C, n C] (every logit an output, [KV] "Solving Multi-Class Tasks"):
 
-- sgd / signgd (symmetric): kernel regression with relative ridge
+- sgd / signgd (symmetric): regularized kernel logistic regression ([KV]
+  App. A.3; or kernel ridge regression, loss="ridge") with relative ridge
   lambda = r ||K||_op, r in {0, 0.001, 0.01, 0.1, 1}, and the pretrained
   logits as offset scaled by s in {10, 100, 1000, 10000, inf} (inf: no f0),
   predicting h(x) = f0(x) / s + K(x, X) alpha;
@@ -52,29 +53,30 @@ def onehot(y: Sequence[int], C: int) -> np.ndarray:
     return Y
 
 
-def _fit(kind: str, K_tt: np.ndarray, Y: np.ndarray, f0_t: np.ndarray, hp: dict):
-    """A predictor (K_xt [m C, n C], f0_x [m, C]) -> logits [m, C] fitted on the training block."""
+def _fit(kind: str, K_tt: np.ndarray, Y: np.ndarray, f0_t: np.ndarray, hp: dict, loss: str):
+    """A predictor (K_xt [m, C, n, C], f0_x [m, C]) -> logits [m, C] fitted on the training block."""
     from ntkcheck.realmodels import _solvers
 
-    return _solvers.fit(kind, K_tt, Y, f0_t, hp)
+    return _solvers.fit(kind, K_tt, Y, f0_t, hp, loss)
 
 
 def solve_split(kind: str, K_tt: torch.Tensor, K_dt: torch.Tensor, K_st: torch.Tensor, y_t, y_d, y_s,
                 f0_t: torch.Tensor, f0_d: torch.Tensor, f0_s: torch.Tensor, metric: str,
-                grid: list[dict] | None = None) -> dict:
+                grid: list[dict] | None = None, loss: str = "logistic") -> dict:
     """Choose the grid point with the best dev metric, return its dev and test metric and hyperparameters.
 
     Kernels [n, C, n, C], [m, C, n, C], [t, C, n, C]; f0 blocks [*, C]. Ties on dev keep the earlier grid
     point (the grid is ordered from less to more regularization).
     """
     C = K_tt.shape[1]
-    Kt, Kd, Ks = flat(K_tt), flat(K_dt), flat(K_st)
+    Kt, Kd, Ks = (np.asarray(K.double().cpu().numpy() if hasattr(K, "numpy") else K, dtype=np.float64)
+                  for K in (K_tt, K_dt, K_st))
     Y = onehot(y_t, C)
     f0t, f0d, f0s = (np.asarray(v, dtype=np.float64) for v in (f0_t, f0_d, f0_s))
     best = None
     for hp in grid or grid_for(kind):
         try:
-            pred = _fit(kind, Kt, Y, f0t, hp)
+            pred = _fit(kind, Kt, Y, f0t, hp, loss)
         except (np.linalg.LinAlgError, ValueError, RuntimeError):
             continue
         dev = score(torch.from_numpy(pred(Kd, f0d)), np.asarray(y_d), metric)
@@ -87,7 +89,8 @@ def solve_split(kind: str, K_tt: torch.Tensor, K_dt: torch.Tensor, K_st: torch.T
     return {"dev": dev, "test": test, **{f"hp_{k}": (v if math.isfinite(v) else "inf") for k, v in hp.items()}}
 
 
-def solve_session(session, kinds: Sequence[str], grid_override: dict | None = None) -> list[dict]:
+def solve_session(session, kinds: Sequence[str], grid_override: dict | None = None,
+                  loss: str = "logistic") -> list[dict]:
     """Rows {seed, method, dev, test, hp_*} for zero-shot and every kind, over the session's seeds.
 
     Each seed is one resumable sweep point (kernels come from the session's on-disk cache).
@@ -110,10 +113,11 @@ def solve_session(session, kinds: Sequence[str], grid_override: dict | None = No
             r = solve_split(kind, session.block(K, s, "train"), session.block(K, s, "dev"),
                             session.block(K, s, "test"), y[ix["train"]], y[ix["dev"]], y[ix["test"]],
                             f0[ix["train"]], f0[ix["dev"]], f0[ix["test"]], task.metric,
-                            grid=grid_for(kind, **go) if go else None)
+                            grid=grid_for(kind, **go) if go else None, loss=loss)
             out.append({"method": kind, **r})
         return out
 
-    session.store.bind({"solve": session.config.kernel_fields(), "kinds": list(kinds), "grid": str(go)})
+    session.store.bind({"solve": session.config.kernel_fields(), "kinds": list(kinds), "grid": str(go),
+                        "loss": loss})
     return sweep(session.store, [{"seed": sp.seed} for sp in session.splits], compute,
                  desc=f"solve {task.name}")

@@ -96,7 +96,8 @@ def build_model(arch: str, vocab_size: int, *, hidden: int = 32, layers: int = 2
         cls = tr.BertForMaskedLM
     elif arch == "gpt-neo":
         cfg = tr.GPTNeoConfig(vocab_size=vocab_size, hidden_size=hidden, num_layers=layers, num_heads=heads,
-                              attention_types=[[["global", "local"], max(1, layers // 2)]], window_size=16,
+                              attention_types=[[["global", "local"], layers // 2]] + ([[["global"], 1]] if layers % 2 else []),
+                              window_size=16,
                               max_position_embeddings=max_positions, bos_token_id=1, eos_token_id=1,
                               intermediate_size=4 * hidden)
         cls = tr.GPTNeoForCausalLM

@@ -1,0 +1,71 @@
+"""Fine-tuning, behavior, spectrum and task vectors on a tiny model: they run, resume and write the store."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ntkcheck.realmodels.experiment import LMConfig, iter_sessions
+from ntkcheck.realmodels.finetune import FTConfig
+
+pytestmark = pytest.mark.hf
+
+FT = FTConfig(optimizers=("sgd", "adam"), lrs_sgd=(0.5,), lrs_adam=(0.05,), batch_sizes=(2,), steps=6, eval_every=3)
+
+
+def _cfg(tiny_models, separable_dir, tmp_path, **kw):
+    base = dict(model=str(tiny_models["gpt-neo"]), task="sst2", data=str(separable_dir), k=2, seeds=(13,),
+                test_max=None, out=str(tmp_path), params=r"h\.1\.")
+    base.update(kw)
+    return LMConfig(**base)
+
+
+def test_finetune_learns_and_resumes(tiny_models, separable_dir, tmp_path):
+    from ntkcheck.realmodels.finetune import load_params, run_finetune
+
+    sess = next(iter_sessions(_cfg(tiny_models, separable_dir, tmp_path), "lm_finetune"))
+    best = run_finetune(sess, FT)
+    assert set(best) == {("sgd", 13), ("adam", 13)}
+    for b in best.values():
+        assert b["test"] == 100.0 and b["steps"] == 6
+        theta = load_params(__import__("pathlib").Path(b["params_path"]), sess.adapter.params)
+        assert any(not torch.equal(theta[k], sess.adapter.params[k]) for k in theta)  # it moved
+    assert run_finetune(sess, FT) == best  # second call loads every point
+
+
+def test_behavior_chi_and_distance(tiny_models, separable_dir, tmp_path):
+    from ntkcheck.realmodels.measure import behavior_cmd, output_derivative
+
+    chi = output_derivative(torch.tensor([[0.0, 0.0], [2.0, 0.0]]), torch.tensor([0, 1]))
+    torch.testing.assert_close(chi.abs().amax(-1), torch.tensor([0.5, 1 - 1 / (1 + np.exp(-2.0))],
+                                                                dtype=torch.float64))
+    res = behavior_cmd(_cfg(tiny_models, separable_dir, tmp_path), FT, distance_samples=2)
+    for opt in ("sgd", "adam"):
+        s = res["summary"][opt]
+        assert s["ft"]["mean"] == 100.0 and 0 <= s["chi_mean"]["mean"] <= 1
+        assert np.isfinite(s["kernel_distance"]["mean"]) and s["kernel_distance"]["mean"] > 0
+        assert 0 <= s["lin"]["mean"] <= 100
+    assert "Adam-FT" in res["table"] and (tmp_path / "lm_behavior" / "sst2_k2" / "measurements.csv").exists()
+
+
+def test_spectrum_beta(tiny_models, data_dir, tmp_path):
+    from ntkcheck.realmodels.measure import spectrum_cmd
+
+    cfg = _cfg(tiny_models, data_dir, tmp_path, seeds=(13, 21), params=r"h\.1\.mlp")
+    res = spectrum_cmd(cfg, samples=6, reduce="trace")
+    assert len(res["rows"]) == 2 and all(np.isfinite(r["beta"]) and r["n_eigs"] == 6 for r in res["rows"])
+    out = tmp_path / "lm_spectrum" / "sst2_k2"
+    assert (out / "spectrum.png").exists()
+    assert json.loads((out / "result.json").read_text())["summary"]["beta_mean"] == res["summary"]["beta_mean"]
+
+
+def test_task_vectors(tiny_models, data_dir, tmp_path):
+    from ntkcheck.realmodels.measure import taskvec_cmd
+
+    cfg = _cfg(tiny_models, data_dir, tmp_path, k=1, test_max=4)
+    ft = FTConfig(optimizers=("sgd",), lrs_sgd=(0.1,), batch_sizes=(2,), steps=2, eval_every=2)
+    res = taskvec_cmd(cfg, ft, ["sst2", "subj"])
+    cos = res["cosine"]
+    assert cos.shape == (2, 2) and np.allclose(np.diag(cos), 1.0) and abs(cos[0, 1]) <= 1 + 1e-9
+    assert {r["task"] for r in res["rows"]} == {"sst2", "subj"}
+    assert (tmp_path / "lm_taskvec" / "cosine.png").exists()
