@@ -15,14 +15,17 @@ g = df/dz and a = x exactly, whatever the multiplier):
 Vector tensors are captured too and their per-example gradients formed
 directly: a linear's bias (sum_t g_t), a LayerNorm's weight and bias
 (sum_t g_t * xhat_t, sum_t g_t), and a bias added as ``z + m * b`` with a
-scalar m (ParamLinear): m sum_t g_t.
+scalar m (ParamLinear): m sum_t g_t. Embedding tables (F.embedding) are
+captured as their nonzero gradient rows (one per distinct id, padding_idx
+excluded): K_E = sum_{t,s} [id_t = id'_s] <phi1(R_t), phi2(R'_s)>, exact for every kind.
 
 Capture: one forward pass of the batch under a TorchFunctionMode that adds a
 zero tensor delta to the output of every captured op and records its input;
 then C backward passes give g = d f_a / d delta for all layers at once.
-Tensors used any other way (embeddings, tied weights, attention matmuls on
-parameters, inputs without a leading batch axis) fall back to JACOBIAN.
-Examples must be independent (no batch statistics).
+Tensors used any other way (a table tied to both an embedding and a linear,
+matmuls on parameters, inputs without a leading batch axis -- checked by
+probing two batch sizes) fall back to JACOBIAN. Examples must be independent
+(no batch statistics).
 """
 from __future__ import annotations
 
