@@ -22,9 +22,12 @@ excluded): K_E = sum_{t,s} [id_t = id'_s] <phi1(R_t), phi2(R'_s)>, exact for eve
 Capture: one forward pass of the batch under a TorchFunctionMode that adds a
 zero tensor delta to the output of every captured op and records its input;
 then C backward passes give g = d f_a / d delta for all layers at once.
-Tensors used any other way (a table tied to both an embedding and a linear,
-matmuls on parameters, inputs without a leading batch axis -- checked by
-probing two batch sizes) fall back to JACOBIAN. Examples must be independent
+A table used by both F.embedding and F.linear (tied LM head) is covered too:
+for sgd from the factors, <E + L, E' + L'> with the cross terms
+<E_i, L_j> = sum_{t,s} g_{j,s}[id_{i,t}] <R_{i,t}, a_{j,s}>; for sign kinds by
+forming E + L per example. Tensors used any other way (matmuls on
+parameters, inputs without a leading batch axis -- checked by probing two
+batch sizes) fall back to JACOBIAN. Examples must be independent
 (no batch statistics).
 """
 from __future__ import annotations
@@ -207,7 +210,7 @@ def capture(f: Callable, params: Mapping[str, torch.Tensor], names: list[str], x
         if n in cap.weights or cap.vectors[n].shape[-1] != params[n].numel():
             cap.other.add(n)
     for n in cap.embeddings:
-        if n in cap.weights or n in cap.vectors:
+        if n in cap.vectors:
             cap.other.add(n)
     return cap
 
@@ -219,7 +222,10 @@ def covered(cap: Captured, params: Mapping[str, torch.Tensor], names: list[str])
         if n in cap.other:
             continue
         if n in cap.embeddings:
-            if n not in cap.weights and n not in cap.vectors and params[n].dim() == 2:
+            shp = params[n].shape
+            # a table used by F.embedding, and possibly also as a tied linear weight (an LM head)
+            if n not in cap.vectors and len(shp) == 2 and all(
+                    a.shape[-1] == shp[1] and g.shape[-1] == shp[0] for a, g in cap.weights.get(n, [])):
                 out.append(n)
         elif n in cap.vectors and n not in cap.weights:
             out.append(n)
@@ -312,6 +318,55 @@ def _embedding_block(spec: Spec, n: str, e1, e2) -> torch.Tensor:
     return out
 
 
+def _cross_embedding_linear(e, w) -> torch.Tensor:
+    """<E_i^a, L_j^b> for E = embedding-gradient rows of side 1, L = sum_s g_s a_s^T of side 2: [b1, C, b2, C].
+
+    Row v of L_j^b is sum_s g^b_{j,s}[v] a_{j,s}, so <E_i^a, L_j^b> = sum_{t,s} g^b_{j,s}[id_{i,t}] <R^a_{i,t}, a_{j,s}>.
+    """
+    (u1, r1), (a2, g2) = e, w
+    b1, c, t1, d = r1.shape
+    b2, _, t2, V = g2.shape
+    RA = (r1.reshape(-1, d) @ a2.reshape(-1, d).T).reshape(b1, c, t1, b2, t2)
+    Gsel = g2[..., u1.reshape(-1)].reshape(b2, c, t2, b1, t1)  # g^b_{j,s}[id_{i,t}]
+    return torch.einsum("iatjs,jbsit->iajb", RA, Gsel)
+
+
+def _tied_block(spec: Spec, n: str, shape, side1, side2) -> torch.Tensor:
+    """A table used both by F.embedding and by F.linear (tied LM head): D = E + L per example.
+
+    sgd: <D_i, D_j> = <E, E'> + <L, L'> + <E, L'> + <L, E'> from the factors. Sign kinds need
+    phi(E + L), so the per-example [V, d] gradients are formed a few at a time and contracted.
+    """
+    (e1, w1), (e2, w2) = side1, side2
+    if spec.kind is KernelKind.SGD:
+        out = _embedding_block(spec, n, e1, e2) + _weight_block(spec, n, w1, w2)
+        out += _cross_embedding_linear(e1, w2)
+        out += _cross_embedding_linear(e2, w1).permute(2, 3, 0, 1)
+        return out
+    V, d = shape
+
+    def dense(e, w, s):
+        (u, r), (a, g) = e, w
+        D = torch.einsum("icto,itm->icom", g[s], a[s])  # [b, C, V, d]
+        b, c, t, _ = r[s].shape
+        rows = r[s].permute(0, 2, 1, 3)  # [b, T, C, d]
+        idx = u[s]
+        for i in range(b):
+            D[i].index_add_(1, idx[i], rows[i].permute(1, 0, 2))
+        return D.reshape(b * c, V * d)
+
+    b1, c = e1[1].shape[:2]
+    b2 = e2[1].shape[0]
+    out = torch.empty(b1, c, b2, c, dtype=spec.dtype, device=spec.device)
+    per = max(1, (spec.budget // 8) // max(1, c * V * d * spec.itemsize))
+    for s in chunks(b1, per):
+        P1 = spec.phi1(n, dense(e1, w1, s))
+        for r in chunks(b2, per):
+            P2 = spec.phi2(n, dense(e2, w2, r))
+            out[s, :, r, :] = (P1 @ P2.T).reshape(s.stop - s.start, c, r.stop - r.start, c)
+    return out
+
+
 def _vector_block(spec: Spec, n: str, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
     b1, c, p = v1.shape
     A = spec.phi1(n, v1).reshape(b1 * c, p)
@@ -341,9 +396,9 @@ def _capture_bytes(cap: Captured, names: list[str]) -> int:
     for n in names:
         if n in cap.weights:
             tot += sum(a.numel() * a.element_size() + g.numel() * g.element_size() for a, g in cap.weights[n])
-        elif n in cap.embeddings:
+        if n in cap.embeddings:
             tot += sum(i.numel() * i.element_size() + 2 * g.numel() * g.element_size() for i, _, g in cap.embeddings[n])
-        else:
+        if n in cap.vectors:
             tot += cap.vectors[n].numel() * cap.vectors[n].element_size()
     return tot
 
@@ -374,14 +429,25 @@ def _structured_part(f, params, x1, x2, c, spec, acc, cover, per_ex, sig):
         if lost:
             raise ValueError(f"tensors {lost} were captured on a probe batch but not on a batch of {x.shape[0]}; "
                              "use method='jacobian'")
-        return {n: (("w", _factors(k, n)) if n in k.weights else ("e", _embedding_rows(k, n)) if n in k.embeddings
-                    else ("v", k.vectors[n])) for n in cover}
+        out = {}
+        for n in cover:
+            if n in k.embeddings and n in k.weights:
+                out[n] = ("t", (_embedding_rows(k, n), _factors(k, n)))
+            elif n in k.weights:
+                out[n] = ("w", _factors(k, n))
+            elif n in k.embeddings:
+                out[n] = ("e", _embedding_rows(k, n))
+            else:
+                out[n] = ("v", k.vectors[n])
+        return out
 
     def block(n, u, v):
         if u[0] == "w":
             return _weight_block(spec, n, u[1], v[1])
         if u[0] == "e":
             return _embedding_block(spec, n, u[1], v[1])
+        if u[0] == "t":
+            return _tied_block(spec, n, params[n].shape, u[1], v[1])
         return _vector_block(spec, n, u[1], v[1])
 
     sl1, sl2 = chunks(n1, b), chunks(n2, b)

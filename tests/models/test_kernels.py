@@ -307,13 +307,24 @@ def test_structured_covers_dense_layers(mlp, attn):
 
 
 @pytest.mark.hf
-def test_structured_covers_hf_except_tied_embedding(roberta, gptneo):
+def test_structured_covers_all_of_hf_models(roberta, gptneo):
+    """Linear, LayerNorm, embedding and the tied embedding / LM-head table are all captured."""
     from ntkcheck.models.kernels.structured import probe
 
-    for (_, f, params, x1, _), tied in ((roberta, "roberta.embeddings.word_embeddings.weight"),
-                                        (gptneo, "transformer.wte.weight")):
-        cover = probe(f, params, list(params), x1, 2)[0]
-        assert [n for n in params if n not in cover] == [tied]
+    for _, f, params, x1, _ in (roberta, gptneo):
+        assert probe(f, params, list(params), x1, 2)[0] == list(params)
+
+
+@pytest.mark.hf
+@pytest.mark.parametrize("kind", KINDS)
+def test_tied_table_repeated_ids(kind, gptneo):
+    """Tied wte (embedding rows + LM-head outer products) with a token repeated in a sequence, x2 = x1."""
+    _, f, params, x1, _ = gptneo
+    x = x1.clone()
+    x[0, 1] = x[0, 3]
+    names = ["transformer.wte.weight"]
+    K = empirical_kernel(f, params, x, kind=kind, method="structured", select=names)
+    assert rel_err(K, naive_kernel(f, params, x, kind=kind, names=names)) < 1e-10
 
 
 def test_packed_int8_and_sequences(attn):
