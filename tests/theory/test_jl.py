@@ -58,7 +58,7 @@ def test_layer_forms(n, k, eps, L):
 def test_pair_bound_holds_for_gaussian_projections():
     """Lemma D.3 itself on random unit vectors: empirical tail <= 4 exp(-(eps^2 - eps^3) k / 4)."""
     rng = np.random.default_rng(0)
-    d, k, eps, draws = 64, 200, 0.3, 4000
+    d, k, eps, draws = 32, 200, 0.3, 1500
     u, v = rng.standard_normal(d), rng.standard_normal(d)
     u, v = u / np.linalg.norm(u), v / np.linalg.norm(v)  # c = 1
     P = rng.standard_normal((draws, k, d)) / math.sqrt(k)
