@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ntkcheck.checks._es_helpers import mlp_point, single_threaded_blas, synthetic_point
-from ntkcheck.checks.fit import fit_exponent, fit_rows
+from ntkcheck.checks.fit import fit_rows
 from ntkcheck.checks.registry import CheckSpec
 from ntkcheck.checks.sweep import grid, select, sweep
 from ntkcheck.result import Claim, Result
