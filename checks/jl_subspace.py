@@ -83,14 +83,17 @@ class Config:
     tol_slope: float = 0.05
     #: accuracies over 256 test points and a few seeds: one test point is 0.4%, seeds scatter ~2%
     tol_accuracy: float = 0.05
-    #: relative trajectory gap between LoRA-FT and FT at the largest table rank
+    #: relative gap between the LoRA-FT and FT trajectories at the largest table rank: the kernels
+    #: differ by ~sqrt(log N / k) ~ 0.06 at k = 1024 and LoRA's A-term adds a ~0.04 floor (measured
+    #: 0.07-0.12 per seed); 0.15 leaves room for the seed scatter
     max_traj_gap: float = 0.15
     #: LoRA-FT against closed-form kernel GD with its own K_LoRA at eta_T = 2 (measured 2-6%)
     max_kernel_gap: float = 0.1
     #: the gap has a k-independent floor (LoRA's A-term, ~eta_T^2) that flattens the k^-1/2 law
     #: at the largest ranks; 0.25 still demands a clear decrease
     tol_traj_slope: float = 0.25
-    #: k = 2 < log N: the exceedance at eps_remark must be at least this
+    #: k = 2 < log N: the exceedance at eps_remark must be at least this (a miss: most projections
+    #: exceed eps; measured 1.0, while at k >= 256 it is 0)
     control_min_exceedance: float = 0.5
 
     @classmethod
