@@ -25,9 +25,9 @@ def _floats(flag: str):
         try:
             vals = tuple(float(t) for t in text.replace(",", " ").split())
         except ValueError:
-            raise UserError(f"{flag} {text!r}: expected comma-separated numbers") from None
+            raise argparse.ArgumentTypeError(f"{flag} {text!r}: expected comma-separated numbers") from None
         if not vals or any(not (v >= 0) for v in vals):
-            raise UserError(f"{flag} {text!r}: expected non-negative numbers")
+            raise argparse.ArgumentTypeError(f"{flag} {text!r}: expected non-negative numbers")
         return vals
     return parse
 
@@ -37,9 +37,9 @@ def _ints(flag: str, positive: bool = True):
         try:
             vals = tuple(int(t) for t in text.replace(",", " ").split())
         except ValueError:
-            raise UserError(f"{flag} {text!r}: expected comma-separated integers") from None
+            raise argparse.ArgumentTypeError(f"{flag} {text!r}: expected comma-separated integers") from None
         if not vals or (positive and any(v <= 0 for v in vals)):
-            raise UserError(f"{flag} {text!r}: expected positive integers")
+            raise argparse.ArgumentTypeError(f"{flag} {text!r}: expected positive integers")
         return vals
     return parse
 
@@ -49,9 +49,9 @@ def _int(flag: str, minimum: int = 1):
         try:
             v = int(text)
         except ValueError:
-            raise UserError(f"{flag} {text!r}: expected an integer") from None
+            raise argparse.ArgumentTypeError(f"{flag} {text!r}: expected an integer") from None
         if v < minimum:
-            raise UserError(f"{flag} {text!r}: must be >= {minimum}")
+            raise argparse.ArgumentTypeError(f"{flag} {text!r}: must be >= {minimum}")
         return v
     return parse
 
@@ -60,10 +60,10 @@ def _words(flag: str, allowed: tuple[str, ...] | None = None):
     def parse(text: str) -> tuple[str, ...]:
         vals = tuple(t.strip() for t in text.split(",") if t.strip())
         if not vals:
-            raise UserError(f"{flag} {text!r}: expected a comma-separated list")
+            raise argparse.ArgumentTypeError(f"{flag} {text!r}: expected a comma-separated list")
         bad = [v for v in vals if allowed is not None and v not in allowed]
         if bad:
-            raise UserError(f"{flag} {bad[0]!r}: expected one of {', '.join(allowed)}")
+            raise argparse.ArgumentTypeError(f"{flag} {bad[0]!r}: expected one of {', '.join(allowed)}")
         return vals
     return parse
 
@@ -193,7 +193,7 @@ def _solve(args) -> int:
     from ntkcheck.realmodels.measure import solve_cmd
 
     cfg = config_from_args(args)
-    res = solve_cmd(cfg)
+    res = solve_cmd(cfg, loss=args.loss)
     print(res["table"])
     print(f"-> {res['dir']}")
     return 0
@@ -274,6 +274,8 @@ def add_lm_parser(subparsers) -> None:
     p.set_defaults(handler=_kernel)
     p = sub.add_parser("solve", help="kernel regression vs zero-shot, [KV] Table 2 layout")
     _common(p)
+    p.add_argument("--loss", default="logistic", choices=["logistic", "ridge"],
+                   help="solver for sgd/signgd kernels (asym_signgd always uses He et al.)")
     p.set_defaults(handler=_solve)
     p = sub.add_parser("finetune", help="prompt-based SGD / Adam fine-tuning ([KV] App. A.3)")
     _common(p, kinds=False)

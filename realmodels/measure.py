@@ -101,21 +101,24 @@ def _plot_kernel(sess: Session, kinds: Sequence[str]) -> None:
 
 
 # ------------------------------------------------------------------ solve
-def solve_cmd(cfg: LMConfig, grid_override: dict | None = None) -> dict:
-    """Kernel regression + zero-shot over the seeds; writes measurements.csv, table.md, result.json."""
+def solve_cmd(cfg: LMConfig, grid_override: dict | None = None, loss: str = "logistic") -> dict:
+    """Kernel regression + zero-shot over the seeds; writes measurements.csv, table.md, result.json.
+
+    loss: "logistic" (kernel logistic regression, [KV] App. A.3) or "ridge" for the symmetric kinds.
+    """
     from ntkcheck.realmodels.solve import solve_session
 
     t0 = time.perf_counter()
     rows, store, meta = [], None, {}
     for sess in iter_sessions(cfg, "lm_solve"):
-        rows += solve_session(sess, cfg.kinds, grid_override)
+        rows += solve_session(sess, cfg.kinds, grid_override, loss=loss)
         store, meta = sess.store, sess.meta
     task = _task_name(cfg)
     summary = _summaries(rows)
     res = {(cfg.k, m): {task: s["per_seed"]} for m, s in summary.items()}
     table = table2(res)
     store.write_measurements(rows)
-    store.write_json("result.json", {"command": "lm solve", "config": asdict(cfg), "summary": summary,
+    store.write_json("result.json", {"command": "lm solve", "config": asdict(cfg), "loss": loss, "summary": summary,
                                      "meta": meta, "provenance": _provenance(t0, cfg)})
     from ntkcheck.store import atomic_write_text
 
