@@ -271,10 +271,21 @@ def _weight_block(spec: Spec, n: str, f1, f2) -> torch.Tensor:
         return out
     # per-example gradients from the factors, sum_t g_t a_t^T, a few examples at a time
     per = max(1, (spec.budget // 8) // max(1, c * n_out * n_in * isz))
+    same = f1 is f2
+
+    def grads(g, a, s):  # [b, C, n_out * n_in]: sum_t g_t a_t^T as one batched matmul
+        b = s.stop - s.start
+        return torch.bmm(g[s].transpose(2, 3).reshape(b * c, n_out, -1),
+                         a[s].unsqueeze(1).expand(b, c, -1, n_in).reshape(b * c, -1, n_in)).reshape(b * c, -1)
+
     for s in chunks(b1, per):
-        P1 = spec.phi1(n, torch.einsum("icto,itm->icom", g1[s], a1[s])).reshape(-1, n_out * n_in)
+        raw1 = grads(g1, a1, s)
+        P1 = spec.phi1(n, raw1)
         for r in chunks(b2, per):
-            P2 = spec.phi2(n, torch.einsum("icto,itm->icom", g2[r], a2[r])).reshape(-1, n_out * n_in)
+            if same and r == s:
+                P2 = P1 if spec.kind is KernelKind.SIGNGD else spec.phi2(n, raw1)
+            else:
+                P2 = spec.phi2(n, grads(g2, a2, r))
             out[s, :, r, :] = (P1 @ P2.T).reshape(s.stop - s.start, c, r.stop - r.start, c)
     return out
 
