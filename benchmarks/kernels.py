@@ -67,7 +67,7 @@ def floor_kernel(model: MLP, x):
     return K
 
 
-def measure(fn, repeats: int = 3, enough: float = 2.0):
+def measure(fn, repeats: int = 7, enough: float = 2.0):
     """(best time, peak RSS increase, result): best of up to ``repeats`` runs, stopping once ``enough``
     seconds were spent (the 2-core machine is shared, so the minimum is the least disturbed run)."""
     fn_small = fn.get("warmup")
