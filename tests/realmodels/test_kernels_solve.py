@@ -1,7 +1,5 @@
 """Kernels through the session cache equal a naive gradient loop; solvers reach 100% end to end; CLI."""
 import math
-import subprocess
-import sys
 import warnings
 
 import numpy as np
@@ -120,21 +118,20 @@ def test_solver_grid_and_predictor():
     assert r["test"] == 100.0 and r["hp_reg"] == 0.0
 
 
-def test_cli_make_tiny_and_solve(tmp_path, separable_dir):
+def test_cli_make_tiny_and_solve(tmp_path, separable_dir, capsys):
+    from ntkcheck.cli import main
+
     model = tmp_path / "tiny"
-    run = lambda *a: subprocess.run([sys.executable, "-m", "ntkcheck", "lm", *a], capture_output=True, text=True,
-                                    env={**__import__("os").environ, "NTKCHECK_PROGRESS": "0"})
-    r = run("make-tiny", str(model), "--arch", "gpt-neo", "--hidden", "8", "--layers", "1")
-    assert r.returncode == 0, r.stderr
-    r = run("solve", "--model", str(model), "--task", "sst2", "--data", str(separable_dir), "--k", "2",
-            "--seeds", "13", "--out", str(tmp_path / "runs"))
-    assert r.returncode == 0, r.stderr
-    assert "| k-shot | Method | SST-2 |" in r.stdout and "K(SGD)" in r.stdout
-    r = run("solve", "--model", str(model), "--data", str(separable_dir), "--template", "<S1> It was .",
-            "--out", str(tmp_path / "runs"))
-    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == \
+    assert main(["lm", "make-tiny", str(model), "--arch", "gpt-neo", "--hidden", "8", "--layers", "1"]) == 0
+    capsys.readouterr()
+    assert main(["lm", "solve", "--model", str(model), "--task", "sst2", "--data", str(separable_dir), "--k", "2",
+                 "--seeds", "13", "--out", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert "| k-shot | Method | SST-2 |" in out and "K(SGD)" in out
+    assert main(["lm", "solve", "--model", str(model), "--data", str(separable_dir), "--template", "<S1> It was .",
+                 "--out", str(tmp_path / "runs")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
         "ntkcheck: error: template '<S1> It was .' has no [MASK] slot"
-    r = run("solve", "--model", str(tmp_path / "nope"), "--data", str(separable_dir), "--out", str(tmp_path / "r"))
-    assert r.returncode == 2 and "does not exist" in r.stderr
-    r = run("solve", "--model", str(model), "--data", str(separable_dir), "--kinds", "sgd,bogus")
-    assert r.returncode == 2 and "'bogus'" in r.stderr
+    assert main(["lm", "solve", "--model", str(tmp_path / "nope"), "--data", str(separable_dir),
+                 "--out", str(tmp_path / "r")]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -37,7 +37,7 @@ def test_behavior_chi_and_distance(tiny_models, separable_dir, tmp_path):
     from ntkcheck.realmodels.measure import behavior_cmd, output_derivative
 
     chi = output_derivative(torch.tensor([[0.0, 0.0], [2.0, 0.0]]), torch.tensor([0, 1]))
-    torch.testing.assert_close(chi.abs().amax(-1), torch.tensor([0.5, 1 - 1 / (1 + np.exp(-2.0))],
+    torch.testing.assert_close(chi.abs().amax(-1), torch.tensor([0.5, 1 / (1 + np.exp(-2.0))],
                                                                 dtype=torch.float64))
     res = behavior_cmd(_cfg(tiny_models, separable_dir, tmp_path), FT, distance_samples=2)
     for opt in ("sgd", "adam"):
