@@ -3,7 +3,9 @@
     python benchmarks/kernels.py --quick          # a few minutes on 2 cores
     python benchmarks/kernels.py [--json PATH]    # widths 512..4096, N = 128
 
-Every method runs in this process, after a warm-up call, on the same inputs:
+Every method runs in this process, after a warm-up call, on the same inputs,
+timed as the best of up to 7 round-robin repeats (a row stops repeating after
+2 s in total), so that load on a shared machine hits every row alike:
 - baseline: torch.func vmap(jacrev) over examples, all Jacobians held, then an
   einsum contraction (design.md, "what users write");
 - floor: a hand-written MLP pass: one forward, C backward passes to the
@@ -67,25 +69,6 @@ def floor_kernel(model: MLP, x):
     return K
 
 
-def measure(fn, repeats: int = 7, enough: float = 2.0):
-    """(best time, peak RSS increase, result): best of up to ``repeats`` runs, stopping once ``enough``
-    seconds were spent (the 2-core machine is shared, so the minimum is the least disturbed run)."""
-    fn_small = fn.get("warmup")
-    if fn_small is not None:
-        fn_small()
-    best, peak, spent, out = math.inf, 0, 0.0, None
-    for _ in range(repeats):
-        out = None
-        with PeakRSS() as m:
-            t = time.perf_counter()
-            out = fn["run"]()
-            dt = time.perf_counter() - t
-        best, peak, spent = min(best, dt), max(peak, m.peak_delta), spent + dt
-        if spent >= enough:
-            break
-    return best, peak, out
-
-
 def mlp_case(width: int, n: int, d_in: int, depth: int, quick: bool):
     model = MLP(MLPConfig(d_in=d_in, d_out=2, depth=depth), width, SP, torch.Generator().manual_seed(0))
     f, params = functional(model.eval())
@@ -108,21 +91,40 @@ def run_case(name, model, f, params, x, P, methods, baseline_ok, floor_ok, rows,
         def run(method=method, kind=kind, kw=kw, xx=x):
             return empirical_kernel(f, params, xx, kind=kind, method=method, memory_budget=BUDGET, **kw)
         entries.append((method, kind, {"run": run, "warmup": lambda run=run: run(xx=x[:2])}))
+    # round-robin repeats (best time per row), so load on the shared machine hits all rows alike
+    for _, _, fn in entries:
+        fn["warmup"]()
+    best = [math.inf] * len(entries)
+    peak = [0] * len(entries)
+    spent = [0.0] * len(entries)
+    results = [None] * len(entries)
+    for rep in range(7):
+        for e, (_, _, fn) in enumerate(entries):
+            if rep > 0 and spent[e] >= 2.0:
+                continue
+            with PeakRSS() as m:
+                t = time.perf_counter()
+                K = fn["run"]()
+                dt = time.perf_counter() - t
+            best[e], peak[e], spent[e] = min(best[e], dt), max(peak[e], m.peak_delta), spent[e] + dt
+            if rep == 0:
+                results[e] = K
+            del K
     ref = {}
-    for label, kind, fn in entries:
-        t, peak, K = measure(fn)
+    for e, (label, kind, fn) in enumerate(entries):
+        t, K = best[e], results[e]
         err = None
         if kind in ref and label != "sketch":
             err = float((K - ref[kind]).abs().max() / ref[kind].abs().max())
         elif label.startswith(("baseline", "structured", "floor")) and kind not in ref:
             ref[kind] = K
-        row = {"case": name, "P": P, "N": n, "method": label, "kind": kind, "seconds": t, "peak_bytes": peak,
+        row = {"case": name, "P": P, "N": n, "method": label, "kind": kind, "seconds": t, "peak_bytes": peak[e],
                "budget_bytes": BUDGET if not label.startswith(("baseline", "floor")) else None,
                "held_jacobian_bytes": jac_bytes, "rel_err_vs_reference": err}
         rows.append(row)
-        print(f"  {label:30s} {kind:12s} {t:9.3f} s  peak {peak / 2**20:9.1f} MiB"
+        print(f"  {label:30s} {kind:12s} {t:9.3f} s  peak {peak[e] / 2**20:9.1f} MiB"
               + ("" if err is None else f"  rel.err {err:.1e}"), flush=True)
-        del K
+    del results
     ref_holder.update(ref)
 
 
