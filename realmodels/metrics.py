@@ -34,7 +34,7 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return (float(v.mean()), float(v.std())) if len(v) else (float("nan"), float("nan"))
 
 
-METHOD_LABELS = {"zero_shot": "zero-shot f0", "sgd": "K(SGD)", "signgd": "K(SignGD)",
+METHOD_LABELS = {"zero_shot": "zero-shot f0", "linear_probe": "linear probe f0", "sgd": "K(SGD)", "signgd": "K(SignGD)",
                  "asym_signgd": "K(A-SignGD)", "ft_sgd": "SGD-FT", "ft_adam": "Adam-FT",
                  "lin_sgd": "Lin. (SGD-FT)", "lin_adam": "Lin. (Adam-FT)"}
 TASK_LABELS = {"sst2": "SST-2", "sst5": "SST-5", "mr": "MR", "cr": "CR", "mpqa": "MPQA", "subj": "Subj",

@@ -106,7 +106,8 @@ def solve_session(session, kinds: Sequence[str], grid_override: dict | None = No
     def compute(pt):
         s = pt["seed"]
         ix = session.index[s]
-        out = [{"method": "zero_shot", "dev": score(torch.from_numpy(f0[ix["dev"]]), y[ix["dev"]], task.metric),
+        # In head mode f0 is the linear-probing head on frozen features, not a zero-shot prompt.
+        out = [{"method": "zero_shot" if session.adapter.mode != "head" else "linear_probe", "dev": score(torch.from_numpy(f0[ix["dev"]]), y[ix["dev"]], task.metric),
                 "test": score(torch.from_numpy(f0[ix["test"]]), y[ix["test"]], task.metric)}]
         for kind in kinds:
             K = kernels[kind]
