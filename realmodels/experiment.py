@@ -85,6 +85,12 @@ def model_identity(path: str, gguf_file: str | None = None) -> str:
     return "|".join(parts)
 
 
+def model_slug(path: str) -> str:
+    """A file-name-safe short name of a model path (its last component), e.g. 'smollm2-hf'."""
+    name = Path(path).expanduser().name or "model"
+    return "".join(c if c.isalnum() or c in "-._" else "_" for c in name)[:60]
+
+
 def _dtype(name: str) -> torch.dtype:
     table = {"float64": torch.float64, "float32": torch.float32}
     if name not in table:
@@ -200,7 +206,7 @@ def open_session(cfg: LMConfig, check: str, *, model_bundle=None, adapter=None) 
     """Load model, task, data and the k-shot splits of ``cfg``; rows/columns indexed for the kernel cache.
 
     ``model_bundle`` = (model, tokenizer, mode) reuses a loaded model; ``adapter`` a built adapter.
-    The run store folder is DIR/<check>/<task>_k<k>.
+    The run store folder is DIR/<check>/<task>_k<k>_<model folder name>, so models do not overwrite each other.
     """
     from ntkcheck.realmodels.adapters import load_pretrained, make_adapter, resolve_device
 
@@ -246,7 +252,7 @@ def open_session(cfg: LMConfig, check: str, *, model_bundle=None, adapter=None) 
     for sp in splits:
         index[sp.seed]["test"] = test_ids
     x_rows = adapter.encode(rows)
-    store = CheckStore(Path(cfg.out) / check, f"{task.name}_k{cfg.k}")
+    store = CheckStore(Path(cfg.out) / check, f"{task.name}_k{cfg.k}_{model_slug(cfg.model)}")
     return Session(cfg, task, adapter, splits, rows, n_cols, index, x_rows, store,
                    meta={"mode": adapter.mode, "params": sum(v.numel() for v in adapter.params.values()),
                          "label_words": list(adapter.label_words), "template": adapter.template})

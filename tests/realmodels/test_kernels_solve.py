@@ -92,7 +92,7 @@ def test_solvers_reach_100_percent(tiny_models, separable_dir, tmp_path):
     assert "| 4 | zero-shot f0 |" in res["table"] and "K(A-SignGD)" in res["table"]
     again = solve_cmd(cfg)  # resumes from the store: same rows, nothing recomputed
     assert again["rows"] == res["rows"]
-    assert (tmp_path / "lm_solve" / "sst2_k4" / "table.md").exists()
+    assert (tmp_path / "lm_solve" / "sst2_k4_roberta" / "table.md").exists()
 
 
 def test_solver_grid_and_predictor():

@@ -45,7 +45,7 @@ def test_behavior_chi_and_distance(tiny_models, separable_dir, tmp_path):
         assert s["ft"]["mean"] == 100.0 and 0 <= s["chi_mean"]["mean"] <= 1
         assert np.isfinite(s["kernel_distance"]["mean"]) and s["kernel_distance"]["mean"] > 0
         assert 0 <= s["lin"]["mean"] <= 100
-    assert "Adam-FT" in res["table"] and (tmp_path / "lm_behavior" / "sst2_k2" / "measurements.csv").exists()
+    assert "Adam-FT" in res["table"] and (tmp_path / "lm_behavior" / "sst2_k2_gpt-neo" / "measurements.csv").exists()
 
 
 def test_spectrum_beta(tiny_models, data_dir, tmp_path):
@@ -54,7 +54,7 @@ def test_spectrum_beta(tiny_models, data_dir, tmp_path):
     cfg = _cfg(tiny_models, data_dir, tmp_path, seeds=(13, 21), params=r"h\.1\.mlp")
     res = spectrum_cmd(cfg, samples=6, reduce="trace")
     assert len(res["rows"]) == 2 and all(np.isfinite(r["beta"]) and r["n_eigs"] == 6 for r in res["rows"])
-    out = tmp_path / "lm_spectrum" / "sst2_k2"
+    out = tmp_path / "lm_spectrum" / "sst2_k2_gpt-neo"
     assert (out / "spectrum.png").exists()
     assert json.loads((out / "result.json").read_text())["summary"]["beta_mean"] == res["summary"]["beta_mean"]
 
