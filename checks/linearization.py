@@ -107,7 +107,7 @@ class Config:
 
     @classmethod
     def quick(cls) -> "Config":
-        return cls(widths=(128, 256, 512, 1024), attn_widths=(32, 64, 128), seeds=3)
+        return cls(widths=(128, 256, 512, 1024), attn_widths=(32, 64, 128), seeds=4)
 
 
 def _data(config: Config, seed: int, arch: str):

@@ -101,7 +101,7 @@ class Config:
 
     @classmethod
     def quick(cls) -> "Config":
-        return cls(widths=(64, 128, 256, 512, 1024), seeds=3, pt_steps=40, ft_steps=30)
+        return cls(widths=(64, 128, 256, 512, 1024), seeds=5, pt_steps=40, ft_steps=30)
 
 
 def _readout_name(config: Config) -> str:

@@ -111,7 +111,7 @@ class Config:
 
     @classmethod
     def quick(cls) -> "Config":
-        return cls(widths=(64, 128, 256, 512, 1024), seeds=4)
+        return cls(widths=(64, 128, 256, 512, 1024), seeds=5)
 
 
 def _pool(config: Config, seed: int):
