@@ -2,13 +2,11 @@
 import pytest
 
 from ntkcheck.checks import registry
-from ntkcheck.runner import run_check
 
 
 @pytest.fixture(scope="module")
-def result(tmp_path_factory):
-    spec = registry.get("early_stopping")
-    return run_check(spec, spec.default_config(quick=True), tmp_path_factory.mktemp("es"))
+def result(quick_result):
+    return quick_result("early_stopping")
 
 
 def test_verdict_pass(result):

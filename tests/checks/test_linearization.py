@@ -4,14 +4,11 @@ import torch
 
 from ntkcheck.checks import _training as T
 from ntkcheck.checks import linearization as L
-from ntkcheck.checks.registry import get
-from ntkcheck.runner import run_check
 
 
 @pytest.fixture(scope="module")
-def result(tmp_path_factory):
-    spec = get("linearization")
-    return run_check(spec, spec.default_config(quick=True), tmp_path_factory.mktemp("lin"))
+def result(quick_result):
+    return quick_result("linearization")
 
 
 def test_quick_verdict_passes_with_controls(result):

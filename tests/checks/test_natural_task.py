@@ -8,16 +8,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ntkcheck.checks import natural_task as N
-from ntkcheck.checks.registry import get
 from ntkcheck.models.kernels import empirical_kernel
-from ntkcheck.runner import run_check
 from ntkcheck.theory.natural_task import linear3_forward, linear3_kernel, linear3_step, linear3_step_terms
 
 
 @pytest.fixture(scope="module")
-def result(tmp_path_factory):
-    spec = get("natural_task")
-    return run_check(spec, spec.default_config(quick=True), tmp_path_factory.mktemp("natural"))
+def result(quick_result):
+    return quick_result("natural_task")
 
 
 def test_quick_verdict_passes_with_controls(result):

@@ -6,17 +6,14 @@ import torch
 
 from ntkcheck.checks import _training as T
 from ntkcheck.checks import signgd_kernel as S
-from ntkcheck.checks.registry import get
 from ntkcheck.models import parametrization as P
 from ntkcheck.models.kernels import empirical_kernel
 from ntkcheck.models.optim import Adam, SignGD
-from ntkcheck.runner import run_check
 
 
 @pytest.fixture(scope="module")
-def result(tmp_path_factory):
-    spec = get("signgd_kernel")
-    return run_check(spec, spec.default_config(quick=True), tmp_path_factory.mktemp("signgd"))
+def result(quick_result):
+    return quick_result("signgd_kernel")
 
 
 def test_quick_verdict_passes_with_controls(result):

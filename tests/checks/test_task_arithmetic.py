@@ -2,13 +2,11 @@
 import pytest
 
 from ntkcheck.checks import registry
-from ntkcheck.runner import run_check
 
 
 @pytest.fixture(scope="module")
-def result(tmp_path_factory):
-    spec = registry.get("task_arithmetic")
-    return run_check(spec, spec.default_config(quick=True), tmp_path_factory.mktemp("ta"))
+def result(quick_result):
+    return quick_result("task_arithmetic")
 
 
 def test_verdict_pass(result):

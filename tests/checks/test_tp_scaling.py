@@ -2,14 +2,11 @@
 import pytest
 
 from ntkcheck.checks import tp_scaling
-from ntkcheck.checks.registry import get
-from ntkcheck.runner import run_check
 
 
 @pytest.fixture(scope="module")
-def result(tmp_path_factory):
-    spec = get("tp_scaling")
-    return run_check(spec, spec.default_config(quick=True), tmp_path_factory.mktemp("tp"))
+def result(quick_result):
+    return quick_result("tp_scaling")
 
 
 def test_quick_verdict_passes_with_controls(result):
