@@ -9,16 +9,6 @@ def result(quick_result):
     return quick_result("task_arithmetic")
 
 
-def test_verdict_pass(result):
-    bad = [c.name for c in result.claims if not c.holds]
-    assert result.verdict == "pass", bad
-
-
-def test_control_holds(result):
-    controls = [c for c in result.claims if c.control]
-    assert controls and all(c.holds for c in controls)
-
-
 def test_rate_claims_present(result):
     names = " ".join(c.name for c in result.claims)
     for key in ("interference", "interaction", "cos", "MSE(theta_PT - tau_1)", "normalized accuracy", "shared"):
