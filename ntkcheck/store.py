@@ -1,11 +1,12 @@
-"""The run store: DIR/<check>/{result.json, measurements.csv, *.png, points/}, written atomically.
+"""The run store: DIR/<name>/{result.json, measurements.csv, *.png, points/}, written atomically.
 
-Every finished sweep point is one JSON file written by write-to-temp, fsync,
-rename, and carries a SHA-256 of its payload; a truncated or corrupt file is
-detected on load, reported, and recomputed. Point files live under
-points/<fingerprint>/, the fingerprint hashing the check's config without its
-sweep axes (widths, seeds, ...), so widening a sweep reuses finished points
-while changing any other setting recomputes.
+One folder per result, a check's or an LM measurement's. Every finished sweep
+point is one JSON file written by write-to-temp, fsync, rename, and carries a
+SHA-256 of its payload; a truncated or corrupt file is detected on load,
+reported, and recomputed. Point files live under points/<fingerprint>/, the
+fingerprint hashing the measurement's version and its config without its sweep
+axes (widths, seeds, ...), so widening a sweep reuses finished points while
+changing any other setting, or the code's version, recomputes.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 import tempfile
 import warnings
@@ -59,17 +61,17 @@ def point_key(point: Mapping[str, Any]) -> str:
     return "_".join(parts)
 
 
-class CheckStore:
-    """The folder of one check's run: points, measurements, plots and result."""
+class ResultStore:
+    """The folder DIR/<name>/ of one result: points, measurements, plots and result.json."""
 
-    def __init__(self, root: Path, check: str):
-        self.check = check
-        self.dir = Path(root) / check
+    def __init__(self, root: Path, name: str):
+        self.name = name
+        self.dir = Path(root) / name
         self.fingerprint = "default"
 
-    def bind(self, config_without_axes: Mapping[str, Any]) -> None:
-        """Scope point files to this configuration (sweep axes excluded)."""
-        self.fingerprint = fingerprint(dict(config_without_axes))
+    def bind(self, config_without_axes: Mapping[str, Any], version: int = 1) -> None:
+        """Scope point files to this configuration (sweep axes excluded) and code version."""
+        self.fingerprint = fingerprint({"config": dict(config_without_axes), "version": int(version)})
 
     @property
     def points_dir(self) -> Path:
@@ -118,13 +120,33 @@ class CheckStore:
 
     def write_json(self, name: str, obj: Any) -> Path:
         path = self.dir / name
-        atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False, default=str) + "\n")
+        atomic_write_text(path, json.dumps(_plain(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
         return path
+
+    def write_result(self, result) -> Path:
+        """DIR/<name>/result.json from a ntkcheck.result.Result."""
+        return self.write_json("result.json", result.to_json())
 
     def path(self, name: str) -> Path:
         """Path for an artifact (plot, extra table) inside this check's folder."""
         self.dir.mkdir(parents=True, exist_ok=True)
         return self.dir / name
+
+
+def _plain(v: Any) -> Any:
+    """Strict JSON of ``v``: non-finite floats become null (JSON has no NaN), numpy scalars and arrays
+    plain numbers and lists, tuples lists, mapping keys strings, anything else its str()."""
+    if isinstance(v, Mapping):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if hasattr(v, "tolist") and not isinstance(v, (str, bytes)):  # numpy scalars and arrays, 0-d tensors
+        return _plain(v.tolist())
+    if isinstance(v, bool) or v is None or isinstance(v, (int, str)):
+        return v
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    return str(v)
 
 
 def ensure_writable(out: Path) -> Path:

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from ntkcheck.models.parametrization import Optimizer, Parametrization
+from ntkcheck.theory.parametrization import Optimizer, Parametrization
 
 R = sp.Rational
 

@@ -3,7 +3,7 @@ import sympy as sp
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ntkcheck.models.parametrization import MUP, NTK, SP, SP_LR, Parametrization, RoleScaling
+from ntkcheck.theory.parametrization import MUP, NTK, SP, SP_LR, Parametrization, RoleScaling
 from ntkcheck.theory.abc import analyze, table10
 
 R = sp.Rational
