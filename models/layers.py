@@ -1,7 +1,11 @@
-"""Layers whose trainable tensor is the w of an abc-parametrization.
+"""Layers whose trainable tensor is the w of an abc-parametrization, and the WidthModel base class.
 
 The multiplier n^-a is applied in forward, so ``weight`` holds w and the
 parameter's role, multiplier and learning-rate scale travel with the module.
+A WidthModel's forward is a pure function of a parameter dict,
+``apply(params, x)``: the one forward of each architecture, which the module's
+own ``forward`` calls with its live tensors (so torch.func.functional_call
+works too), and which measurement code calls directly as f(params, x).
 """
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from ntkcheck.models.parametrization import Optimizer, Parametrization, Role
+from ntkcheck.theory.parametrization import Optimizer, Parametrization, Role
 
 
 class ParamLinear(nn.Module):
@@ -47,11 +51,15 @@ class ParamLinear(nn.Module):
             self.register_parameter("bias", None)
             self.bias_mult = 1.0
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = nn.functional.linear(x, self.weight) * self.mult
-        if self.bias is not None:
-            y = y + self.bias * self.bias_mult
+    def call(self, weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+        """mult * x @ weight^T (+ bias_mult * bias): this layer's map with the given tensors (pure)."""
+        y = nn.functional.linear(x, weight) * self.mult
+        if bias is not None:
+            y = y + bias * self.bias_mult
         return y
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.call(self.weight, self.bias, x)
 
     def learning_rates(self, optimizer: Optimizer, param: Parametrization) -> dict[str, float]:
         """Per-tensor learning-rate scale (multiply by the base lr) for this layer's tensors."""
@@ -63,10 +71,33 @@ class ParamLinear(nn.Module):
 
 
 class WidthModel(nn.Module):
-    """Base class: a network built at width n under a parametrization."""
+    """Base class: a network built at width n under a parametrization (made by ``ntkcheck.models.build``).
+
+    Subclasses implement ``apply(params, x, all_layers=False)``: x -> f [B, C], or with
+    ``all_layers`` the list of per-layer features ending with f, as a pure function of
+    ``params`` ({name: tensor}, the names of ``named_parameters``).
+    """
 
     param: Parametrization
     width: int
+    arch: str = ""
+
+    def forward(self, x: torch.Tensor, all_layers: bool = False):
+        """The module's own tensors through ``apply``, read by attribute path so that
+        torch.func.functional_call, which swaps those attributes, works too."""
+        if not hasattr(self, "_param_names"):
+            self._param_names = [name for name, _ in self.named_parameters()]
+        live = {}
+        for name in self._param_names:
+            obj = self
+            for part in name.split("."):
+                obj = getattr(obj, part)
+            live[name] = obj
+        return self.apply(live, x, all_layers=all_layers)
+
+    def params(self) -> dict[str, torch.Tensor]:
+        """Detached copies of the trainable tensors: the ``params`` of f(params, x) = self.apply(params, x)."""
+        return {k: v.detach().clone() for k, v in self.named_parameters()}
 
     def learning_rates(self, optimizer: Optimizer = "sgd", base_lr: float = 1.0) -> dict[str, float]:
         """{parameter name: base_lr * lr_role * n^-c_role} for every trainable tensor."""

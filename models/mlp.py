@@ -1,18 +1,21 @@
 """Width-parametrized MLP: h^1 = W^1 x, x^l = phi(h^l), h^{l+1} = W^{l+1} x^l, f = W^{L+1} x^L.
 
 W^l = n^-a_l w^l with the exponents of a Parametrization (roles: W^1 input,
-W^2..W^L hidden, W^{L+1} output); L hidden layers of width n.
+W^2..W^L hidden, W^{L+1} output); L hidden layers of width n. With
+activation "linear", depth 2, d_out 1 and no bias it is the three-layer linear
+net f = V^T W U xi of [KV] App. C.5 (architecture "linear3" of the factory).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 import torch
 from torch import nn
 
 from ntkcheck.models.activations import ACTIVATIONS, get_activation
 from ntkcheck.models.layers import ParamLinear, WidthModel
-from ntkcheck.models.parametrization import Parametrization
+from ntkcheck.theory.parametrization import Parametrization
 
 
 @dataclass(frozen=True)
@@ -50,17 +53,21 @@ class MLP(WidthModel):
         layers += [ParamLinear(width, width, "hidden", **kw) for _ in range(config.depth - 1)]
         layers.append(ParamLinear(width, config.d_out, "output", **kw))
         self.layers = nn.ModuleList(layers)
+        self._names = [(f"layers.{i}.weight", f"layers.{i}.bias") for i in range(len(layers))]
 
-    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """[h^1, ..., h^L, f]: the preactivations of every hidden layer, then the output. x: [B, d_in]."""
-        out, h = [], self.layers[0](x)
-        out.append(h)
-        for layer in self.layers[1:]:
-            h = layer(self.phi(h))
-            out.append(h)
-        return out
+    def apply(self, params: Mapping[str, torch.Tensor], x: torch.Tensor, all_layers: bool = False):
+        """x [B, d_in] -> f [B, d_out]; with all_layers, [h^1, ..., h^L, f] (the preactivations, then f).
 
-    def forward(self, x: torch.Tensor, all_layers: bool = False):
-        """x: [B, d_in] -> f [B, d_out]; with all_layers, the list ``features(x)`` (works under functional_call)."""
-        feats = self.features(x)
-        return feats if all_layers else feats[-1]
+        Hand-written over the parameter dict (no functional_call): at the sizes of the checks the
+        per-call overhead of functional_call was most of a training step's time.
+        """
+        feats = []
+        h = x
+        last = len(self.layers) - 1
+        for i, (layer, (wn, bn)) in enumerate(zip(self.layers, self._names)):
+            h = layer.call(params[wn], params[bn] if layer.bias is not None else None, h)
+            if all_layers:
+                feats.append(h)
+            if i < last:
+                h = self.phi(h)
+        return feats if all_layers else h

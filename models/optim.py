@@ -1,85 +1,117 @@
-"""Functional optimizers over a dict of tensors, with per-tensor learning rates.
+"""Optimizers as pure (init, update) pairs over dicts of tensors (google-deepmind/optax's shape).
 
-Each takes ``lrs``: {name: learning rate} (from ``WidthModel.learning_rates``)
-and maps (params, grads) -> new params without touching its inputs, so they
-compose with the (f, params) view and torch.func.grad.
+    state = opt.init(params)
+    updates, state = opt.update(grads, state, params)
+    params = apply_updates(params, updates)          # params + updates
 
-    SGD:     w <- w - eta_w g
-    SignGD:  w <- w - eta_w sign(g)            ([KV] Def. 4.1)
-             w <- w - eta_w g / (|g| + eps_w)  (eps-sign, [KV] Assumption C.2g)
-    Adam:    m <- b1 m + (1-b1) g, v <- b2 v + (1-b2) g^2,
-             w <- w - eta_w mhat / (sqrt(vhat) + eps)   (Kingma & Ba)
+Nothing is mutated: the state is a new dict each step, so a run can be
+replayed or branched. ``lrs`` is a float or {name: learning rate} (e.g.
+``WidthModel.learning_rates(optimizer, base_lr)``); ``schedule(t)`` multiplies
+the rate at step t = 0, 1, ... (``linear_decay(T)``: 1 - t / T).
+
+    SGD:       u = -eta_w g
+    SignGD:    u = -eta_w sign(g)                  ([KV] Def. 4.1)
+               u = -eta_w g / (|g| + eps_w)       (eps-sign, [KV] Assumption C.2g)
+    Adam:      m = b1 m + (1-b1) g,  v = b2 v + (1-b2) g^2,
+               u = -eta_w mhat / (sqrt(vhat) + eps)   (Kingma & Ba)
+
+Updates are formed only for the tensors present in ``grads`` (the trainable
+subset); apply_updates leaves the others untouched.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
 
 import torch
 
 Params = dict[str, torch.Tensor]
-
-
-def _check(lrs: Mapping[str, float], params: Mapping[str, torch.Tensor]) -> None:
-    missing = [k for k in params if k not in lrs]
-    if missing:
-        raise KeyError(f"no learning rate for parameter(s) {missing}")
+State = dict[str, Any]
+Schedule = Callable[[int], float]
+OPTIMIZERS = ("sgd", "signgd", "adam")
 
 
 def eps_sign(g: torch.Tensor, eps: float) -> torch.Tensor:
-    """eps-sign(x) = x / (|x| + eps); sign(x) when eps == 0."""
+    """eps-sign(g) = g / (|g| + eps); sign(g) when eps == 0 ([KV] Assumption C.2g)."""
     return torch.sign(g) if eps == 0 else g / (g.abs() + eps)
 
 
-class SGD:
-    def __init__(self, lrs: Mapping[str, float]):
-        self.lrs = dict(lrs)
+@dataclass(frozen=True)
+class Optimizer:
+    """A named pure optimizer: ``init(params) -> state``, ``update(grads, state, params) -> (updates, state)``."""
 
-    def step(self, params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor]) -> Params:
-        _check(self.lrs, params)
-        return {k: p - self.lrs[k] * grads[k] for k, p in params.items()}
-
-
-class SignGD:
-    """SignGD; ``eps`` (a float or {name: float}) selects eps-sign, 0 means exact sign."""
-
-    def __init__(self, lrs: Mapping[str, float], eps: float | Mapping[str, float] = 0.0):
-        self.lrs = dict(lrs)
-        self.eps = eps
-
-    def _eps(self, name: str) -> float:
-        return float(self.eps[name]) if isinstance(self.eps, Mapping) else float(self.eps)
-
-    def step(self, params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor]) -> Params:
-        _check(self.lrs, params)
-        return {k: p - self.lrs[k] * eps_sign(grads[k], self._eps(k)) for k, p in params.items()}
+    name: str
+    init: Callable[[Mapping[str, torch.Tensor]], State]
+    update: Callable[[Mapping[str, torch.Tensor], State, Mapping[str, torch.Tensor]], tuple[Params, State]]
 
 
-class Adam:
-    def __init__(self, lrs: Mapping[str, float], betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
-        self.lrs = dict(lrs)
-        self.b1, self.b2 = betas
-        self.eps = eps
-        self.t = 0
-        self.m: Params = {}
-        self.v: Params = {}
-
-    def step(self, params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor]) -> Params:
-        _check(self.lrs, params)
-        self.t += 1
-        out = {}
-        for k, p in params.items():
-            g = grads[k]
-            self.m[k] = self.b1 * self.m.get(k, torch.zeros_like(g)) + (1 - self.b1) * g
-            self.v[k] = self.b2 * self.v.get(k, torch.zeros_like(g)) + (1 - self.b2) * g * g
-            mhat = self.m[k] / (1 - self.b1**self.t)
-            vhat = self.v[k] / (1 - self.b2**self.t)
-            out[k] = p - self.lrs[k] * mhat / (vhat.sqrt() + self.eps)
-        return out
+def apply_updates(params: Mapping[str, torch.Tensor], updates: Mapping[str, torch.Tensor]) -> Params:
+    """params + updates for the tensors in updates; the others are passed through."""
+    return {k: (p + updates[k]) if k in updates else p for k, p in params.items()}
 
 
-def make_optimizer(name: str, lrs: Mapping[str, float], **kwargs):
-    """'sgd' | 'signgd' | 'adam' -> optimizer instance."""
-    table = {"sgd": SGD, "signgd": SignGD, "adam": Adam}
+def linear_decay(total_steps: int) -> Schedule:
+    """t -> 1 - t / T: the learning rate decays linearly to 0 over T steps, no warmup ([KV] App. A.3)."""
+    return lambda t: 1.0 - t / total_steps
+
+
+def _rate(lrs: float | Mapping[str, float], name: str) -> float:
+    if isinstance(lrs, Mapping):
+        if name not in lrs:
+            raise KeyError(f"no learning rate for parameter {name!r}")
+        return float(lrs[name])
+    return float(lrs)
+
+
+def _per_tensor(value: float | Mapping[str, float], name: str) -> float:
+    return float(value[name]) if isinstance(value, Mapping) else float(value)
+
+
+def sgd(lrs: float | Mapping[str, float], schedule: Schedule | None = None) -> Optimizer:
+    """u = -eta_w g."""
+    def update(grads, state, params=None):
+        s = schedule(state["step"]) if schedule is not None else 1.0
+        return {k: -(s * _rate(lrs, k)) * g for k, g in grads.items()}, {"step": state["step"] + 1}
+
+    return Optimizer("sgd", lambda params: {"step": 0}, update)
+
+
+def signgd(lrs: float | Mapping[str, float], eps: float | Mapping[str, float] = 0.0,
+           schedule: Schedule | None = None) -> Optimizer:
+    """u = -eta_w eps-sign(g); ``eps`` a float or {name: eps_w}, 0 being the exact sign."""
+    def update(grads, state, params=None):
+        s = schedule(state["step"]) if schedule is not None else 1.0
+        return ({k: -(s * _rate(lrs, k)) * eps_sign(g, _per_tensor(eps, k)) for k, g in grads.items()},
+                {"step": state["step"] + 1})
+
+    return Optimizer("signgd", lambda params: {"step": 0}, update)
+
+
+def adam(lrs: float | Mapping[str, float], betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+         schedule: Schedule | None = None) -> Optimizer:
+    """Adam with bias correction; the moments start at 0 for every tensor that gets a gradient."""
+    b1, b2 = betas
+
+    def init(params):
+        return {"step": 0, "m": {}, "v": {}}
+
+    def update(grads, state, params=None):
+        t = state["step"] + 1
+        s = schedule(state["step"]) if schedule is not None else 1.0
+        m, v, out = dict(state["m"]), dict(state["v"]), {}
+        for k, g in grads.items():
+            m[k] = b1 * m[k] + (1 - b1) * g if k in m else (1 - b1) * g
+            v[k] = b2 * v[k] + (1 - b2) * g * g if k in v else (1 - b2) * g * g
+            mhat, vhat = m[k] / (1 - b1**t), v[k] / (1 - b2**t)
+            out[k] = -(s * _rate(lrs, k)) * mhat / (vhat.sqrt() + eps)
+        return out, {"step": t, "m": m, "v": v}
+
+    return Optimizer("adam", init, update)
+
+
+def make(name: str, lrs: float | Mapping[str, float], **kwargs) -> Optimizer:
+    """'sgd' | 'signgd' | 'adam' -> the optimizer with these learning rates (kwargs: eps, betas, schedule)."""
+    table = {"sgd": sgd, "signgd": signgd, "adam": adam}
     if name not in table:
-        raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(table)}")
+        raise ValueError(f"unknown optimizer {name!r}; expected one of {OPTIMIZERS}")
     return table[name](lrs, **kwargs)

@@ -1,12 +1,22 @@
-"""``empirical_kernel``: the one entry point of the kernel engine (design.md, "Kernel engine").
+"""The kernel engine's entry points (design.md, "Kernel engine"):
+
+    kernel_fn = make_kernel_fn(f, params, kind=..., method=..., select=..., weights=..., ...)
+    K = kernel_fn(x1, x2)                  # planned once, applied many times
+    K = kernel_fn(x1, params=theta_t)      # same plan at other parameters (a drift checkpoint)
+    K = empirical_kernel(f, params, x1, x2, **same_keywords)   # the one-shot form
 
     K[i, a, j, b] = sum_M eta_M < phi1(grad_M f_a(x1_i; theta)), phi2(grad_M f_b(x2_j; theta)) >
 
-(see ntkcheck.models.kernels.common for kinds and feature maps).
+(see ntkcheck.models.kernels.common for kinds and feature maps). Methods are
+dispatched through METHODS, a table whose entries share one signature
+(f, params, x1, x2, c, spec, acc, plan); AUTO's choice, and the STRUCTURED
+probe behind it, is made once per input signature (trailing shape and dtype of
+x1 and x2) and cached in the kernel function.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 import torch
@@ -17,22 +27,31 @@ from ntkcheck.models.kernels.common import (DEFAULT_MEMORY_BUDGET, Accumulator, 
 _DECOMPOSE = (None, "tensor", "module")
 
 
-def _prepare(params, x1, x2, dtype, device):
-    dev = torch.device(device) if device is not None else next(iter(params.values())).device
-    dt = dtype if dtype is not None else next(iter(params.values())).dtype
-    if not isinstance(dt, torch.dtype) or not dt.is_floating_point:
-        raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-    p = {k: v.detach().to(device=dev, dtype=dt if v.is_floating_point() else v.dtype) for k, v in params.items()}
-
+def _cast_inputs(x1, x2, dtype, device):
     def cast(x):
         if x is None:
             return None
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"inputs must be tensors with a leading batch axis, got {type(x).__name__}")
-        x = x.detach().to(device=dev)
-        return x.to(dt) if x.is_floating_point() else x
+        x = x.detach().to(device=device)
+        return x.to(dtype) if x.is_floating_point() else x
 
-    return p, cast(x1), cast(x2), dt, dev
+    x1, x2 = cast(x1), cast(x2)
+    if x1 is None or x1.dim() < 1 or x1.shape[0] < 1 or (x2 is not None and (x2.dim() < 1 or x2.shape[0] < 1)):
+        raise ValueError("x1 and x2 need a non-empty leading batch axis")
+    return x1, x2
+
+
+def _prepare(params, x1, x2, dtype, device):
+    """params (and x1, x2 when given) moved to device, floating tensors cast to dtype (default: params')."""
+    dev = torch.device(device) if device is not None else next(iter(params.values())).device
+    dt = dtype if dtype is not None else next(iter(params.values())).dtype
+    if not isinstance(dt, torch.dtype) or not dt.is_floating_point:
+        raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    p = {k: v.detach().to(device=dev, dtype=dt if v.is_floating_point() else v.dtype) for k, v in params.items()}
+    if x1 is not None:
+        x1, x2 = _cast_inputs(x1, x2, dt, dev)
+    return p, x1, x2, dt, dev
 
 
 def _output_dim(f, params, x) -> int:
@@ -110,29 +129,18 @@ def _resolve_weights(weights, names) -> dict[str, float]:
     return out
 
 
-def empirical_kernel(f: Callable, params: Mapping[str, torch.Tensor], x1: torch.Tensor,
-                     x2: torch.Tensor | None = None, *, kind: str | KernelKind = "sgd",
-                     method: str | KernelMethod = "auto", select: Selector = None,
-                     weights: Mapping[str, float] | None = None, eps: float | Mapping[str, float] | str = 0.0,
-                     decompose: str | None = None, memory_budget: int | None = None,
-                     dtype: torch.dtype | None = None, device: str | torch.device | None = None,
-                     sketch_dim: int | None = None, sketch: str = "gaussian", seed: int = 0,
-                     sign_storage: str = "bits"):
-    """The empirical kernel of f at params between x1 and x2 (x2 = x1 when None).
-
-        K[i, a, j, b] = sum_M eta_M < phi1(grad_M f_a(x1_i)), phi2(grad_M f_b(x2_j)) >   -> [N1, C, N2, C]
-
+_DOC_KEYWORDS = """
     kind: "sgd" ([KV] Def. 3.4, phi = id), "signgd" (Def. 4.4, phi1 = phi2 = sign),
       "asym_signgd" (Def. 4.2, phi1 = id, phi2 = sign). With eps > 0 the sign is
       eps-sign(g) = g / (|g| + eps_M) ([KV] Assumption C.2g); eps is a float, a
-      {name: eps_M} mapping, or "auto" (eps_M = max_{i,a} ||grad_M f_a(x_i)|| / sqrt(|M|),
-      C.2g's "eps matches the scale of grad_M f").
+      {name: eps_M} mapping, or "auto" (eps_M = max_{i,a} ||grad_M f_a(x_i)|| / sqrt(|M|) over the
+      inputs of the call, C.2g's "eps matches the scale of grad_M f").
     method: a KernelMethod; "auto" uses STRUCTURED when its capture covers at least half of
       the selected entries exactly (linear, LayerNorm, bias, embedding uses), and otherwise
       JACOBIAN or NTK_VP by the pass-count cost model of ``choose_method``. SKETCH (approximate)
       and PACKED are used only when asked for.
     select: which tensors M (None = all; "lora", "biases", "no_embeddings", "no_head";
-      a predicate on names; or a list of names).
+      a predicate on names; a regular expression "re:PATTERN"; or a list of names).
     weights: {name: eta_M}, e.g. ``model.learning_rates(optimizer)``, giving the
       per-tensor-lr kernel of [KV] Thm. C.4; every selected tensor needs an entry.
     decompose: None (one kernel), "tensor" or "module": a dict {tensor or module
@@ -144,35 +152,119 @@ def empirical_kernel(f: Callable, params: Mapping[str, torch.Tensor], x1: torch.
 
     f(params, x) -> [B, C] must treat examples independently (eval mode, no batch
     statistics); x1, x2 are tensors with a leading batch axis.
+"""
+
+
+@dataclass
+class Plan:
+    """How one input signature is computed: the method, and for STRUCTURED the probe's result."""
+
+    method: KernelMethod
+    probed: tuple | None = None
+    estimates: dict = field(default_factory=dict)
+
+
+class KernelFn:
+    """A configured empirical-kernel function (neural-tangents' ``empirical_kernel_fn`` shape).
+
+    ``kernel_fn(x1, x2=None, params=None) -> K [N1, C, N2, C]`` (or a dict with ``decompose``);
+    keywords are validated once here, and the method plan is cached per input signature.
     """
-    kind = parse_kind(kind)
-    method = parse_method(method)
-    if decompose not in _DECOMPOSE:
-        raise ValueError(f"decompose must be one of {_DECOMPOSE}, got {decompose!r}")
-    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
-    if not isinstance(budget, (int, float)) or budget <= 0:
-        raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
-    if not isinstance(params, Mapping) or not params:
-        raise ValueError("params must be a non-empty {name: tensor} mapping")
-    params, x1, x2, dt, dev = _prepare(params, x1, x2, dtype, device)
-    if x1.dim() < 1 or x1.shape[0] < 1 or (x2 is not None and (x2.dim() < 1 or x2.shape[0] < 1)):
-        raise ValueError("x1 and x2 need a non-empty leading batch axis")
-    f = _as_2d(f)
-    names = select_names(params, select)
-    nonfloat = [n for n in names if not params[n].is_floating_point()]
-    if nonfloat:
-        raise ValueError(f"selected tensors {nonfloat} are not floating point")
-    c = _output_dim(f, params, x1)
-    spec = Spec(kind=kind, names=names, weights=_resolve_weights(weights, names), eps={},
-                dtype=dt, device=dev, budget=int(budget), decompose=decompose)
-    spec.eps = ({n: 0.0 for n in names} if kind is KernelKind.SGD
-                else _resolve_eps(eps, f, params, x1, x2, names, spec.budget))
-    n1 = x1.shape[0]
-    n2 = n1 if x2 is None else x2.shape[0]
-    acc = Accumulator(spec, n1, c, n2)
-    _dispatch(method, f, params, x1, x2, c, spec, acc, sketch_dim=sketch_dim, sketch=sketch, seed=seed,
-              sign_storage=sign_storage)
-    return acc.result()
+
+    def __init__(self, f: Callable, params: Mapping[str, torch.Tensor], *, kind: str | KernelKind = "sgd",
+                 method: str | KernelMethod = "auto", select: Selector = None,
+                 weights: Mapping[str, float] | None = None, eps: float | Mapping[str, float] | str = 0.0,
+                 decompose: str | None = None, memory_budget: int | None = None,
+                 dtype: torch.dtype | None = None, device: str | torch.device | None = None,
+                 sketch_dim: int | None = None, sketch: str = "gaussian", seed: int = 0,
+                 sign_storage: str = "bits"):
+        self.kind = parse_kind(kind)
+        self.method = parse_method(method)
+        if decompose not in _DECOMPOSE:
+            raise ValueError(f"decompose must be one of {_DECOMPOSE}, got {decompose!r}")
+        budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
+        if not isinstance(budget, (int, float)) or isinstance(budget, bool) or budget <= 0:
+            raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
+        if not isinstance(params, Mapping) or not params:
+            raise ValueError("params must be a non-empty {name: tensor} mapping")
+        if self.method is KernelMethod.SKETCH and sketch_dim is None:
+            raise ValueError("method 'sketch' needs sketch_dim (the projection dimension k), got None")
+        self.f = _as_2d(f)
+        self.params, _, _, self.dtype, self.device = _prepare(params, None, None, dtype, device)
+        self.names = select_names(self.params, select)
+        nonfloat = [n for n in self.names if not self.params[n].is_floating_point()]
+        if nonfloat:
+            raise ValueError(f"selected tensors {nonfloat} are not floating point")
+        self.weights = _resolve_weights(weights, self.names)
+        self.eps = eps
+        self.decompose = decompose
+        self.budget = int(budget)
+        self.extra = {"sketch_dim": sketch_dim, "sketch": sketch, "seed": seed, "sign_storage": sign_storage}
+        self.plans: dict[tuple, Plan] = {}
+
+    def spec(self) -> Spec:
+        return Spec(kind=self.kind, names=self.names, weights=self.weights, eps={}, dtype=self.dtype,
+                    device=self.device, budget=self.budget, decompose=self.decompose, extra=dict(self.extra))
+
+    def plan(self, params, x1: torch.Tensor, x2: torch.Tensor | None, c: int, spec: Spec) -> Plan:
+        """The cached plan of this input signature (AUTO's choice made on the first call)."""
+        key = (tuple(x1.shape[1:]), x1.dtype, None if x2 is None else (tuple(x2.shape[1:]), x2.dtype))
+        if key not in self.plans:
+            if self.method is KernelMethod.AUTO:
+                method, probed, est = choose_method(self.f, params, x1, x2, c, spec)
+                self.plans[key] = Plan(method, probed, est)
+            else:
+                self.plans[key] = Plan(self.method)
+        return self.plans[key]
+
+    def __call__(self, x1: torch.Tensor, x2: torch.Tensor | None = None,
+                 params: Mapping[str, torch.Tensor] | None = None):
+        if params is None:
+            p = self.params
+        else:
+            missing = [n for n in self.params if n not in params]
+            if missing:
+                raise ValueError(f"params lack tensor(s) {missing[:3]} of the kernel function's parameters")
+            p, _, _, _, _ = _prepare({n: params[n] for n in self.params}, None, None, self.dtype, self.device)
+        x1, x2 = _cast_inputs(x1, x2, self.dtype, self.device)
+        c = _output_dim(self.f, p, x1)
+        spec = self.spec()
+        spec.eps = ({n: 0.0 for n in self.names} if self.kind is KernelKind.SGD
+                    else _resolve_eps(self.eps, self.f, p, x1, x2, self.names, spec.budget))
+        n1 = x1.shape[0]
+        n2 = n1 if x2 is None else x2.shape[0]
+        acc = Accumulator(spec, n1, c, n2)
+        plan = self.plan(p, x1, x2, c, spec)
+        METHODS[plan.method](self.f, p, x1, x2, c, spec, acc, plan)
+        out = acc.result()
+        if x2 is None and self.kind.symmetric:
+            # K(x, x) of a symmetric kind is symmetric; BLAS Grams (G @ G^T) need not be bit-for-bit
+            sym = lambda K: 0.5 * (K + K.permute(2, 3, 0, 1))  # noqa: E731
+            out = {k: sym(v) for k, v in out.items()} if isinstance(out, dict) else sym(out)
+        return out
+
+
+def make_kernel_fn(f: Callable, params: Mapping[str, torch.Tensor], **keywords) -> KernelFn:
+    """The configured kernel function of f at params: ``kernel_fn(x1, x2=None, params=None)``.
+
+    Keywords (kind, method, select, weights, eps, decompose, memory_budget, dtype, device,
+    sketch_dim, sketch, seed, sign_storage) as for ``empirical_kernel``; they are validated once,
+    and AUTO's method choice is made once per input signature.
+    """
+    return KernelFn(f, params, **keywords)
+
+
+def empirical_kernel(f: Callable, params: Mapping[str, torch.Tensor], x1: torch.Tensor,
+                     x2: torch.Tensor | None = None, **keywords):
+    """The empirical kernel of f at params between x1 and x2 (x2 = x1 when None), one shot:
+
+        K[i, a, j, b] = sum_M eta_M < phi1(grad_M f_a(x1_i)), phi2(grad_M f_b(x2_j)) >   -> [N1, C, N2, C]
+    """
+    return KernelFn(f, params, **keywords)(x1, x2)
+
+
+empirical_kernel.__doc__ += _DOC_KEYWORDS
+make_kernel_fn.__doc__ += _DOC_KEYWORDS
 
 
 def choose_method(f, params, x1, x2, c, spec) -> tuple[KernelMethod, tuple | None, dict]:
@@ -218,34 +310,28 @@ def choose_method(f, params, x1, x2, c, spec) -> tuple[KernelMethod, tuple | Non
     return (KernelMethod.NTK_VP if vp < jac else KernelMethod.JACOBIAN), None, est
 
 
-def _dispatch(method, f, params, x1, x2, c, spec, acc, **kw):
+def _method_table() -> dict:
     from ntkcheck.models.kernels.jacobian import jacobian_kernel
+    from ntkcheck.models.kernels.ntk_vp import ntk_vp_kernel
+    from ntkcheck.models.kernels.packed import packed_kernel
+    from ntkcheck.models.kernels.sketch import sketch_kernel
     from ntkcheck.models.kernels.structured import structured_kernel
 
-    probed = None
-    if method is KernelMethod.AUTO:
-        method, probed, _ = choose_method(f, params, x1, x2, c, spec)
-    if method is KernelMethod.JACOBIAN:
-        jacobian_kernel(f, params, x1, x2, c, spec, acc)
-        return
-    if method is KernelMethod.STRUCTURED:
-        structured_kernel(f, params, x1, x2, c, spec, acc, probed=probed)
-        return
-    if method is KernelMethod.NTK_VP:
-        from ntkcheck.models.kernels.ntk_vp import ntk_vp_kernel
+    return {KernelMethod.JACOBIAN: jacobian_kernel, KernelMethod.STRUCTURED: structured_kernel,
+            KernelMethod.NTK_VP: ntk_vp_kernel, KernelMethod.SKETCH: sketch_kernel,
+            KernelMethod.PACKED: packed_kernel}
 
-        ntk_vp_kernel(f, params, x1, x2, c, spec, acc)
-        return
-    if method is KernelMethod.SKETCH:
-        from ntkcheck.models.kernels.sketch import sketch_kernel
 
-        if kw["sketch_dim"] is None:
-            raise ValueError("method 'sketch' needs sketch_dim (the projection dimension k), got None")
-        sketch_kernel(f, params, x1, x2, c, spec, acc, kw["sketch_dim"], kw["sketch"], kw["seed"])
-        return
-    if method is KernelMethod.PACKED:
-        from ntkcheck.models.kernels.packed import packed_kernel
+class _Methods(dict):
+    """KernelMethod -> function(f, params, x1, x2, c, spec, acc, plan); filled on first use (the method
+    modules import this one)."""
 
-        packed_kernel(f, params, x1, x2, c, spec, acc, storage=kw["sign_storage"])
-        return
-    raise ValueError(f"method {method.value!r} is not available")
+    def __missing__(self, key):
+        if not dict.__len__(self):
+            self.update(_method_table())
+            if key in self:
+                return self[key]
+        raise ValueError(f"method {getattr(key, 'value', key)!r} is not available")
+
+
+METHODS = _Methods()

@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
 import torch
+
+from ntkcheck.models.optim import eps_sign
 
 Params = dict[str, torch.Tensor]
 Selector = Callable[[str], bool] | str | Iterable[str] | None
@@ -119,12 +122,19 @@ SUBSETS: dict[str, Callable[[str], bool]] = {
 def select_names(params: Mapping[str, torch.Tensor], select: Selector) -> list[str]:
     """Names of the selected tensors, in params order.
 
-    select: None or "all" (every tensor), a preset name in SUBSETS, a predicate
-    name -> bool, or an iterable of names (each must exist).
+    select: None or "all" (every tensor), a preset name in SUBSETS, "re:PATTERN" (names
+    where the regular expression PATTERN matches, re.search), a predicate name -> bool,
+    or an iterable of names (each must exist).
     """
     names = list(params)
     if select is None:
         chosen = names
+    elif isinstance(select, str) and select.startswith("re:"):
+        try:
+            rx = re.compile(select[3:])
+        except re.error as e:
+            raise ValueError(f"select {select!r}: not a regular expression: {e}") from None
+        chosen = [n for n in names if rx.search(n)]
     elif isinstance(select, str):
         if select not in SUBSETS:
             raise ValueError(f"unknown parameter subset {select!r}; expected one of {sorted(SUBSETS)}, "
@@ -144,11 +154,6 @@ def select_names(params: Mapping[str, torch.Tensor], select: Selector) -> list[s
 
 
 # ---------------------------------------------------------------- feature maps
-def eps_sign(g: torch.Tensor, eps: float) -> torch.Tensor:
-    """eps-sign(g) = g / (|g| + eps); the exact sign (with sign(0) = 0) when eps == 0."""
-    return torch.sign(g) if eps == 0 else g / (g.abs() + eps)
-
-
 @dataclass
 class Spec:
     """Everything a method needs besides (f, params, x1, x2): resolved, validated keywords."""

@@ -63,7 +63,7 @@ def plan_groups(params: Mapping[str, torch.Tensor], names: list[str], c: int, sp
 
 
 def jacobian_kernel(f: Callable, params: Mapping[str, torch.Tensor], x1: torch.Tensor, x2: torch.Tensor | None,
-                    c: int, spec: Spec, acc: Accumulator, names: list[str] | None = None) -> None:
+                    c: int, spec: Spec, acc: Accumulator, plan=None, names: list[str] | None = None) -> None:
     """Adds sum_{M in names} eta_M <phi1 grad_M f(x1), phi2 grad_M f(x2)> into ``acc``."""
     names = spec.names if names is None else names
     if not names:

@@ -21,7 +21,7 @@ from ntkcheck.models.kernels.common import Accumulator, KernelKind, Spec, activa
 
 
 def ntk_vp_kernel(f: Callable, params: Mapping[str, torch.Tensor], x1: torch.Tensor, x2: torch.Tensor | None,
-                  c: int, spec: Spec, acc: Accumulator) -> None:
+                  c: int, spec: Spec, acc: Accumulator, plan=None) -> None:
     """Adds sum_M eta_M J1_M phi2(J2_M)^T into ``acc`` by vmapped vjp / jvp; see the module docstring."""
     if spec.kind is KernelKind.SIGNGD:
         raise ValueError("method 'ntk_vp' cannot compute kind 'signgd' (sign on the x1 side is not linear); "

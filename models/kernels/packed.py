@@ -106,8 +106,10 @@ def int8_dot(a: torch.Tensor, b: torch.Tensor, budget: int = 2**28) -> torch.Ten
 
 
 def packed_kernel(f: Callable, params: Mapping[str, torch.Tensor], x1: torch.Tensor, x2: torch.Tensor | None,
-                  c: int, spec: Spec, acc: Accumulator, storage: str = "bits") -> None:
-    """Adds sum_M eta_M <phi1 grad_M f(x1), sign grad_M f(x2)> with packed signs into ``acc``."""
+                  c: int, spec: Spec, acc: Accumulator, plan=None) -> None:
+    """Adds sum_M eta_M <phi1 grad_M f(x1), sign grad_M f(x2)> with packed signs into ``acc``
+    (spec.extra["sign_storage"]: "bits" or "int8")."""
+    storage = spec.extra.get("sign_storage", "bits")
     if spec.kind is KernelKind.SGD:
         raise ValueError("method 'packed' computes sign kernels; kind 'sgd' has no signs (use 'jacobian')")
     if storage not in ("bits", "int8"):

@@ -105,9 +105,13 @@ def _projected(f, params, x, c, names, index, spec: Spec, k, sketch, seed, phi, 
 
 
 def sketch_kernel(f: Callable, params: Mapping[str, torch.Tensor], x1: torch.Tensor, x2: torch.Tensor | None,
-                  c: int, spec: Spec, acc: Accumulator, k: int | None, sketch: str = "gaussian",
-                  seed: int = 0) -> None:
-    """Adds the sketched kernel (module docstring) into ``acc``: an unbiased estimate of the exact one."""
+                  c: int, spec: Spec, acc: Accumulator, plan=None) -> None:
+    """Adds the sketched kernel (module docstring) into ``acc``: an unbiased estimate of the exact one.
+
+    spec.extra holds sketch_dim (k), sketch ("gaussian" | "sparse_sign") and seed."""
+    k, sketch, seed = spec.extra.get("sketch_dim"), spec.extra.get("sketch", "gaussian"), spec.extra.get("seed", 0)
+    if k is None:
+        raise ValueError("method 'sketch' needs sketch_dim (the projection dimension k), got None")
     _check_sketch(k, sketch)
     index = {m: i for i, m in enumerate(params)}
     eta = spec.weights

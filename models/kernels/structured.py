@@ -236,6 +236,26 @@ def covered(cap: Captured, params: Mapping[str, torch.Tensor], names: list[str])
     return out
 
 
+def linear_factors(f: Callable, params: Mapping[str, torch.Tensor], x: torch.Tensor,
+                   select=None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The factors of every selected weight W that f uses only as z = F.linear(a, W):
+
+        {name: (a [N, T, n_in], g [N, C, T, n_out])},  g[i, c, t] = d f_c(x_i) / d z_t,
+
+    so grad_W f_c(x_i) = sum_t g[i, c, t] a[i, t]^T and the weight's eNTK block is
+    sum_{t,s} <g_i,t, g_j,s> <a_i,t, a_j,s> ([KV] Lemma D.4's dH and X). One forward and C
+    backward passes of the batch; a ParamLinear's multiplier comes after z, so it sits in g.
+    """
+    from ntkcheck.models.kernels.common import select_names
+
+    names = select_names(params, select)
+    with torch.no_grad():
+        out = f(params, x[:1])
+    c = 1 if out.dim() == 1 else out.shape[-1]
+    cap = capture(f, params, names, x, c)
+    return {n: _factors(cap, n) for n in covered(cap, params, names) if n in cap.weights and n not in cap.embeddings}
+
+
 def _factors(cap: Captured, n: str):
     uses = cap.weights[n]
     a = torch.cat([u[0] for u in uses], dim=1) if len(uses) > 1 else uses[0][0]
@@ -415,9 +435,12 @@ def _capture_bytes(cap: Captured, names: list[str]) -> int:
 
 
 def structured_kernel(f: Callable, params: Mapping[str, torch.Tensor], x1: torch.Tensor, x2: torch.Tensor | None,
-                      c: int, spec: Spec, acc: Accumulator, probed: tuple | None = None) -> list[str]:
-    """Adds the kernel of the covered tensors into ``acc``, the rest by JACOBIAN; returns the covered names."""
+                      c: int, spec: Spec, acc: Accumulator, plan=None) -> list[str]:
+    """Adds the kernel of the covered tensors into ``acc``, the rest by JACOBIAN; returns the covered names.
+
+    ``plan.probed`` (from AUTO's planning) is the probe's result, reused instead of probing again."""
     names = spec.names
+    probed = getattr(plan, "probed", None)
     cover, per_ex, sig = probe(f, params, names, x1, c) if probed is None else probed
     rest = [n for n in names if n not in set(cover)]
     if cover:

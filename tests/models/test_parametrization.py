@@ -6,16 +6,13 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ntkcheck.models import MLP, MUP, NTK, SP, SP_LR, MLPConfig, Transformer, TransformerConfig, functional
-from ntkcheck.models import parametrization as P
-from ntkcheck.models.layers import ParamLinear
-from ntkcheck.models.optim import make_optimizer
+from ntkcheck.models import MUP, NTK, SP, SP_LR, build, functional, optim, train
+from ntkcheck.theory import parametrization as P
 
 
 def _mlp(param, width, seed=0, depth=2, activation="tanh", d_out=1):
-    g = torch.Generator().manual_seed(seed)
-    return MLP(MLPConfig(d_in=6, d_out=d_out, depth=depth, activation=activation), width, param, g,
-               dtype=torch.float64)
+    return build("mlp", width, param, seed=seed, dtype=torch.float64, d_in=6, d_out=d_out, depth=depth,
+                 activation=activation)
 
 
 @pytest.mark.parametrize("param", [SP, SP_LR, NTK, MUP], ids=lambda p: p.name)
@@ -50,18 +47,10 @@ def test_preset_lookup_errors_name_the_value():
 
 
 def _trajectory(model, optimizer, x, y, steps=4, base_lr=0.05, **opt_kw):
-    f, params = functional(model)
-    opt = make_optimizer(optimizer, model.learning_rates("sgd" if optimizer == "sgd" else "adam", base_lr),
-                         **opt_kw)
-
-    def loss(p):
-        r = f(p, x) - y
-        return 0.5 * (r * r).mean()
-
+    opt = optim.make(optimizer, model.learning_rates("sgd" if optimizer == "sgd" else "adam", base_lr), **opt_kw)
     outs = []
-    for _ in range(steps):
-        params = opt.step(params, torch.func.grad(loss)(params))
-        outs.append(f(params, x).detach())
+    train(model.apply, model.params(), opt, (x, y), steps,
+          callback=lambda step: outs.append(model.apply(step.params, x).detach()))
     return torch.stack(outs)
 
 
@@ -100,12 +89,11 @@ def test_functional_view_matches_module_and_is_detached():
 
 
 def test_transformer_shapes_roles_and_logit_scale():
-    g = torch.Generator().manual_seed(0)
-    t = Transformer(TransformerConfig(d_in=5, d_out=2, depth=2, n_heads=3), 16, MUP, g, dtype=torch.float64)
+    t = build("transformer", 16, MUP, seed=0, dtype=torch.float64, d_in=5, d_out=2, depth=2, n_heads=3)
     x = torch.randn(4, 7, 5, dtype=torch.float64)
     assert t(x).shape == (4, 2)
     assert t.blocks[0].logit_scale == pytest.approx(1 / 16)  # muP: 1/d
-    t2 = Transformer(TransformerConfig(d_in=5, attn_logit=0.5), 16, MUP, g)
+    t2 = build("transformer", 16, MUP, seed=0, d_in=5, attn_logit=0.5)
     assert t2.blocks[0].logit_scale == pytest.approx(1 / 4)
     roles = t.roles()
     assert roles["embed.weight"] == "input" and roles["readout.weight"] == "output"
@@ -125,21 +113,23 @@ def test_sigma_gelu_tends_to_relu():
 def test_optimizers_update_rules():
     p = {"w": torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)}
     g = {"w": torch.tensor([0.5, -0.25, 0.0], dtype=torch.float64)}
-    out = make_optimizer("sgd", {"w": 0.1}).step(p, g)["w"]
-    torch.testing.assert_close(out, torch.tensor([0.95, -1.975, 0.5], dtype=torch.float64))
-    out = make_optimizer("signgd", {"w": 0.1}).step(p, g)["w"]
-    torch.testing.assert_close(out, torch.tensor([0.9, -1.9, 0.5], dtype=torch.float64))
-    out = make_optimizer("signgd", {"w": 0.1}, eps=0.25).step(p, g)["w"]
-    torch.testing.assert_close(out, p["w"] - 0.1 * g["w"] / (g["w"].abs() + 0.25))
-    adam = make_optimizer("adam", {"w": 0.1}, eps=0.0)
-    out = adam.step(p, {"w": torch.tensor([0.5, -0.25, 1e-3], dtype=torch.float64)})["w"]
+
+    def step(opt, grads=g):
+        updates, _ = opt.update(grads, opt.init(p), p)
+        return optim.apply_updates(p, updates)["w"]
+
+    torch.testing.assert_close(step(optim.make("sgd", {"w": 0.1})), torch.tensor([0.95, -1.975, 0.5], dtype=torch.float64))
+    torch.testing.assert_close(step(optim.make("signgd", {"w": 0.1})), torch.tensor([0.9, -1.9, 0.5], dtype=torch.float64))
+    torch.testing.assert_close(step(optim.make("signgd", {"w": 0.1}, eps=0.25)),
+                               p["w"] - 0.1 * g["w"] / (g["w"].abs() + 0.25))
+    out = step(optim.make("adam", {"w": 0.1}, eps=0.0), {"w": torch.tensor([0.5, -0.25, 1e-3], dtype=torch.float64)})
     torch.testing.assert_close(out, p["w"] - 0.1 * torch.tensor([1.0, -1.0, 1.0], dtype=torch.float64))
     with pytest.raises(KeyError, match="'v'"):
-        make_optimizer("sgd", {"w": 0.1}).step({"v": p["w"]}, {"v": g["w"]})
+        optim.sgd({"w": 0.1}).update({"v": g["w"]}, {"step": 0}, {"v": p["w"]})
     with pytest.raises(ValueError, match="'rmsprop'"):
-        make_optimizer("rmsprop", {})
+        optim.make("rmsprop", {})
 
 
 def test_width_must_be_positive():
     with pytest.raises(ValueError, match="0"):
-        MLP(MLPConfig(), 0, NTK, torch.Generator())
+        build("mlp", 0, NTK, seed=0)

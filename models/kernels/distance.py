@@ -1,32 +1,7 @@
-"""The linearized model ([KV] Def. 3.2, Linearization) and the kernel distance of [KV] Table 6."""
+"""The kernel distance of [KV] Table 6 (the linearized model is ntkcheck.models.functional.linearize)."""
 from __future__ import annotations
 
-from typing import Callable, Mapping
-
 import torch
-from torch.func import jvp
-
-
-def linearize(f: Callable, params0: Mapping[str, torch.Tensor]) -> Callable:
-    """f_lin(params, x) = f(params0, x) + J(x; params0) (params - params0), by one jvp.
-
-    J(x; params0) is the Jacobian of f(., x) at params0; params must have the
-    keys of params0. Output: [B, C] like f. params0 is copied (detached), so
-    later changes to the caller's tensors do not move the expansion point.
-    """
-    if not isinstance(params0, Mapping) or not params0:
-        raise ValueError("params0 must be a non-empty {name: tensor} mapping")
-    p0 = {k: v.detach().clone() for k, v in params0.items()}
-
-    def f_lin(params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        if set(params) != set(p0):
-            raise ValueError(f"f_lin params keys differ from params0: extra {sorted(set(params) - set(p0))}, "
-                             f"missing {sorted(set(p0) - set(params))}")
-        tangent = {k: params[k] - p0[k] for k in p0}
-        out, dout = jvp(lambda p: f(p, x), (p0,), (tangent,))
-        return out + dout
-
-    return f_lin
 
 
 def kernel_distance(K0: torch.Tensor, K1: torch.Tensor, *, reduction: str = "elementwise",

@@ -14,13 +14,14 @@ Input x: [B, T, d_in]; the readout acts on the mean (or last) token.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 import torch
 from torch import nn
 
 from ntkcheck.models.activations import ACTIVATIONS, get_activation
 from ntkcheck.models.layers import ParamLinear, WidthModel
-from ntkcheck.models.parametrization import Parametrization
+from ntkcheck.theory.parametrization import Parametrization
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,8 @@ class TransformerConfig:
 
 
 class AttentionBlock(nn.Module):
+    """Holds one block's tensors and constants; its map is ``call`` over a parameter dict (pure)."""
+
     def __init__(self, config: TransformerConfig, width: int, param: Parametrization, generator, dtype):
         super().__init__()
         kw = dict(param=param, width=width, generator=generator, base_width=config.base_width, dtype=dtype)
@@ -69,23 +72,26 @@ class AttentionBlock(nn.Module):
     def _ln(self, g: torch.Tensor) -> torch.Tensor:
         return nn.functional.layer_norm(g, g.shape[-1:]) if self.config.layernorm else g
 
-    def _attention(self, g: torch.Tensor) -> torch.Tensor:
+    def _attention(self, p: Mapping[str, torch.Tensor], prefix: str, g: torch.Tensor) -> torch.Tensor:
         B, T, n = g.shape
         H = self.n_heads
-        q = self.q(g).view(B, T, H, n).transpose(1, 2)  # [B, H, T, n]
-        k = self.k(g).view(B, T, H, n).transpose(1, 2)
-        v = self.v(g).view(B, T, H, n).transpose(1, 2)
+        q = self.q.call(p[prefix + "q.weight"], None, g).view(B, T, H, n).transpose(1, 2)  # [B, H, T, n]
+        k = self.k.call(p[prefix + "k.weight"], None, g).view(B, T, H, n).transpose(1, 2)
+        v = self.v.call(p[prefix + "v.weight"], None, g).view(B, T, H, n).transpose(1, 2)
         zeta = torch.softmax(q @ k.transpose(-1, -2) * self.logit_scale, dim=-1)  # [B, H, T, T]
         heads = (zeta @ v).transpose(1, 2).reshape(B, T, H * n)
-        return self.o(heads)
+        return self.o.call(p[prefix + "o.weight"], None, heads)
 
-    def forward(self, g: torch.Tensor) -> torch.Tensor:
+    def call(self, p: Mapping[str, torch.Tensor], prefix: str, g: torch.Tensor) -> torch.Tensor:
+        """g [B, T, n] -> the block's output, with this block's tensors read from p under ``prefix``."""
         res = self.config.residual
         if self.config.mlp:
-            g = g + self._attention(self._ln(g)) if res else self._attention(self._ln(g))
-            u = self.fc2(self.phi(self.fc1(self._ln(g))))
+            a = self._attention(p, prefix, self._ln(g))
+            g = g + a if res else a
+            u = self.fc2.call(p[prefix + "fc2.weight"], None,
+                              self.phi(self.fc1.call(p[prefix + "fc1.weight"], None, self._ln(g))))
             return g + u if res else u
-        u = self.phi(self._attention(self._ln(g)))
+        u = self.phi(self._attention(p, prefix, self._ln(g)))
         return g + u if res else u
 
 
@@ -106,19 +112,16 @@ class Transformer(WidthModel):
     def _pool(self, g: torch.Tensor) -> torch.Tensor:
         return g.mean(dim=1) if self.config.pooling == "mean" else g[:, -1]
 
-    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """[embedding, block outputs..., f]; token-level features are pooled to [B, n]. x: [B, T, d_in]."""
+    def apply(self, params: Mapping[str, torch.Tensor], x: torch.Tensor, all_layers: bool = False):
+        """x [B, T, d_in] -> f [B, d_out]; with all_layers, [embedding, block outputs..., f], token-level
+        features pooled to [B, n]."""
         if x.dim() != 3:
             raise ValueError(f"Transformer expects x of shape [B, T, d_in], got {tuple(x.shape)}")
-        g = self.embed(x)
-        out = [self._pool(g)]
-        for block in self.blocks:
-            g = block(g)
-            out.append(self._pool(g))
-        out.append(self.readout(out[-1]))
-        return out
-
-    def forward(self, x: torch.Tensor, all_layers: bool = False):
-        """x: [B, T, d_in] -> f [B, d_out]; with all_layers, the list ``features(x)`` (works under functional_call)."""
-        feats = self.features(x)
-        return feats if all_layers else feats[-1]
+        g = self.embed.call(params["embed.weight"], None, x)
+        feats = [self._pool(g)] if all_layers else None
+        for i, block in enumerate(self.blocks):
+            g = block.call(params, f"blocks.{i}.", g)
+            if all_layers:
+                feats.append(self._pool(g))
+        f = self.readout.call(params["readout.weight"], None, self._pool(g))
+        return feats + [f] if all_layers else f
