@@ -30,7 +30,7 @@ import time
 import torch
 from torch.func import jacrev, vmap
 
-from ntkcheck.models import MLP, SP, MLPConfig, Transformer, TransformerConfig, functional
+from ntkcheck.models import SP, WidthModel, build, functional
 from ntkcheck.models.kernels import empirical_kernel
 from ntkcheck.models.kernels.memory import PeakRSS, child_env
 
@@ -47,7 +47,7 @@ def baseline_kernel(f, params, x):
     return K
 
 
-def floor_kernel(model: MLP, x):
+def floor_kernel(model: WidthModel, x):
     """The floor for a bias-free MLP: forward, C backward passes to z_l = a_l W_l^T, then
     K = sum_l (G_l G_l^T) ⊙ (A_l A_l^T) (grad_{W_l} f_a(x_i) = g_{l,a,i} a_{l,i}^T)."""
     acts, zs = [], []
@@ -70,7 +70,7 @@ def floor_kernel(model: MLP, x):
 
 
 def mlp_case(width: int, n: int, d_in: int, depth: int, quick: bool):
-    model = MLP(MLPConfig(d_in=d_in, d_out=2, depth=depth), width, SP, torch.Generator().manual_seed(0))
+    model = build("mlp", width, SP, seed=0, d_in=d_in, d_out=2, depth=depth)
     f, params = functional(model.eval())
     x = torch.randn(n, d_in, generator=torch.Generator().manual_seed(1))
     P = sum(v.numel() for v in params.values())
@@ -219,9 +219,8 @@ def main(argv=None):
         run_case(name, model, f, params, x, P, methods, baseline_ok, True, rows, {})
         del model, f, params, x
     # a small transformer: sequences, so sign kinds use per-example gradients formed from the factors
-    cfg = TransformerConfig(d_in=16, d_out=2, depth=2, n_heads=2, mlp=True)
     width = 64 if args.quick else 128
-    tr = Transformer(cfg, width, SP, torch.Generator().manual_seed(2))
+    tr = build("transformer", width, SP, seed=2, d_in=16, d_out=2, depth=2, n_heads=2, mlp=True)
     f, params = functional(tr.eval())
     nt = 32 if args.quick else 64
     x = torch.randn(nt, 8, 16, generator=torch.Generator().manual_seed(3))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ntkcheck.models import MLP, NTK, SP, MLPConfig, Transformer, TransformerConfig, functional
+from ntkcheck.models import NTK, SP, build, functional
 from ntkcheck.models.kernels import (empirical_kernel, eps_sign, flatten, kernel_distance, linearize, trace_outputs,
                                      unflatten)
 
@@ -57,8 +57,7 @@ def rel_err(a, b):
 
 @pytest.fixture(scope="module")
 def mlp():
-    g = torch.Generator().manual_seed(0)
-    model = MLP(MLPConfig(d_in=5, d_out=3, depth=2, bias=True), width=12, param=NTK, generator=g, dtype=DT)
+    model = build("mlp", 12, NTK, seed=0, dtype=DT, d_in=5, d_out=3, depth=2, bias=True)
     f, params = functional(model.eval())
     xg = torch.Generator().manual_seed(1)
     x1 = torch.randn(5, 5, generator=xg, dtype=DT)
@@ -68,9 +67,7 @@ def mlp():
 
 @pytest.fixture(scope="module")
 def attn():
-    g = torch.Generator().manual_seed(2)
-    cfg = TransformerConfig(d_in=4, d_out=2, depth=1, n_heads=2, mlp=True)
-    model = Transformer(cfg, width=8, param=SP, generator=g, dtype=DT)
+    model = build("transformer", 8, SP, seed=2, dtype=DT, d_in=4, d_out=2, depth=1, n_heads=2, mlp=True)
     f, params = functional(model.eval())
     xg = torch.Generator().manual_seed(3)
     x1 = torch.randn(4, 3, 4, generator=xg, dtype=DT)
@@ -414,3 +411,37 @@ def test_structured_refuses_sequence_first_layout():
     assert probe(f, p, list(p), x, 2)[0] == ["v"]
     K = empirical_kernel(f, p, x, method="structured")
     assert rel_err(K, naive_kernel(f, p, x)) < 1e-10
+
+
+def test_kernel_fn_plans_once_and_matches_the_one_shot_form(mlp, monkeypatch):
+    """make_kernel_fn: AUTO's probe runs once per input signature; other params reuse the plan exactly."""
+    from ntkcheck.models.kernels import api, make_kernel_fn
+    from ntkcheck.models.kernels import structured
+
+    model, f, params, x1, x2 = mlp
+    calls = []
+    real = structured.probe
+    monkeypatch.setattr(structured, "probe", lambda *a, **k: calls.append(1) or real(*a, **k))
+    kernel_fn = make_kernel_fn(f, params, kind="sgd")
+    K = kernel_fn(x1, x2)
+    theta = {k: v + 0.05 * torch.randn_like(v) for k, v in params.items()}
+    K_theta = kernel_fn(x1, x2, params=theta)
+    kernel_fn(x1[:2], x2[:3])
+    assert len(calls) == 1                                           # one signature, one probe
+    kernel_fn(x1)
+    assert len(calls) == 2 and len(kernel_fn.plans) == 2             # (x1, x2) and (x1, None) signatures
+    assert all(p.method.value == "structured" for p in kernel_fn.plans.values())
+    torch.testing.assert_close(K, empirical_kernel(f, params, x1, x2, method="jacobian"), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(K_theta, empirical_kernel(f, theta, x1, x2, method="jacobian"), rtol=1e-10, atol=1e-12)
+    assert set(api.METHODS) >= {m for m in api.KernelMethod if m is not api.KernelMethod.AUTO}
+
+
+def test_select_by_regular_expression(mlp):
+    model, f, params, x1, x2 = mlp
+    K_re = empirical_kernel(f, params, x1, select="re:^layers\\.[12]\\.")
+    K_names = empirical_kernel(f, params, x1, select=[n for n in params if n.startswith(("layers.1.", "layers.2."))])
+    torch.testing.assert_close(K_re, K_names, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="regular expression"):
+        empirical_kernel(f, params, x1, select="re:(")
+    with pytest.raises(ValueError, match="selects no tensor"):
+        empirical_kernel(f, params, x1, select="re:nothing_matches")

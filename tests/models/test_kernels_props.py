@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ntkcheck.models import MLP, NTK, MLPConfig, functional
+from ntkcheck.models import NTK, build, functional
 from ntkcheck.models.kernels import (empirical_kernel, flatten, intrinsic_dimension_kernel, jl_epsilon, lora_kernel,
                                      pack_signs, packed_dot)
 from ntkcheck.models.kernels.packed import int8_dot, popcount64
@@ -26,8 +26,7 @@ DT = torch.float64
 
 @pytest.fixture(scope="module")
 def mlp():
-    g = torch.Generator().manual_seed(0)
-    model = MLP(MLPConfig(d_in=6, d_out=2, depth=2, bias=True), width=16, param=NTK, generator=g, dtype=DT)
+    model = build("mlp", 16, NTK, seed=0, dtype=DT, d_in=6, d_out=2, depth=2, bias=True)
     f, params = functional(model.eval())
     x = torch.randn(6, 6, generator=torch.Generator().manual_seed(1), dtype=DT)
     return model, f, params, x
@@ -174,11 +173,11 @@ _MEMORY_SCRIPT = textwrap.dedent("""
     import json, sys, torch
     torch.set_num_threads(1)
     from torch.func import jacrev, vmap
-    from ntkcheck.models import MLP, MLPConfig, NTK, functional
+    from ntkcheck.models import NTK, build, functional
     from ntkcheck.models.kernels import empirical_kernel
     from ntkcheck.models.kernels.memory import PeakRSS
     budget = int(sys.argv[1])
-    model = MLP(MLPConfig(d_in=64, d_out=2, depth=2), 384, NTK, torch.Generator().manual_seed(0), dtype=torch.float64)
+    model = build("mlp", 384, NTK, seed=0, dtype=torch.float64, d_in=64, d_out=2, depth=2)
     f, p = functional(model.eval())
     x = torch.randn(8, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     out = {}
