@@ -21,56 +21,21 @@ recommendation); beta-hat from the eNTK Gram of f_0 on a fixed sample
 """
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import math
-from typing import Iterator
 
 import numpy as np
 import scipy.linalg
+import torch
 
+from ntkcheck.models import build, optim, train
+from ntkcheck.models.functional import output
+from ntkcheck.models.kernels import empirical_kernel
+from ntkcheck.seeding import rng as _seeded
 from ntkcheck.theory import early_stopping as es
 
 
-@contextlib.contextmanager
-def single_threaded_blas() -> Iterator[None]:
-    """Run numpy/scipy's OpenBLAS and torch on one thread inside the block, then restore both.
-
-    On a shared 2-core machine a multi-threaded OpenBLAS eigh of a 512 x 512 matrix was
-    measured at 4-8 s against 0.1 s single-threaded (threads spin while the cores are busy),
-    and a small torch gradient step at 0.27 s against 0.01 s. Finds the loaded OpenBLAS
-    libraries through /proc/self/maps; that part is a no-op where it fails.
-    """
-    import torch
-
-    torch_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    libs = []
-    try:
-        with open("/proc/self/maps") as fh:
-            paths = {line.split()[-1] for line in fh if "openblas" in line.lower() and line.strip().endswith(".so")}
-        for path in sorted(paths):
-            lib = ctypes.CDLL(path)
-            for get, put in (("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
-                             ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
-                             ("openblas_get_num_threads", "openblas_set_num_threads")):
-                if hasattr(lib, get) and hasattr(lib, put):
-                    libs.append((getattr(lib, put), int(getattr(lib, get)())))
-                    break
-    except OSError:
-        libs = []
-    for put, _ in libs:
-        put(ctypes.c_int(1))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(torch_threads)
-        for put, n in libs:
-            put(ctypes.c_int(n))
-
-
 def _rng(*key: int) -> np.random.Generator:
-    return np.random.default_rng([int(k) for k in key])
+    return _seeded(*key)
 
 
 def gram_eigh(K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -154,17 +119,10 @@ def mlp_point(n: int, seed: int, *, width: int, sigma: float, delta: float, norm
     least validation loss), step_holdout, err_last (after max_steps, no stopping),
     beta_hat (eNTK of f_0 on n_beta fixed points), lr.
     """
-    import torch
-
-    from ntkcheck.models.functional import functional
-    from ntkcheck.models.kernels import empirical_kernel
-    from ntkcheck.models.mlp import MLP, MLPConfig
-    from ntkcheck.models.parametrization import NTK
-
     dt = torch.float64
-    gen = torch.Generator().manual_seed(int(seed) * 7919 + 17)
-    model = MLP(MLPConfig(d_in=2, d_out=1, depth=1, activation="relu", bias=True), width, NTK, gen, dtype=dt)
-    f, p0 = functional(model)
+    model = build("mlp", width, "NTK", seed=int(seed) * 7919 + 17, dtype=dt, d_in=2, d_out=1, depth=1,
+                  activation="relu", bias=True)
+    f, p0 = model.apply, model.params()
     lrs = model.learning_rates("sgd", 1.0)
 
     def embed(x: np.ndarray) -> torch.Tensor:
@@ -178,8 +136,7 @@ def mlp_point(n: int, seed: int, *, width: int, sigma: float, delta: float, norm
     xtr, xva = x[n_val:], x[:n_val]
     xg = np.arange(grid) / grid
     Xtr, Xva, Xg = embed(xtr), embed(xva), embed(xg)
-    with torch.no_grad():
-        f0 = {k: f(p0, X)[:, 0] for k, X in (("tr", Xtr), ("va", Xva), ("g", Xg))}
+    f0 = {k: output(f, p0, X)[:, 0] for k, X in (("tr", Xtr), ("va", Xva), ("g", Xg))}
     noise = sigma * rng.standard_normal(n)
     ytr = f0["tr"] + torch.as_tensor(eval_fourier(a, b, xtr) + noise[n_val:], dtype=dt)
     yva = f0["va"] + torch.as_tensor(eval_fourier(a, b, xva) + noise[:n_val], dtype=dt)
@@ -193,42 +150,19 @@ def mlp_point(n: int, seed: int, *, width: int, sigma: float, delta: float, norm
     beta_hat = es.fit_beta(np.linalg.eigvalsh(Kb / n_beta), k_min=max(2, int(lo * n_beta)),
                            k_max=max(3, int(hi * n_beta))).beta
 
-    layers = list(model.layers)
-    names = [(f"layers.{i}.weight", f"layers.{i}.bias") for i in range(len(layers))]
+    checkpoints = set(np.unique(np.round(np.geomspace(1, max_steps, n_checkpoints)).astype(int)).tolist())
+    best = {"val": float("inf"), "step": 0, "err": float("nan")}
 
-    def fwd(p: dict, X: torch.Tensor) -> torch.Tensor:
-        """The MLP's forward (ParamLinear: mult * x w^T + bias_mult * b, phi between) without
-        functional_call, whose overhead dominated a step at these sizes."""
-        h = X
-        for i, (layer, (wn, bn)) in enumerate(zip(layers, names)):
-            h = torch.nn.functional.linear(h, p[wn]) * layer.mult + p[bn] * layer.bias_mult
-            if i < len(layers) - 1:
-                h = model.phi(h)
-        return h
+    def hold_out(step: int, params) -> None:
+        """Validation loss at a checkpoint; the test error of the best one so far is kept."""
+        val = float(((output(f, params, Xva)[:, 0] - yva) ** 2).mean())
+        if val < best["val"]:
+            best.update(val=val, step=step, err=float(((output(f, params, Xg)[:, 0] - target_g) ** 2).mean()))
 
-    with torch.no_grad():
-        if not torch.allclose(fwd(p0, Xg), f(p0, Xg), rtol=1e-12, atol=1e-12):
-            raise RuntimeError("manual MLP forward disagrees with the module's")
-    # plain autograd (torch.func.grad costs ~3x more per step at this size)
-    params = {k: v.clone().requires_grad_(True) for k, v in p0.items()}
+    hold_out(0, p0)
     step_lr = {k: lr * v for k, v in lrs.items()}
-    checks = set(np.unique(np.round(np.geomspace(1, max_steps, n_checkpoints)).astype(int)).tolist()) | {0}
-    best, best_step, best_err = float("inf"), 0, float("nan")
-    for step in range(max_steps + 1):
-        if step in checks:
-            with torch.no_grad():
-                val = float(((fwd(params, Xva)[:, 0] - yva) ** 2).mean())
-                if val < best:
-                    best_err = float(((fwd(params, Xg)[:, 0] - target_g) ** 2).mean())
-                    best, best_step = val, step
-        if step == max_steps:
-            break
-        loss = 0.5 * ((fwd(params, Xtr)[:, 0] - ytr) ** 2).mean()
-        grads = torch.autograd.grad(loss, list(params.values()))
-        with torch.no_grad():
-            for (k, v), g in zip(params.items(), grads):
-                v -= step_lr[k] * g
-    with torch.no_grad():
-        last_err = float(((fwd(params, Xg)[:, 0] - target_g) ** 2).mean())
-    return {"err_holdout": best_err, "step_holdout": best_step, "err_last": last_err, "beta_hat": beta_hat,
+    p_last = train(f, p0, optim.sgd(step_lr), (Xtr, ytr[:, None]), max_steps,
+                   callback=lambda st: hold_out(st.t, st.params) if st.t in checkpoints else None)
+    last_err = float(((output(f, p_last, Xg)[:, 0] - target_g) ** 2).mean())
+    return {"err_holdout": best["err"], "step_holdout": best["step"], "err_last": last_err, "beta_hat": beta_hat,
             "lr": lr}

@@ -1,13 +1,11 @@
-"""Measurements behind the jl_subspace check: per-layer kernel factors, projected Grams, LoRA training.
+"""Projected Grams for the jl_subspace check, drawn exactly in distribution without forming a projection.
 
 Dense layer z = x w^T (then h = mult * z): the per-example gradient is
 dL/dw = dz (x) x, so the layer's eNTK block is K_l = (dZ dZ^T) o (X X^T) with
 dZ [N, fan_out] the gradients of f with respect to z and X [N, fan_in] the
-layer's inputs ([KV] Lemma D.4's dH, X). With LoRA w + B A, A [k, fan_in],
-B [fan_out, k], at B = 0: dB = dz (x) (A x), dA = B^T dz (x) x = 0, so
-K_LoRA,l = (dZ dZ^T) o (X A^T A X^T) (Lemma D.4, with A ~ N(0, 1/k) random and
-B = 0: the convention of Hu et al. 2021 and of Lemma D.4; [KV] Def. 7.1 instead
-starts B random and A = 0, which projects dZ instead of X).
+layer's inputs ([KV] Lemma D.4's dH, X; the kernel engine's ``linear_factors``).
+With LoRA w + B A, A [k, fan_in], B [fan_out, k], at B = 0: dB = dz (x) (A x),
+dA = B^T dz (x) x = 0, so K_LoRA,l = (dZ dZ^T) o (X A^T A X^T).
 
 Projected Grams without forming the projection: for vectors with Gram
 K = R^T R (R [r, N]) and P [k, d] with i.i.d. N(0, 1/k) entries, the projected
@@ -50,27 +48,3 @@ def projected_grams(R: np.ndarray, k: int, draws: int, rng: np.random.Generator)
     """[draws, N, N] Grams of the vectors with Gram R^T R after a Gaussian N(0, 1/k) projection to R^k."""
     W = wishart_over_k(R.shape[0], k, draws, rng)
     return np.einsum("ri,drs,sj->dij", R, W, R, optimize=True)
-
-
-def kernel_factors(layers, phi, ws, X):
-    """Per-layer (dZ [N, fan_out], X_l [N, fan_in]) and outputs f [N] of an MLP of ParamLinear layers.
-
-    Forward: z_l = x_{l-1} w_l^T, h_l = mult_l z_l, x_l = phi(h_l), f = h_{L+1}; one backward of
-    sum_i f(x_i) gives each example's dZ (examples are independent). ws: list of weight tensors.
-    """
-    import torch
-
-    h = X
-    zs, ins = [], []
-    for i, (layer, w) in enumerate(zip(layers, ws)):
-        ins.append(h.detach())
-        z = torch.nn.functional.linear(h, w.detach())
-        if i == 0:
-            z.requires_grad_(True)  # later z's hang off this one in the graph
-        zs.append(z)
-        h = z * layer.mult
-        if i < len(layers) - 1:
-            h = phi(h)
-    f = h[:, 0]
-    grads = torch.autograd.grad(f.sum(), zs)
-    return [(g.detach().numpy(), x.numpy()) for g, x in zip(grads, ins)], f.detach().numpy()

@@ -36,22 +36,25 @@ Control: GD run to interpolation on noisy data does not reach the rate (slope > 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
-from ntkcheck.checks._es_helpers import mlp_point, single_threaded_blas, synthetic_point
+from ntkcheck.checks._common import limit_threads
+from ntkcheck.checks._es_helpers import mlp_point, synthetic_point
+from ntkcheck.checks.config import axis
 from ntkcheck.checks.fit import fit_rows
+from ntkcheck.checks.plots import loglog_panels
 from ntkcheck.checks.registry import CheckSpec
 from ntkcheck.checks.sweep import grid, select, sweep
-from ntkcheck.result import Claim, Result
+from ntkcheck.result import Claim, claim
 from ntkcheck.theory import early_stopping as es
 
 
 @dataclass(frozen=True)
 class Config:
-    sample_sizes: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048)
-    seeds: int = 8
+    sample_sizes: tuple[int, ...] = axis("sample_size", (64, 128, 256, 512, 1024, 2048))
+    seeds: int = axis("seeds", 8)
     betas: tuple[int, ...] = (1, 2)
     #: GD to interpolation is the control only where the Gram is well conditioned in float64:
     #: for beta = 2 the smallest eigenvalues of K/N reach ~N^-4 and the interpolant is rounding noise.
@@ -71,8 +74,8 @@ class Config:
     #: bottom of the Gram spectrum flattens below the population eigenvalues
     beta_window: tuple[float, float] = (0.02, 0.25)
     # MLP with hold-out stopping
-    mlp_sample_sizes: tuple[int, ...] = (64, 128, 256, 512, 1024)
-    mlp_seeds: int = 4
+    mlp_sample_sizes: tuple[int, ...] = axis("sample_size", (64, 128, 256, 512, 1024))
+    mlp_seeds: int = axis("seeds", 4)
     mlp_width: int = 1024
     mlp_val_frac: float = 0.25
     mlp_max_steps: int = 3000
@@ -108,7 +111,7 @@ def _geo_means(rows, x, y):
     return xs, [float(np.exp(np.mean([np.log(r[y]) for r in rows if r[x] == v]))) for v in xs]
 
 
-def run(config: Config, store) -> Result:
+def run(config: Config, store) -> list[Claim]:
     claims: list[Claim] = []
     summary: dict = {}
 
@@ -126,7 +129,7 @@ def run(config: Config, store) -> Result:
                          n_checkpoints=config.mlp_checkpoints, n_beta=config.mlp_n_beta,
                          beta_window=config.mlp_beta_window)
 
-    with single_threaded_blas():
+    with limit_threads(1):
         rows = sweep(store, [dict(p, part="synthetic") for p in
                              grid(beta=config.betas, N=config.sample_sizes, seed=range(config.seeds))],
                      lambda p: synth(p), desc="early_stopping synthetic")
@@ -142,31 +145,39 @@ def run(config: Config, store) -> Result:
         fits = {k: fit_rows(sel, "N", k) for k in ("err_rule", "err_oracle", "rho2", "err_ridge_rule",
                                                     "err_ridge_oracle", "err_interp")}
         summary[f"beta={beta}"] = {k: v.to_json() for k, v in fits.items()}
-        claims.append(Claim.compare(f"beta={beta}: slope of L2 error at the stopping rule vs N (eq. 30 bound)",
-                                    rate, fits["err_rule"].slope, "<=", config.tol_rate, fits["err_rule"].ci))
-        claims.append(Claim.compare(f"beta={beta}: slope of L2 error at the oracle time vs N (eq. 30 bound)",
-                                    rate, fits["err_oracle"].slope, "<=", config.tol_rate, fits["err_oracle"].ci))
-        claims.append(Claim.compare(f"beta={beta}: slope of squared critical radius rho_N^2 vs N (eq. 11, 30)",
-                                    rate, fits["rho2"].slope, "==", config.tol_radius, fits["rho2"].ci))
+        src = "[ES] eq. 30"
+        claims.append(claim(f"beta{beta}.err_rule.rate", f"beta={beta}: slope of L2 error at the stopping rule vs N "
+                            "(bound)", predicted=rate, measured=fits["err_rule"].slope, relation="<=",
+                            tolerance=config.tol_rate, ci=fits["err_rule"].ci, source=src))
+        claims.append(claim(f"beta{beta}.err_oracle.rate", f"beta={beta}: slope of L2 error at the oracle time vs N "
+                            "(bound)", predicted=rate, measured=fits["err_oracle"].slope, relation="<=",
+                            tolerance=config.tol_rate, ci=fits["err_oracle"].ci, source=src))
+        claims.append(claim(f"beta{beta}.rho2.rate", f"beta={beta}: slope of squared critical radius rho_N^2 vs N",
+                            predicted=rate, measured=fits["rho2"].slope, relation="==", tolerance=config.tol_radius,
+                            ci=fits["rho2"].ci, source="[ES] eq. 11, 30"))
         worst = max(r["err_rule"] / r["bound_rule"] for r in sel)
-        claims.append(Claim.compare(f"beta={beta}: max over points of err_rule / (12 rho_N^2) (RWY Thm 1)",
-                                    1.0, worst, "<=", 0.0))
+        claims.append(claim(f"beta{beta}.rwy_bound", f"beta={beta}: max over points of err_rule / (12 rho_N^2)",
+                            predicted=1.0, measured=worst, relation="<=", source="RWY 2014 Thm 1"))
         bh = np.array([r["beta_hat"] for r in sel])
-        claims.append(Claim.compare(f"beta={beta}: beta-hat from the Gram spectrum (eq. 31-32)", float(beta),
-                                    float(bh.mean()), "==", config.tol_beta,
-                                    (float(np.quantile(bh, 0.025)), float(np.quantile(bh, 0.975)))))
-        claims.append(Claim.compare(f"beta={beta}: slope of ridge error at lambda = 1/eta_T vs N (eq. 27)",
-                                    rate, fits["err_ridge_rule"].slope, "<=", config.tol_rate,
-                                    fits["err_ridge_rule"].ci))
+        claims.append(claim(f"beta{beta}.beta_hat", f"beta={beta}: beta-hat from the Gram spectrum",
+                            predicted=float(beta), measured=float(bh.mean()), relation="==",
+                            tolerance=config.tol_beta,
+                            ci=(float(np.quantile(bh, 0.025)), float(np.quantile(bh, 0.975))),
+                            source="[ES] eq. 31-32"))
+        claims.append(claim(f"beta{beta}.ridge.rate", f"beta={beta}: slope of ridge error at lambda = 1/eta_T vs N",
+                            predicted=rate, measured=fits["err_ridge_rule"].slope, relation="<=",
+                            tolerance=config.tol_rate, ci=fits["err_ridge_rule"].ci, source="[ES] eq. 27"))
         xs, gd = _geo_means(sel, "N", "err_oracle")
         _, rr = _geo_means(sel, "N", "err_ridge_oracle")
         dev = max(abs(math.log(b / a)) for a, b in zip(gd, rr))
-        claims.append(Claim.compare(f"beta={beta}: max_N |log(best ridge error / best GD error)| (Sec. 6.2)",
-                                    0.0, dev, "<=", math.log(2.0)))
+        claims.append(claim(f"beta{beta}.ridge_vs_gd", f"beta={beta}: max_N |log(best ridge error / best GD error)|",
+                            predicted=0.0, measured=dev, relation="<=", tolerance=math.log(2.0),
+                            source="[ES] Sec. 6.2"))
         if beta in config.control_betas:
-            claims.append(Claim.compare(f"beta={beta}: slope of error of GD run to interpolation vs N (no stopping)",
-                                        rate, fits["err_interp"].slope, ">", config.control_margin,
-                                        fits["err_interp"].ci, control=True))
+            claims.append(claim(f"control.beta{beta}.interpolation", f"beta={beta}: slope of error of GD run to "
+                                "interpolation vs N (no stopping)", predicted=rate, measured=fits["err_interp"].slope,
+                                relation=">", tolerance=config.control_margin, ci=fits["err_interp"].ci,
+                                control=True, source="[ES] Sec. 6.3"))
         panels.append({"title": f"synthetic kernel, beta={beta} (rate {rate:.3f})", "ylabel": "L2 error^2",
                        "xlabel": "N", "series": [(lab, [r["N"] for r in sel], [r[k] for r in sel]) for lab, k in
                                                  (("stopping rule", "err_rule"), ("oracle t", "err_oracle"),
@@ -180,20 +191,18 @@ def run(config: Config, store) -> Result:
     fit_l = fit_rows(mrows, "N", "err_last")
     summary["mlp"] = {"beta_hat": beta_mlp, "predicted_rate": rate_mlp, "holdout": fit_h.to_json(),
                       "last_step": fit_l.to_json()}
-    claims.append(Claim.compare("MLP (NTK, GD, hold-out stopping): slope of L2 error vs N against its eNTK's "
-                                "-2 beta_hat/(2 beta_hat+1)", rate_mlp, fit_h.slope, "<=", config.tol_mlp,
-                                fit_h.ci))
+    claims.append(claim("mlp.holdout.rate", "MLP (NTK, GD, hold-out stopping): slope of L2 error vs N against "
+                        "its eNTK's -2 beta_hat/(2 beta_hat+1)", predicted=rate_mlp, measured=fit_h.slope,
+                        relation="<=", tolerance=config.tol_mlp, ci=fit_h.ci, source="[ES] Sec. 6.2, 7.1"))
     panels.append({"title": f"NTK MLP, beta_hat={beta_mlp:.2f} (rate {rate_mlp:.3f})", "ylabel": "L2 error^2",
                    "xlabel": "N", "series": [("hold-out stop", [r["N"] for r in mrows],
                                               [r["err_holdout"] for r in mrows]),
                                              ("last step", [r["N"] for r in mrows], [r["err_last"] for r in mrows])]})
-    from ntkcheck.checks.plots import loglog_panels
-
     loglog_panels(store.path("rates.png"), panels, suptitle="early stopping: error vs N", xlabel="N")
     store.write_json("fits.json", summary)
-    return Result(check="early_stopping", config=asdict(config), claims=claims)
+    return claims
 
 
 SPEC = CheckSpec(name="early_stopping", summary="early-stopped kernel GD reaches N^(-2beta/(2beta+1)); "
                  "interpolation does not ([ES] eq. 10-11, 27, 30)", config_cls=Config, run=run, order=60,
-                 axes=("sample_sizes", "seeds", "mlp_sample_sizes", "mlp_seeds"))
+                 version=2)

@@ -25,7 +25,8 @@ Measured (NTK-parametrized tanh MLP, theta_PT after short GD pretraining):
     slope -1/2) and its exceedance probability over projections at every (eps, k)
     against the bound, for LoRA on the hidden layer, LoRA on all layers (L-layer
     forms) and IntrinsicDimension; projections of the data's Gram are drawn
-    exactly in distribution through Wishart samples (checks/_jl_helpers.py);
+    exactly in distribution through Wishart samples (checks/_jl_helpers.py); the
+    per-layer factors (dZ, X) come from the kernel engine's ``linear_factors``;
   - a synthetic Table 11: SGD FT and SGD-LoRA FT (all layers, A ~ N(0, 1/k),
     B = 0, same learning rate) of theta_PT on a +-1 task; their test accuracy, the
     accuracy of kernel GD with K and with K_LoRA (closed form at the same time T),
@@ -35,23 +36,31 @@ Control: k below log N misses eps (exceedance near 1).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
+import torch
 
-from ntkcheck.checks._es_helpers import single_threaded_blas
-from ntkcheck.checks._jl_helpers import gram_root, kernel_factors, projected_grams
+from ntkcheck.checks._common import DTYPE, limit_threads
+from ntkcheck.checks._jl_helpers import gram_root, projected_grams
+from ntkcheck.checks.config import axis
 from ntkcheck.checks.fit import fit_exponent
+from ntkcheck.checks.plots import loglog_panels
 from ntkcheck.checks.registry import CheckSpec
 from ntkcheck.checks.sweep import sweep
-from ntkcheck.result import Claim, Result
+from ntkcheck.models import build, lora, optim, train
+from ntkcheck.models.functional import output
+from ntkcheck.models.kernels import empirical_kernel, linear_factors
+from ntkcheck.result import Claim, claim
+from ntkcheck import seeding
+from ntkcheck.seeding import generator
 from ntkcheck.theory import early_stopping as es
 from ntkcheck.theory import jl
 
 
 @dataclass(frozen=True)
 class Config:
-    seeds: int = 6
+    seeds: int = axis("seeds", 6)
     width: int = 512
     depth: int = 2
     d_in: int = 16
@@ -59,7 +68,7 @@ class Config:
     n_test: int = 256
     lr: float = 1.0
     pretrain_steps: int = 20
-    ranks: tuple[int, ...] = (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+    ranks: tuple[int, ...] = axis("rank", (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048))
     epsilons: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
     draws: int = 4000
     #: eps of Remark D.6's rank claim and of the control (k below log N must miss it)
@@ -69,7 +78,7 @@ class Config:
     identity_width: int = 64
     identity_samples: int = 8
     identity_rank: int = 4
-    table_ranks: tuple[int, ...] = (16, 64, 256, 1024)
+    table_ranks: tuple[int, ...] = axis("rank", (16, 64, 256, 1024))
     table_steps: int = 100
     #: eta_T = lr * T = 2: LoRA's A-gradient term <B^T dz_i, B^T dz_j><x_i, x_j> grows like
     #: ||B||^2 ~ eta_T^2 whatever the width; at eta_T = 10 LoRA-FT left its kernel by ~30% here,
@@ -102,97 +111,57 @@ class Config:
                    table_ranks=(16, 64, 256, 1024))
 
 
-def _model(cfg, width, seed):
-    import torch
-
-    from ntkcheck.models.mlp import MLP, MLPConfig
-    from ntkcheck.models.parametrization import NTK
-
-    gen = torch.Generator().manual_seed(9173 * seed + 5)
-    model = MLP(MLPConfig(d_in=cfg.d_in, d_out=1, depth=cfg.depth, activation="tanh"), width, NTK, gen,
-                dtype=torch.float64)
-    layers = list(model.layers)
-    lrs = model.learning_rates("sgd", cfg.lr)
-    return model, layers, [layer.weight.detach().clone() for layer in layers], \
-        [lrs[f"layers.{i}.weight"] for i in range(len(layers))]
+def _model(cfg: Config, width: int, seed: int):
+    """(model, {weight name: SGD rate}) of the NTK-parametrized tanh MLP of one seed."""
+    model = build("mlp", width, "NTK", seed=9173 * seed + 5, dtype=DTYPE, d_in=cfg.d_in, depth=cfg.depth,
+                  activation="tanh")
+    return model, model.learning_rates("sgd", cfg.lr)
 
 
-def _fwd(layers, phi, ws, X, loras=None):
-    """f(X) [N] with weights ws (and LoRA factors [(A, B)] added as w + B A when given)."""
-    import torch
-
-    h = X
-    for i, (layer, w) in enumerate(zip(layers, ws)):
-        z = torch.nn.functional.linear(h, w)
-        if loras is not None:  # x (w + B A)^T = x w^T + (x A^T) B^T, never forming B A
-            A, B = loras[i]
-            z = z + torch.nn.functional.linear(torch.nn.functional.linear(h, A), B)
-        h = z * layer.mult
-        if i < len(layers) - 1:
-            h = phi(h)
-    return h[:, 0]
+def _factors(model, params, X) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per layer (dZ [N, fan_out], X_l [N, fan_in]) from the kernel engine, in layer order."""
+    fac = linear_factors(model.apply, params, X)
+    return [(fac[n][1][:, 0, 0].numpy(), fac[n][0][:, 0].numpy()) for n in params]
 
 
-def _gd(fn, params, lrs, X, y, steps):
-    import torch
-
-    params = [p.clone().requires_grad_(True) for p in params]
-    for _ in range(steps):
-        loss = 0.5 * ((fn(params, X) - y) ** 2).mean()
-        grads = torch.autograd.grad(loss, params)
-        with torch.no_grad():
-            for p, g, eta in zip(params, grads, lrs):
-                p -= eta * g
-    return [p.detach() for p in params]
-
-
-def _identity(cfg, seed, b_scale: float) -> float:
-    """max |K_LoRA(autograd over A, B) - (dZ dZ^T) o (X A^T A X^T) summed over layers| / max |K_LoRA|."""
-    import torch
-
-    model, layers, ws, _ = _model(cfg, cfg.identity_width, seed)
-    g = torch.Generator().manual_seed(seed + 101)
-    X = torch.randn(cfg.identity_samples, cfg.d_in, generator=g, dtype=torch.float64)
+def _identity(cfg: Config, seed: int, b_scale: float) -> float:
+    """max |K_LoRA - sum_l (dZ dZ^T) o (X A^T A X^T)| / max |K_LoRA|, K_LoRA the engine's Jacobian kernel of
+    the LoRA transform of the network over (A, B) and dZ, X the factors at W + B A (B = b_scale * N(0, 1/k))."""
+    model, _ = _model(cfg, cfg.identity_width, seed)
+    g = generator(seed + 101)
+    X = torch.randn(cfg.identity_samples, cfg.d_in, generator=g, dtype=DTYPE)
     k = cfg.identity_rank
-    loras = []
-    for w in ws:
-        A = torch.randn(k, w.shape[1], generator=g, dtype=torch.float64) / math.sqrt(k)
-        B = b_scale * torch.randn(w.shape[0], k, generator=g, dtype=torch.float64) / math.sqrt(k)
-        loras.append((A, B))
-    flat = [t.clone().requires_grad_(True) for ab in loras for t in ab]
-    rows = []
-    for i in range(X.shape[0]):
-        pairs = [(flat[2 * j], flat[2 * j + 1]) for j in range(len(ws))]
-        out = _fwd(layers, model.phi, ws, X[i:i + 1], pairs)[0]
-        rows.append(torch.cat([gr.reshape(-1) for gr in torch.autograd.grad(out, flat)]))
-    G = torch.stack(rows)
-    K_auto = (G @ G.T).numpy()
-    eff = [w + B @ A for w, (A, B) in zip(ws, loras)]
-    factors, _ = kernel_factors(layers, model.phi, eff, X)
-    K_formula = sum((dz @ dz.T) * ((x @ A.numpy().T) @ (x @ A.numpy().T).T)
-                    for (dz, x), (A, _) in zip(factors, loras))
+    p = model.params()
+    f_lora, theta = lora(model.apply, p, k, generator=g)
+    if b_scale:
+        theta = {n: b_scale * torch.randn(v.shape, generator=g, dtype=DTYPE) / math.sqrt(k)
+                 if n.endswith(".lora_B") else v for n, v in theta.items()}
+    K_auto = empirical_kernel(f_lora, theta, X, method="jacobian")[:, 0, :, 0].numpy()
+    eff = {n: w + theta[n + ".lora_B"] @ theta[n + ".lora_A"] for n, w in p.items()}
+    A = [theta[n + ".lora_A"].numpy() for n in p]
+    K_formula = sum((dz @ dz.T) * ((x @ a.T) @ (x @ a.T).T) for (dz, x), a in zip(_factors(model, eff, X), A))
     return float(np.abs(K_auto - K_formula).max() / np.abs(K_auto).max())
 
 
 def _point(cfg: Config, seed: int) -> list[dict]:
-    import torch
-
-    dt = torch.float64
-    model, layers, ws0, lrs = _model(cfg, cfg.width, seed)
-    g = torch.Generator().manual_seed(seed + 7)
-    xs = torch.randn(64, cfg.d_in, generator=g, dtype=dt)
-    ys = torch.sin(xs @ (2.0 * torch.randn(cfg.d_in, generator=g, dtype=dt) / math.sqrt(cfg.d_in)))
-    ws = _gd(lambda p, X: _fwd(layers, model.phi, p, X), ws0, lrs, xs, ys, cfg.pretrain_steps)
-    X = torch.randn(cfg.n_samples, cfg.d_in, generator=g, dtype=dt)
-    Xte = torch.randn(cfg.n_test, cfg.d_in, generator=g, dtype=dt)
-    v = torch.randn(cfg.d_in, generator=g, dtype=dt)
+    model, lr_of = _model(cfg, cfg.width, seed)
+    f = model.apply
+    names = list(lr_of)
+    g = generator(seed + 7)
+    xs = torch.randn(64, cfg.d_in, generator=g, dtype=DTYPE)
+    ys = torch.sin(xs @ (2.0 * torch.randn(cfg.d_in, generator=g, dtype=DTYPE) / math.sqrt(cfg.d_in)))
+    ws = train(f, model.params(), optim.sgd(lr_of), (xs, ys[:, None]), cfg.pretrain_steps)
+    X = torch.randn(cfg.n_samples, cfg.d_in, generator=g, dtype=DTYPE)
+    Xte = torch.randn(cfg.n_test, cfg.d_in, generator=g, dtype=DTYPE)
+    v = torch.randn(cfg.d_in, generator=g, dtype=DTYPE)
     y, yte = torch.sign(X @ v + 1e-12), torch.sign(Xte @ v + 1e-12)
 
     rows: list[dict] = [{"part": "identity", "residual_B0": _identity(cfg, seed, 0.0),
                          "residual_Bnz": _identity(cfg, seed, 1.0)}]
 
     # ---- JL: deviations and exceedance versus k
-    factors, f0 = kernel_factors(layers, model.phi, ws, X)
+    factors = _factors(model, ws, X)
+    f0 = output(model.apply, ws, X)[:, 0].numpy()
     n = cfg.n_samples
     H = [dz @ dz.T for dz, _ in factors]
     XX = [x @ x.T for _, x in factors]
@@ -204,7 +173,7 @@ def _point(cfg: Config, seed: int) -> list[dict]:
     root_K = gram_root(K)
     c_id = np.diag(K).max()
     L = len(factors)
-    rng = np.random.default_rng([seed, 31])
+    rng = seeding.rng(seed, 31)
     for k in cfg.ranks:
         dev_single = np.empty(cfg.draws)
         dev_all = np.empty(cfg.draws)
@@ -233,17 +202,15 @@ def _point(cfg: Config, seed: int) -> list[dict]:
                  "dev_q99": float(np.quantile(dev_rem, 0.99))})
 
     # ---- synthetic Table 11: FT vs LoRA-FT, K vs K_LoRA
-    fte, _ = kernel_factors(layers, model.phi, ws, Xte)
+    fte = _factors(model, ws, Xte)
     # shifted targets f_PT(x) + y: the first residual is exactly y and the classifier is f - f_PT,
     # so the random O(1) pretrained output does not mask the label signal at a short horizon
     y_shift = torch.as_tensor(f0) + y
     resid = y.numpy()
-    with torch.no_grad():
-        f0_te = _fwd(layers, model.phi, ws, Xte).numpy()
-    tl = [cfg.table_lr * eta for eta in lrs]
-    ws_ft = _gd(lambda p, Xb: _fwd(layers, model.phi, p, Xb), ws, tl, X, y_shift, cfg.table_steps)
-    with torch.no_grad():
-        f_ft = _fwd(layers, model.phi, ws_ft, Xte).numpy()
+    f0_te = output(f, ws, Xte)[:, 0].numpy()
+    tl = {n: cfg.table_lr * eta for n, eta in lr_of.items()}
+    ws_ft = train(f, ws, optim.sgd(tl), (X, y_shift[:, None]), cfg.table_steps)
+    f_ft = output(f, ws_ft, Xte)[:, 0].numpy()
 
     def kernel_gd(Ktr, Kte):
         lam, U = es.normalized_gram_eigh(Ktr)
@@ -254,17 +221,11 @@ def _point(cfg: Config, seed: int) -> list[dict]:
     f_k = kernel_gd(K, K_te)
     acc = lambda f: float((np.sign(f - f0_te) == yte.numpy()).mean())  # noqa: E731
     for k in cfg.table_ranks:
-        A = [torch.randn(k, w.shape[1], generator=g, dtype=dt) / math.sqrt(k) for w in ws]
-        B = [torch.zeros(w.shape[0], k, dtype=dt) for w in ws]
-
-        def lora_fn(p, Xb, A=A):
-            return _fwd(layers, model.phi, ws, Xb, [(p[2 * i], p[2 * i + 1]) for i in range(len(ws))])
-
-        p_l = _gd(lora_fn, [t for ab in zip(A, B) for t in ab], [eta for eta in tl for _ in range(2)], X, y_shift,
-                  cfg.table_steps)
-        with torch.no_grad():
-            f_lora = lora_fn(p_l, Xte).numpy()
-        An = [a.numpy() for a in A]
+        f_lora_fn, theta0 = lora(f, ws, k, generator=g)   # every layer: A ~ N(0, 1/k), B = 0
+        lr_lora = {n + part: tl[n] for n in names for part in (".lora_A", ".lora_B")}
+        theta = train(f_lora_fn, theta0, optim.sgd(lr_lora), (X, y_shift[:, None]), cfg.table_steps)
+        f_lora = output(f_lora_fn, theta, Xte)[:, 0].numpy()
+        An = [theta0[n + ".lora_A"].numpy() for n in names]   # K_LoRA at the start: A of initialization
         K_lo = sum((dz @ dz.T) * ((x @ a.T) @ (x @ a.T).T) for (dz, x), a in zip(factors, An))
         K_lo_te = sum((dzt @ dz.T) * ((xt @ a.T) @ (x @ a.T).T) for (dzt, xt), (dz, x), a in zip(fte, factors, An))
         f_klo = kernel_gd(K_lo, K_lo_te)
@@ -276,8 +237,8 @@ def _point(cfg: Config, seed: int) -> list[dict]:
     return rows
 
 
-def run(config: Config, store) -> Result:
-    with single_threaded_blas():
+def run(config: Config, store) -> list[Claim]:
+    with limit_threads(1):
         rows = sweep(store, [{"seed": s} for s in range(config.seeds)], lambda p: _point(config, p["seed"]),
                      desc="jl_subspace")
     store.write_measurements(rows)
@@ -287,21 +248,25 @@ def run(config: Config, store) -> Result:
     rem = [r for r in rows if r["part"] == "remark"]
     table = [r for r in rows if r["part"] == "table"]
     claims = [
-        Claim.compare("Lemma D.4 at B=0: max relative |K_LoRA(autograd) - (dZ dZ^T) o (X A^T A X^T)|", 0.0,
-                      max(r["residual_B0"] for r in ident), "<=", config.tol_identity),
-        Claim.compare("B != 0: the same residual (identity broken)", config.control_identity_min,
-                      min(r["residual_Bnz"] for r in ident), ">", 0.0, control=True),
+        claim("lemma_d4.identity", "Lemma D.4 at B=0: max relative |K_LoRA(engine) - (dZ dZ^T) o (X A^T A X^T)|",
+              predicted=0.0, measured=max(r["residual_B0"] for r in ident), relation="<=",
+              tolerance=config.tol_identity, source="[KV] Lemma D.4"),
+        claim("control.lemma_d4.b_nonzero", "B != 0: the same residual (identity broken)",
+              predicted=config.control_identity_min, measured=min(r["residual_Bnz"] for r in ident), relation=">",
+              control=True, source="[KV] Lemma D.4"),
     ]
     fits = {}
     panels = []
-    for key, label in (("lora", "LoRA, hidden layer (Thm D.5)"), ("id", "IntrinsicDimension (Thm D.2)"),
-                       ("lora_all", "LoRA, all layers")):
+    for key, label, src in (("lora", "LoRA, hidden layer", "[KV] Thm D.5"),
+                            ("id", "IntrinsicDimension", "[KV] Thm D.2"),
+                            ("lora_all", "LoRA, all layers", "[KV] Remark D.6")):
         sel = [r for r in jrows if r["k"] >= config.fit_min_rank]
         fit = fit_exponent([r["k"] for r in sel], [r[f"dev_{key}"] for r in sel], [r["seed"] for r in sel])
         fits[key] = fit.to_json()
         if key != "lora_all":
-            claims.append(Claim.compare(f"{label}: slope of max_ij |K_sub - K| / c vs k", -0.5, fit.slope, "==",
-                                        config.tol_slope, fit.ci))
+            claims.append(claim(f"{key}.deviation.slope", f"{label}: slope of max_ij |K_sub - K| / c vs k",
+                                predicted=-0.5, measured=fit.slope, relation="==", tolerance=config.tol_slope,
+                                ci=fit.ci, source=f"{src}, Lemma D.3"))
         panels.append({"title": label, "xlabel": "rank k", "ylabel": "max |K_sub - K| / c",
                        "series": [("measured", [r["k"] for r in jrows], [r[f"dev_{key}"] for r in jrows]),
                                   ("sqrt(log N / k)", [r["k"] for r in jrows],
@@ -322,53 +287,60 @@ def run(config: Config, store) -> Result:
             for form in ("union", "paper"):
                 worst[f"lora_all_{form}"] = max(worst[f"lora_all_{form}"],
                                                 p_all - min(1.0, jl.jl_tail_bound_layers(n, k, eps, L, form)))
-    for key, label in (("lora", "LoRA hidden layer (Thm D.5)"), ("id", "IntrinsicDimension (Thm D.2)"),
-                       ("lora_all_union", f"LoRA on L={L} layers, union-bound form"),
-                       ("lora_all_paper", f"LoRA on L={L} layers, Remark D.6 form as printed")):
-        claims.append(Claim.compare(f"{label}: max over (eps, k) of P_emp[dev >= eps] - min(1, bound) "
-                                    f"({nonvacuous} of {len(config.ranks) * len(config.epsilons)} pairs non-vacuous)",
-                                    0.0, worst[key], "<=", 0.0))
+    pairs = f"({nonvacuous} of {len(config.ranks) * len(config.epsilons)} pairs non-vacuous)"
+    for key, label, src in (("lora", "LoRA hidden layer", "[KV] Thm D.5"),
+                            ("id", "IntrinsicDimension", "[KV] Thm D.2"),
+                            ("lora_all_union", f"LoRA on L={L} layers, union-bound form", "[KV] Remark D.6"),
+                            ("lora_all_paper", f"LoRA on L={L} layers, Remark D.6 form as printed",
+                             "[KV] Remark D.6")):
+        claims.append(claim(f"{key}.exceedance.bound", f"{label}: max over (eps, k) of P_emp[dev >= eps] - "
+                            f"min(1, bound) {pairs}", predicted=0.0, measured=worst[key], relation="<=", source=src))
     k_rem = rem[0]["k"]
     p_rem = float(np.mean([r["p_remark"] for r in rem]))
-    claims.append(Claim.compare(f"Remark D.6 rank k={k_rem} (eps={config.eps_remark}): P_emp[dev >= eps] vs the "
-                                "bound there", min(1.0, jl.bound_at_remark_rank(n, config.eps_remark)), p_rem, "<=",
-                                0.0))
+    claims.append(claim("remark_d6.rank", f"Remark D.6 rank k={k_rem} (eps={config.eps_remark}): P_emp[dev >= eps] "
+                        "vs the bound there", predicted=min(1.0, jl.bound_at_remark_rank(n, config.eps_remark)),
+                        measured=p_rem, relation="<=", source="[KV] Remark D.6"))
     k_small = min(config.ranks)
     p_small = float(np.mean([r[f"p_lora_{config.eps_remark:g}"] for r in jrows if r["k"] == k_small]))
-    claims.append(Claim.compare(f"k={k_small} < log N={math.log(n):.2f}: P_emp[dev >= {config.eps_remark}] "
-                                "(misses eps)", config.control_min_exceedance, p_small, ">=", 0.0, control=True))
+    claims.append(claim("control.small_rank.misses", f"k={k_small} < log N={math.log(n):.2f}: "
+                        f"P_emp[dev >= {config.eps_remark}] (misses eps)", predicted=config.control_min_exceedance,
+                        measured=p_small, relation=">=", control=True, source="[KV] Lemma D.3"))
     kt = max(config.table_ranks)
     top = [r for r in table if r["k"] == kt]
     mean = lambda key, rs=top: float(np.mean([r[key] for r in rs]))  # noqa: E731
     claims += [
-        Claim.compare(f"Table 11: |acc(SGD FT) - acc(SGD-LoRA FT)| at k={kt}", 0.0,
-                      abs(mean("acc_ft") - mean("acc_lora")), "<=", config.tol_accuracy),
-        Claim.compare(f"Table 11: |acc(K) - acc(K_LoRA)| at k={kt}", 0.0,
-                      abs(mean("acc_K") - mean("acc_K_lora")), "<=", config.tol_accuracy),
-        Claim.compare("Table 11: |acc(SGD FT) - acc(K)| (FT is kernel-like)", 0.0,
-                      abs(mean("acc_ft") - mean("acc_K")), "<=", config.tol_accuracy),
-        Claim.compare(f"LoRA-FT vs FT trajectory gap ||f_LoRA - f_FT|| / ||f_FT - f_PT|| at k={kt}", 0.0,
-                      mean("traj_gap"), "<=", config.max_traj_gap),
+        claim("table11.ft_vs_lora", f"Table 11: |acc(SGD FT) - acc(SGD-LoRA FT)| at k={kt}", predicted=0.0,
+              measured=abs(mean("acc_ft") - mean("acc_lora")), relation="<=", tolerance=config.tol_accuracy,
+              source="[KV] Table 11"),
+        claim("table11.k_vs_klora", f"Table 11: |acc(K) - acc(K_LoRA)| at k={kt}", predicted=0.0,
+              measured=abs(mean("acc_K") - mean("acc_K_lora")), relation="<=", tolerance=config.tol_accuracy,
+              source="[KV] Table 11"),
+        claim("table11.ft_vs_k", "Table 11: |acc(SGD FT) - acc(K)| (FT is kernel-like)", predicted=0.0,
+              measured=abs(mean("acc_ft") - mean("acc_K")), relation="<=", tolerance=config.tol_accuracy,
+              source="[KV] Table 11"),
+        claim("lora_ft.traj_gap", f"LoRA-FT vs FT trajectory gap ||f_LoRA - f_FT|| / ||f_FT - f_PT|| at k={kt}",
+              predicted=0.0, measured=mean("traj_gap"), relation="<=", tolerance=config.max_traj_gap,
+              source="[KV] Thm 7.2"),
     ]
     tfit = fit_exponent([r["k"] for r in table], [r["traj_gap"] for r in table], [r["seed"] for r in table])
     fits["traj_gap"] = tfit.to_json()
     claims += [
-        Claim.compare(f"LoRA-FT vs its kernel analog K_LoRA: ||f_LoRA - f_K_LoRA|| / ||f_LoRA - f_PT|| at k={kt}", 0.0,
-                      mean("lora_vs_klora"), "<=", config.max_kernel_gap),
-        Claim.compare("slope of the LoRA-FT vs FT trajectory gap vs k (kernels differ by ~k^-1/2)", -0.5,
-                      tfit.slope, "<=", config.tol_traj_slope, tfit.ci),
+        claim("lora_ft.kernel_gap", f"LoRA-FT vs its kernel analog K_LoRA: ||f_LoRA - f_K_LoRA|| / ||f_LoRA - f_PT|| "
+              f"at k={kt}", predicted=0.0, measured=mean("lora_vs_klora"), relation="<=",
+              tolerance=config.max_kernel_gap, source="[KV] Thm 7.2"),
+        claim("lora_ft.traj_gap.slope", "slope of the LoRA-FT vs FT trajectory gap vs k (kernels differ by ~k^-1/2)",
+              predicted=-0.5, measured=tfit.slope, relation="<=", tolerance=config.tol_traj_slope, ci=tfit.ci,
+              source="[KV] Thm 7.2, Lemma D.3"),
     ]
     panels.append({"title": "LoRA-FT vs FT trajectory gap", "xlabel": "rank k", "ylabel": "relative gap",
                    "series": [("||f_LoRA - f_FT|| / ||f_FT - f_PT||", [r["k"] for r in table],
                                [r["traj_gap"] for r in table])]})
-    from ntkcheck.checks.plots import loglog_panels
-
     loglog_panels(store.path("jl_subspace.png"), panels, suptitle="JL: subspace FT preserves the kernel",
                   xlabel="rank k")
     store.write_json("fits.json", fits)
-    return Result(check="jl_subspace", config=asdict(config), claims=claims)
+    return claims
 
 
 SPEC = CheckSpec(name="jl_subspace", summary="LoRA and IntrinsicDimension kernels stay within the JL bound of "
                  "the full kernel; deviation ~ k^-1/2 ([KV] Thm D.2, D.5)", config_cls=Config, run=run, order=50,
-                 axes=("seeds",))
+                 version=2)

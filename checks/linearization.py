@@ -35,23 +35,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from ntkcheck.checks import _training as T
+from ntkcheck.checks._common import (DTYPE, Teacher, finetune_kernel_behavior, limit_threads, seed_mean, series,
+                                     sphere_inputs)
+from ntkcheck.checks.config import axis
 from ntkcheck.checks.fit import fit_rows
 from ntkcheck.checks.plots import loglog_panels
 from ntkcheck.checks.registry import CheckSpec
 from ntkcheck.checks.sweep import grid, sweep
-from ntkcheck.models import parametrization as P
+from ntkcheck.models import build, optim, train
 from ntkcheck.models.kernels import empirical_kernel, kernel_distance
-from ntkcheck.result import Claim, Result
+from ntkcheck.result import Claim, claim
+from ntkcheck.seeding import generator
 
 #: variant -> (architecture, parametrization, pretrain?, role)
 VARIANTS = {
     "mlp_ntk": ("mlp", "NTK", True, "claim"),
     "mlp_sp_lr": ("mlp", "SP_LR", True, "claim"),
-    "attn_ntk": ("attn", "NTK", True, "claim"),
-    "attn_sp_lr": ("attn", "SP_LR", True, "claim"),
+    "transformer_ntk": ("transformer", "NTK", True, "claim"),
+    "transformer_sp_lr": ("transformer", "SP_LR", True, "claim"),
     "mlp_mup_scratch": ("mlp", "MUP", False, "control"),
 }
 METRICS = ("e_lin", "drift", "init_fluct", "table6", "movement", "lin_gap")
@@ -59,9 +60,9 @@ METRICS = ("e_lin", "drift", "init_fluct", "table6", "movement", "lin_gap")
 
 @dataclass(frozen=True)
 class Config:
-    widths: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096)   # MLP widths
-    attn_widths: tuple[int, ...] = (32, 64, 128, 256, 512, 1024)       # transformer embedding widths
-    seeds: int = 5
+    widths: tuple[int, ...] = axis("width", (64, 128, 256, 512, 1024, 2048, 4096))   # MLP widths
+    attn_widths: tuple[int, ...] = axis("width", (32, 64, 128, 256, 512, 1024))       # transformer widths
+    seeds: int = axis("seeds", 5)
     d_in: int = 8
     depth: int = 2
     activation: str = "tanh"
@@ -112,75 +113,46 @@ class Config:
 
 def _data(config: Config, seed: int, arch: str):
     """Width-independent tasks of one seed: source (x, y), related target (x, y), test inputs and targets."""
-    g = T.gen(30_000 + seed)
-    seq = config.seq_len if arch == "attn" else None
-    t1, t2 = T.Teacher.draw(config.d_in, g), T.Teacher.draw(config.d_in, g)
+    g = generator(30_000 + seed)
+    seq = config.seq_len if arch == "transformer" else None
+    t1, t2 = Teacher.draw(config.d_in, g), Teacher.draw(config.d_in, g)
 
     def target(x):
         return t1(x) + config.relatedness * t2(x)
 
-    xs = T.sphere_inputs(config.n_train, config.d_in, g, seq)
-    xt = T.sphere_inputs(config.n_train, config.d_in, g, seq)
-    xe = T.sphere_inputs(config.n_test, config.d_in, g, seq)
+    xs = sphere_inputs(config.n_train, config.d_in, g, seq)
+    xt = sphere_inputs(config.n_train, config.d_in, g, seq)
+    xe = sphere_inputs(config.n_test, config.d_in, g, seq)
     return (xs, t1(xs)), (xt, target(xt)), (xe, target(xe))
 
 
 def _build(config: Config, arch: str, pname: str, width: int, seed: int):
-    param = P.get(pname)
+    common = dict(seed=seed, dtype=DTYPE, d_in=config.d_in, activation=config.activation)
     if arch == "mlp":
-        return T.build_mlp(width, param, seed, d_in=config.d_in, depth=config.depth, activation=config.activation)
-    return T.build_transformer(width, param, seed, d_in=config.d_in, n_heads=config.n_heads, attn_logit=1.0,
-                               activation=config.activation)
+        return build("mlp", width, pname, depth=config.depth, **common)
+    return build("transformer", width, pname, n_heads=config.n_heads, attn_logit=1.0, **common)
 
 
 def _lrs(config: Config, model, pname: str, arch: str):
     base = {"NTK": config.lr_ntk, "SP_LR": config.lr_sp, "MUP": config.lr_mup}[pname]
-    if arch == "attn":
+    if arch == "transformer":
         base *= config.lr_attn_scale
     return model.learning_rates("sgd", base)
-
-
-def finetune_metrics(f, p_pt, lrs, x_ft, y_ft, x_test, y_test, x_kernel, steps: int, checkpoints: int) -> dict:
-    """Fine-tune from p_pt by full-batch GD and measure the kernel-behavior quantities ([KV] Def. 3.2).
-
-    e_lin = rms_x |f_FT(x) - f_lin(x)|, f_lin the jvp expansion at p_pt ([ES] eq. 14, 18);
-    drift = max over checkpoints of ||K_PT - K_t||_F / ||K_PT||_F ([ES] eq. 17, 99);
-    table6 = mean_ij |K_FT - K_PT|_ij / |K_PT|_ij ([KV] Table 6);
-    movement = ||theta_FT - theta_PT|| / ||theta_PT|| ([ES] eq. 98);
-    lin_frac = (L_PT - L_lin) / (L_PT - L_FT) on test ([KV] Table 1), lin_gap = |1 - lin_frac|.
-    """
-    K_pt = empirical_kernel(f, p_pt, x_kernel)
-    every = max(1, steps // checkpoints)
-    drifts = []
-
-    def on_step(t, p):
-        if t % every == 0 or t == steps:
-            K = empirical_kernel(f, p, x_kernel)
-            drifts.append(kernel_distance(K_pt, K, reduction="frobenius"))
-
-    p_ft = T.train_gd(f, p_pt, lrs, x_ft, y_ft, steps, on_step)
-    K_ft = empirical_kernel(f, p_ft, x_kernel)
-    f_pt, f_ft = T.output(f, p_pt, x_test), T.output(f, p_ft, x_test)
-    f_lin = T.linearized(f, p_pt, p_ft, x_test)
-    L_pt, L_ft, L_lin = T.mse(f_pt, y_test), T.mse(f_ft, y_test), T.mse(f_lin, y_test)
-    frac = (L_pt - L_lin) / (L_pt - L_ft)
-    delta = {k: p_ft[k] - p_pt[k] for k in p_pt}
-    return {"e_lin": T.rms(f_ft - f_lin), "ft_change": T.rms(f_ft - f_pt), "drift": max(drifts),
-            "table6": kernel_distance(K_pt, K_ft), "movement": (T.sq_norm(delta) / T.sq_norm(p_pt)) ** 0.5,
-            "lin_frac": frac, "lin_gap": abs(1.0 - frac), "loss_pt": L_pt, "loss_ft": L_ft, "loss_lin": L_lin}
 
 
 def compute_point(config: Config, variant: str, width: int, seed: int) -> dict:
     arch, pname, pretrain, _ = VARIANTS[variant]
     (xs, ys), (xt, yt), (xe, ye) = _data(config, seed, arch)
-    model, f, p0 = _build(config, arch, pname, width, seed)
-    lrs = _lrs(config, model, pname, arch)
-    p_pt = T.train_gd(f, p0, lrs, xs, ys, config.pt_steps) if pretrain else p0
-    out = finetune_metrics(f, p_pt, lrs, xt, yt, xe, ye, xe[:config.n_kernel], config.ft_steps, config.checkpoints)
+    model = _build(config, arch, pname, width, seed)
+    f, p0 = model.apply, model.params()
+    opt = optim.sgd(_lrs(config, model, pname, arch))
+    p_pt = train(f, p0, opt, (xs, ys), config.pt_steps) if pretrain else p0
+    out = finetune_kernel_behavior(f, p_pt, opt, xt, yt, xe, ye, xe[:config.n_kernel], config.ft_steps,
+                                   config.checkpoints)
     # a different quantity from the drift: two independent inits' eNTKs differ by O(n^-1/2) (NTK4A-style)
-    _, f2, p2 = _build(config, arch, pname, width, 70_000 + seed)
+    other = _build(config, arch, pname, width, 70_000 + seed)
     xk = xe[:config.n_kernel]
-    out["init_fluct"] = kernel_distance(empirical_kernel(f, p0, xk), empirical_kernel(f2, p2, xk),
+    out["init_fluct"] = kernel_distance(empirical_kernel(f, p0, xk), empirical_kernel(other.apply, other.params(), xk),
                                         reduction="frobenius")
     return out
 
@@ -194,12 +166,12 @@ def _points(config: Config):
     return sorted(pts, key=lambda p: (p["width"], p["seed"]))
 
 
-def run(config: Config, store) -> Result:
-    with T.threads(config.threads):
+def run(config: Config, store) -> list[Claim]:
+    with limit_threads(config.threads):
         return _run(config, store)
 
 
-def _run(config: Config, store) -> Result:
+def _run(config: Config, store) -> list[Claim]:
     rows = sweep(store, _points(config), lambda pt: compute_point(config, pt["variant"], pt["width"], pt["seed"]),
                  desc="linearization")
     store.write_measurements(rows)
@@ -208,30 +180,36 @@ def _run(config: Config, store) -> Result:
         for key in METRICS:
             fits[f"{v}:{key}"] = fit_rows(rows, "width", key, {"variant": v})
         if role == "claim":
-            for key in ("e_lin", "drift"):
+            for key, eq in (("e_lin", "[ES] Lemma 1 eq. 14"), ("drift", "[ES] eq. 17, 99")):
                 fit = fits[f"{v}:{key}"]
-                claims.append(Claim.compare(f"{v}: slope of {key} (bound, [ES] eq. 14/17)", -0.5, fit.slope, "<=",
-                                            config.bound_tol, ci=fit.ci))
-                claims.append(Claim.compare(f"{v}: slope of {key} (sharp finite-width exponent)", -1.0, fit.slope,
-                                            "==", config.sharp_tol, ci=fit.ci))
+                claims.append(claim(f"{v}.{key}.bound", f"{v}: slope of {key} (bound)", predicted=-0.5,
+                                    measured=fit.slope, relation="<=", tolerance=config.bound_tol, ci=fit.ci,
+                                    source=eq))
+                claims.append(claim(f"{v}.{key}.sharp", f"{v}: slope of {key} (sharp finite-width exponent)",
+                                    predicted=-1.0, measured=fit.slope, relation="==", tolerance=config.sharp_tol,
+                                    ci=fit.ci, source="Dyer & Gur-Ari 2019; Huang & Yau 2020"))
             fit = fits[f"{v}:init_fluct"]
-            claims.append(Claim.compare(f"{v}: slope of the eNTK's seed-to-seed fluctuation at init (not the drift)",
-                                        -0.5, fit.slope, "==", config.fluct_tol, ci=fit.ci))
+            claims.append(claim(f"{v}.init_fluct.slope", f"{v}: slope of the eNTK's seed-to-seed fluctuation at init "
+                                "(not the drift)", predicted=-0.5, measured=fit.slope, relation="==",
+                                tolerance=config.fluct_tol, ci=fit.ci, source="CLT over n neurons (NTK4A)"))
             fit = fits[f"{v}:movement"]
-            claims.append(Claim.compare(f"{v}: slope of relative parameter movement ([ES] eq. 98)", -0.5,
-                                        fit.slope, "<=", config.bound_tol, ci=fit.ci))
+            claims.append(claim(f"{v}.movement.bound", f"{v}: slope of relative parameter movement", predicted=-0.5,
+                                measured=fit.slope, relation="<=", tolerance=config.bound_tol, ci=fit.ci,
+                                source="[ES] eq. 98"))
             widths = config.widths if arch == "mlp" else config.attn_widths
-            frac = T.seed_mean(rows, "lin_frac", variant=v)[max(widths)]
-            claims.append(Claim.compare(f"{v}: [KV] Table 1 fraction of FT gain recovered by f_lin at "
-                                        f"n={max(widths)}", config.table1_threshold, frac, ">=", 0.0))
+            frac = seed_mean(rows, "lin_frac", variant=v)[max(widths)]
+            claims.append(claim(f"{v}.table1", f"{v}: [KV] Table 1 fraction of FT gain recovered by f_lin at "
+                                f"n={max(widths)}", predicted=config.table1_threshold, measured=frac, relation=">=",
+                                source="[KV] Table 1"))
         else:
             for key in ("e_lin", "drift"):
                 fit = fits[f"{v}:{key}"]
-                claims.append(Claim.compare(f"control {v}: slope of {key} (feature learning: no decay)", 0.0,
-                                            fit.slope, ">=", config.control_tol, ci=fit.ci, control=True))
+                claims.append(claim(f"control.{v}.{key}.flat", f"control {v}: slope of {key} (feature learning: "
+                                    "no decay)", predicted=0.0, measured=fit.slope, relation=">=",
+                                    tolerance=config.control_tol, ci=fit.ci, control=True, source="[KV] Table 10"))
     store.write_json("fits.json", {k: f.to_json() for k, f in fits.items()})
     _plot(rows, store)
-    return Result("linearization", config={}, claims=claims)
+    return claims
 
 
 def _plot(rows, store) -> None:
@@ -239,11 +217,11 @@ def _plot(rows, store) -> None:
               "table6": "[KV] Table 6 element-wise kernel distance", "movement": "relative parameter movement",
               "lin_gap": "|1 - Table 1 fraction recovered by f_lin|",
               "init_fluct": "eNTK seed-to-seed fluctuation at init (not drift)"}
-    panels = [{"title": titles[k], "series": [(v, *T.series(rows, k, variant=v)) for v in VARIANTS]} for k in METRICS]
+    panels = [{"title": titles[k], "series": [(v, *series(rows, k, variant=v)) for v in VARIANTS]} for k in METRICS]
     loglog_panels(store.path("linearization.png"), panels,
                   suptitle="[ES] Lemma 1 / Thm 5: kernel behavior of fine-tuning vs width (NTK, SP lr/n; muP control)")
 
 
-SPEC = CheckSpec(name="linearization", order=30, config_cls=Config, run=run,
-                 summary="[ES] Lemma 1/Thm 5: e_lin, kernel drift, Table 6 distance fall like n^-1/2 or faster; muP control flat",
-                 axes=("widths", "attn_widths", "seeds"))
+SPEC = CheckSpec(name="linearization", order=30, config_cls=Config, run=run, version=2,
+                 summary="[ES] Lemma 1/Thm 5: e_lin, kernel drift, Table 6 distance fall like n^-1/2 or faster; "
+                 "muP control flat")

@@ -28,14 +28,16 @@ recovers. Predicted: prompt-style chi_max slope < 0 and relative e_lin and
 drift falling with n (kernel behavior improves; the one-step analysis gives
 the rate chi ~ n^-d). Control: head-style does not improve.
 
-[KV] App. C.5 three-layer linear network f = V^T W U xi (muP: U ~ N(0, 1/d),
-W ~ N(0, 1/n), V ~ N(0, 1/n^2) frozen, eta_U = eta n, eta_W = eta): after one
-pretraining step with chi_0 = Theta(1), one step with output derivative chi_1
-changes f by a kernel term -chi_1 K and a second-order term
-eta_U eta_W chi_1^2 ||V||^2 <xi_1, xi> f_0(xi_1) (ntkcheck.theory.natural_task;
-the identity f_1 - f_0 = kernel + second is checked to float64 precision). The
-ratio second / kernel scales like chi_1: with chi_1 = n^-d its slope is -d;
-control: with chi_1 = Theta(1) it is flat.
+[KV] App. C.5 three-layer linear network f = V^T W U xi (the factory's
+"linear3" under muP: U ~ N(0, 1/d), W ~ N(0, 1/n), V ~ N(0, 1/n^2) frozen,
+eta_U = eta n, eta_W = eta on the effective weights): after one pretraining
+step with chi_0 = Theta(1), one step with output derivative chi_1 changes f by
+a kernel term -chi_1 K and a second-order term eta_U eta_W chi_1^2 ||V||^2
+<xi_1, xi> f_0(xi_1) (closed forms in ntkcheck.theory.natural_task). The two
+steps are taken by the training core on the network itself, so the identity
+f_1 - f_0 = kernel + second (checked to float64 precision) compares autograd
+training against the closed form. The ratio second / kernel scales like chi_1:
+with chi_1 = n^-d its slope is -d; control: with chi_1 = Theta(1) it is flat.
 """
 from __future__ import annotations
 
@@ -45,23 +47,25 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ntkcheck.checks import _training as T
+from ntkcheck.checks._common import DTYPE, Teacher, finetune_kernel_behavior, limit_threads, series, sphere_inputs
+from ntkcheck.checks.config import axis
 from ntkcheck.checks.fit import fit_rows
 from ntkcheck.checks.plots import loglog_panels
 from ntkcheck.checks.registry import CheckSpec
 from ntkcheck.checks.sweep import grid, sweep
-from ntkcheck.models import parametrization as P
-from ntkcheck.models.kernels import empirical_kernel, kernel_distance
-from ntkcheck.result import Claim, Result
-from ntkcheck.theory.natural_task import linear3_forward, linear3_step, linear3_step_terms
+from ntkcheck.models import build, optim, train
+from ntkcheck.models.functional import output
+from ntkcheck.result import Claim, claim
+from ntkcheck.seeding import generator, rng
+from ntkcheck.theory.natural_task import linear3_step_terms
 
 STYLES = ("prompt", "head")
 
 
 @dataclass(frozen=True)
 class Config:
-    widths: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096)
-    seeds: int = 5
+    widths: tuple[int, ...] = axis("width", (64, 128, 256, 512, 1024, 2048, 4096))
+    seeds: int = axis("seeds", 5)
     d_in: int = 8
     depth: int = 2
     activation: str = "tanh"
@@ -108,76 +112,69 @@ def _readout_name(config: Config) -> str:
     return f"layers.{config.depth}.weight"
 
 
-def finetune_kernel_metrics(f, p_start, lrs, x, y, x_test, y_test, x_kernel, steps: int, checkpoints: int) -> dict:
-    """Kernel behavior of FT from p_start ([KV] Def. 3.2, Table 1, Table 6), see the module docstring."""
-    K0 = empirical_kernel(f, p_start, x_kernel)
-    every = max(1, steps // checkpoints)
-    drifts = []
-
-    def on_step(t, p):
-        if t % every == 0 or t == steps:
-            drifts.append(kernel_distance(K0, empirical_kernel(f, p, x_kernel), reduction="frobenius"))
-
-    p_ft = T.train_gd(f, p_start, lrs, x, y, steps, on_step)
-    K1 = empirical_kernel(f, p_ft, x_kernel)
-    f0, f1 = T.output(f, p_start, x_test), T.output(f, p_ft, x_test)
-    f_lin = T.linearized(f, p_start, p_ft, x_test)
-    L0, L1, Llin = T.mse(f0, y_test), T.mse(f1, y_test), T.mse(f_lin, y_test)
-    return {"e_lin_rel": float((f1 - f_lin).norm() / (f1 - f0).norm()), "drift": max(drifts),
-            "table6": kernel_distance(K0, K1), "lin_frac": (L0 - Llin) / (L0 - L1),
-            "loss_start": L0, "loss_ft": L1}
+def _mup_mlp(config: Config, width: int, seed: int):
+    return build("mlp", width, "MUP", seed=seed, dtype=DTYPE, d_in=config.d_in, depth=config.depth,
+                 activation=config.activation)
 
 
 def compute_mlp_point(config: Config, width: int, seed: int) -> list[dict]:
-    g = T.gen(40_000 + seed)
-    teacher, g_down = T.Teacher.draw(config.d_in, g), T.Teacher.draw(config.d_in, g)
-    x_pt = T.sphere_inputs(config.n_pretrain, config.d_in, g)
-    x_ds = T.sphere_inputs(config.n_train, config.d_in, g)
-    x_te = T.sphere_inputs(config.n_test, config.d_in, g)
-    model, f, p0 = T.build_mlp(width, P.MUP, seed, d_in=config.d_in, depth=config.depth,
-                               activation=config.activation)
-    lrs = model.learning_rates("sgd", config.lr)
-    p_pt = T.train_gd(f, p0, lrs, x_pt, teacher(x_pt), config.pt_steps)
+    g = generator(40_000 + seed)
+    teacher, g_down = Teacher.draw(config.d_in, g), Teacher.draw(config.d_in, g)
+    x_pt = sphere_inputs(config.n_pretrain, config.d_in, g)
+    x_ds = sphere_inputs(config.n_train, config.d_in, g)
+    x_te = sphere_inputs(config.n_test, config.d_in, g)
+    model = _mup_mlp(config, width, seed)
+    f, p0 = model.apply, model.params()
+    opt = optim.sgd(model.learning_rates("sgd", config.lr))
+    p_pt = train(f, p0, opt, (x_pt, teacher(x_pt)), config.pt_steps)
     # the natural downstream task: y = f_PT(x) + n^-d g(x)
     shift = width ** (-config.natural_d)
-    y_ds = T.output(f, p_pt, x_ds) + shift * g_down(x_ds)
-    y_te = T.output(f, p_pt, x_te) + shift * g_down(x_te)
-    chi_teacher = float((T.output(f, p_pt, x_te) - teacher(x_te)).abs().max())
+    y_ds = output(f, p_pt, x_ds) + shift * g_down(x_ds)
+    y_te = output(f, p_pt, x_te) + shift * g_down(x_te)
+    chi_teacher = float((output(f, p_pt, x_te) - teacher(x_te)).abs().max())
     # head-style: the pretrained body with a fresh muP readout (its own seed)
-    _, _, p_fresh = T.build_mlp(width, P.MUP, 50_000 + seed, d_in=config.d_in, depth=config.depth,
-                                activation=config.activation)
+    p_fresh = _mup_mlp(config, width, 50_000 + seed).params()
     head = _readout_name(config)
     starts = {"prompt": p_pt, "head": dict(p_pt, **{head: p_fresh[head]})}
     rows = []
     for style in STYLES:
         p_start = starts[style]
-        chi_max = float((T.output(f, p_start, x_ds) - y_ds).abs().max())
-        m = finetune_kernel_metrics(f, p_start, lrs, x_ds, y_ds, x_te, y_te, x_te[:config.n_kernel],
-                                    config.ft_steps, config.checkpoints)
-        rows.append(dict(part="mlp", style=style, chi_max=chi_max, chi_teacher=chi_teacher, **m))
+        chi_max = float((output(f, p_start, x_ds) - y_ds).abs().max())
+        m = finetune_kernel_behavior(f, p_start, opt, x_ds, y_ds, x_te, y_te, x_te[:config.n_kernel],
+                                     config.ft_steps, config.checkpoints)
+        rows.append(dict(part="mlp", style=style, chi_max=chi_max, chi_teacher=chi_teacher,
+                         **{k: m[k] for k in ("e_lin_rel", "drift", "table6", "lin_frac")},
+                         loss_start=m["loss_start"], loss_ft=m["loss_ft"]))
     return rows
 
 
 def linear3_point(config: Config, width: int, seed: int, chi1: float) -> dict:
     """[KV] App. C.5 at width n: one pretraining step (chi_0 = Theta(1)), then one step with output derivative chi1.
 
-    Returns the kernel and second-order terms of the second step on a held-out input (closed forms), their
-    ratio, and the relative discrepancy of kernel + second from the actual change f_1 - f_0.
+    Both steps are SGD steps of the training core on the factory's "linear3" network (muP); the kernel
+    and second-order terms of the second step on a held-out input come from the closed forms of
+    ntkcheck.theory.natural_task at the effective weights U = m_1 w_1, W = m_2 w_2, V = m_3 w_3 and
+    rates eta_U, eta_W. Returns both terms, their ratio, and the relative discrepancy of
+    kernel + second from the network's actual change f_2(xi) - f_1(xi).
     """
-    rng = np.random.default_rng(60_000 + seed)
+    r = rng(60_000 + seed)
     d, n = config.d_in, width
-    xi0, xi1, xi = (v / np.linalg.norm(v) * math.sqrt(d) for v in rng.standard_normal((3, d)))
-    # draw the width-dependent init from its own stream so the inputs are the same at every width
-    init = np.random.default_rng([seed, width])
-    U = init.standard_normal((n, d)) / math.sqrt(d)
-    W = init.standard_normal((n, n)) / math.sqrt(n)
-    V = init.standard_normal(n) / n
-    eta_U, eta_W = config.c5_lr * n, config.c5_lr       # muP: eta_U = eta n, eta_W = eta
-    chi0 = linear3_forward(U, W, V, xi0) - 1.0           # pretraining: target 1, chi_0 = Theta(1)
-    U, W = linear3_step(U, W, V, xi0, chi0, eta_U, eta_W)
-    kernel, second = linear3_step_terms(U, W, V, xi, xi1, chi1, eta_U, eta_W)
-    U1, W1 = linear3_step(U, W, V, xi1, chi1, eta_U, eta_W)
-    actual = linear3_forward(U1, W1, V, xi) - linear3_forward(U, W, V, xi)
+    xi0, xi1, xi = (v / np.linalg.norm(v) * math.sqrt(d) for v in r.standard_normal((3, d)))
+    model = build("linear3", n, "MUP", seed=61_000 + seed, dtype=DTYPE, d_in=d)
+    mults = [layer.mult for layer in model.layers]
+    eta_U, eta_W = config.c5_lr * n, config.c5_lr          # muP on the effective weights: eta_U = eta n, eta_W = eta
+    # SGD on w moves the effective weight m w by m^2 eta_w grad: raw rates eta / m^2; V frozen
+    lrs = {"layers.0.weight": eta_U / mults[0] ** 2, "layers.1.weight": eta_W / mults[1] ** 2,
+           "layers.2.weight": 0.0}
+    f, p = model.apply, model.params()
+    x0, x1, x = (torch.as_tensor(v, dtype=DTYPE)[None] for v in (xi0, xi1, xi))
+    one = torch.ones(1, 1, dtype=DTYPE)
+    p = train(f, p, optim.sgd(lrs), (x0, one), 1)           # pretraining: target 1, chi_0 = f(xi_0) - 1
+    # the fine-tuning step on xi_1 with output derivative chi_1: target f_1(xi_1) - chi_1
+    p2 = train(f, p, optim.sgd(lrs), (x1, output(f, p, x1) - chi1), 1)
+    actual = float(output(f, p2, x) - output(f, p, x))
+    U, W, V = (m * p[f"layers.{i}.weight"].numpy() for i, m in enumerate(mults))
+    kernel, second = linear3_step_terms(U, W, V[0], xi, xi1, chi1, eta_U, eta_W)
     return {"c5_kernel": abs(kernel), "c5_second": abs(second), "c5_ratio": abs(second / kernel),
             "c5_identity": abs(actual - (kernel + second)) / abs(actual)}
 
@@ -189,12 +186,12 @@ def compute_point(config: Config, width: int, seed: int) -> list[dict]:
     return rows
 
 
-def run(config: Config, store) -> Result:
-    with T.threads(config.threads):
+def run(config: Config, store) -> list[Claim]:
+    with limit_threads(config.threads):
         return _run(config, store)
 
 
-def _run(config: Config, store) -> Result:
+def _run(config: Config, store) -> list[Claim]:
     rows = sweep(store, grid(width=config.widths, seed=range(config.seeds)),
                  lambda pt: compute_point(config, pt["width"], pt["seed"]), desc="natural_task")
     store.write_measurements(rows)
@@ -206,39 +203,46 @@ def _run(config: Config, store) -> Result:
         fits[f"linear3:{style}:c5_ratio"] = fit_rows(rows, "width", "c5_ratio", {"part": "linear3", "style": style})
     claims = []
     fit = fits["mlp:prompt:chi_max"]
-    claims.append(Claim.compare("prompt-style: slope of chi_max (natural task, Def. 5.3)", 0.0, fit.slope, "<",
-                                config.decay_margin, ci=fit.ci))
+    claims.append(claim("prompt.chi_max.decays", "prompt-style: slope of chi_max (natural task)", predicted=0.0,
+                        measured=fit.slope, relation="<", tolerance=config.decay_margin, ci=fit.ci,
+                        source="[KV] Def. 5.3"))
     for key, what in (("e_lin_rel", "relative linearization error"), ("drift", "kernel drift")):
         fit = fits[f"mlp:prompt:{key}"]
-        claims.append(Claim.compare(f"prompt-style: slope of {what} (kernel behavior improves, Thm C.5)", 0.0,
-                                    fit.slope, "<", config.decay_margin, ci=fit.ci))
-        claims.append(Claim.compare(f"prompt-style: slope of {what} (rate chi_max ~ n^-d of the one-step "
-                                    "expansion, App. C.5)", -config.natural_d, fit.slope, "==", config.rate_tol,
-                                    ci=fit.ci))
+        claims.append(claim(f"prompt.{key}.decays", f"prompt-style: slope of {what} (kernel behavior improves)",
+                            predicted=0.0, measured=fit.slope, relation="<", tolerance=config.decay_margin,
+                            ci=fit.ci, source="[KV] Thm 5.5 / C.5"))
+        claims.append(claim(f"prompt.{key}.rate", f"prompt-style: slope of {what} (rate chi_max ~ n^-d of the "
+                            "one-step expansion)", predicted=-config.natural_d, measured=fit.slope, relation="==",
+                            tolerance=config.rate_tol, ci=fit.ci, source="[KV] App. C.5"))
     fit = fits["mlp:head:chi_max"]
-    claims.append(Claim.compare("control head-style: slope of chi_max (fresh head, chi = Theta(1))", 0.0,
-                                fit.slope, ">=", config.control_tol, ci=fit.ci, control=True))
+    claims.append(claim("control.head.chi_max.flat", "control head-style: slope of chi_max (fresh head, "
+                        "chi = Theta(1))", predicted=0.0, measured=fit.slope, relation=">=",
+                        tolerance=config.control_tol, ci=fit.ci, control=True, source="[KV] Remark 5.4"))
     for key, what in (("e_lin_rel", "relative linearization error"), ("drift", "kernel drift")):
         fit = fits[f"mlp:head:{key}"]
-        claims.append(Claim.compare(f"control head-style: slope of {what} (no improvement)", 0.0, fit.slope, ">=",
-                                    config.control_tol, ci=fit.ci, control=True))
+        claims.append(claim(f"control.head.{key}.flat", f"control head-style: slope of {what} (no improvement)",
+                            predicted=0.0, measured=fit.slope, relation=">=", tolerance=config.control_tol,
+                            ci=fit.ci, control=True, source="[KV] Remark 5.4"))
     fit = fits["linear3:natural:c5_ratio"]
-    claims.append(Claim.compare("C.5 linear net: slope of |second-order / kernel term| with chi_1 = n^-d",
-                                -config.natural_d, fit.slope, "==", config.c5_tol, ci=fit.ci))
+    claims.append(claim("c5.ratio.rate", "C.5 linear net: slope of |second-order / kernel term| with chi_1 = n^-d",
+                        predicted=-config.natural_d, measured=fit.slope, relation="==", tolerance=config.c5_tol,
+                        ci=fit.ci, source="[KV] App. C.5 eq. 10"))
     fit = fits["linear3:pretraining:c5_ratio"]
-    claims.append(Claim.compare("control C.5 linear net: slope of the ratio with chi_1 = Theta(1)", 0.0,
-                                fit.slope, "==", config.c5_tol, ci=fit.ci, control=True))
+    claims.append(claim("control.c5.ratio.flat", "control C.5 linear net: slope of the ratio with chi_1 = Theta(1)",
+                        predicted=0.0, measured=fit.slope, relation="==", tolerance=config.c5_tol, ci=fit.ci,
+                        control=True, source="[KV] App. C.5"))
     worst = max(r["c5_identity"] for r in rows if r["part"] == "linear3")
-    claims.append(Claim.compare("C.5 identity: |f_1 - f_0 - (kernel + second)| / |f_1 - f_0| (max)", 0.0, worst,
-                                "<=", config.c5_identity_tol))
+    claims.append(claim("c5.identity", "C.5 identity: |f_1 - f_0 - (kernel + second)| / |f_1 - f_0| (max)",
+                        predicted=0.0, measured=worst, relation="<=", tolerance=config.c5_identity_tol,
+                        source="[KV] App. C.5 eq. 10"))
     store.write_json("fits.json", {k: f.to_json() for k, f in fits.items()})
     _plot(rows, store)
-    return Result("natural_task", config={}, claims=claims)
+    return claims
 
 
 def _plot(rows, store) -> None:
     def s(key, **where):
-        return T.series(rows, key, **where)
+        return series(rows, key, **where)
 
     panels = [
         {"title": "output derivative chi_max at FT start", "series":
@@ -258,5 +262,5 @@ def _plot(rows, store) -> None:
                   suptitle="[KV] Thm 5.5: prompt-style FT of a natural task is kernel-like; head-style is not")
 
 
-SPEC = CheckSpec(name="natural_task", order=40, config_cls=Config, run=run,
+SPEC = CheckSpec(name="natural_task", order=40, config_cls=Config, run=run, version=2,
                  summary="[KV] Def. 5.3/Thm 5.5/C.5: natural task (chi_max -> 0) makes prompt-style FT kernel-like; fresh head does not")

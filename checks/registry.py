@@ -1,9 +1,9 @@
 """The registry of checks: every module in ntkcheck.checks that defines ``SPEC`` is a check.
 
 A check module holds a docstring stating its claim (paper, equation), a frozen
-``Config`` dataclass (defaults = full mode; ``Config.quick()`` = the reduced
-sweep), and ``run(config, store) -> Result``. Discovery imports modules but
-runs nothing.
+``Config`` dataclass (defaults = full mode, sweep axes marked with
+``checks.config.axis``; ``Config.quick()`` = the reduced sweep), and
+``run(config, store) -> list[Claim]``. Discovery imports modules but runs nothing.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pkgutil
 from dataclasses import dataclass
 from typing import Callable
 
+from ntkcheck.checks.config import axes
 from ntkcheck.errors import UserError
 
 
@@ -20,13 +21,19 @@ class CheckSpec:
     name: str
     summary: str
     config_cls: type
-    run: Callable  # (config, CheckStore) -> Result
+    run: Callable  # (config, ResultStore) -> list[Claim]
     order: int = 100
-    #: config fields that are sweep axes: changing them keeps finished points
-    axes: tuple[str, ...] = ("widths", "seeds")
+    #: bump when the measurement code changes what a point holds: finished points of
+    #: another version are recomputed, never mixed in (it is part of the store's fingerprint)
+    version: int = 1
 
     def default_config(self, quick: bool = False):
         return self.config_cls.quick() if quick else self.config_cls()
+
+    @property
+    def axes(self) -> tuple[str, ...]:
+        """The Config fields that are sweep axes (changing them keeps finished points)."""
+        return axes(self.config_cls)
 
 
 def all_checks() -> dict[str, CheckSpec]:
@@ -34,7 +41,7 @@ def all_checks() -> dict[str, CheckSpec]:
 
     specs: dict[str, CheckSpec] = {}
     for mod in pkgutil.iter_modules(pkg.__path__):
-        if mod.name.startswith("_") or mod.name in ("registry", "sweep", "fit", "plots", "runner"):
+        if mod.name.startswith("_"):
             continue
         module = importlib.import_module(f"ntkcheck.checks.{mod.name}")
         spec = getattr(module, "SPEC", None)

@@ -40,15 +40,17 @@ from dataclasses import dataclass
 
 import torch
 
-from ntkcheck.checks import _training as T
+from ntkcheck.checks._common import DTYPE, Teacher, limit_threads, rel_err, rms, seed_mean, series, sphere_inputs
+from ntkcheck.checks.config import axis
 from ntkcheck.checks.fit import fit_rows
 from ntkcheck.checks.plots import loglog_panels
 from ntkcheck.checks.registry import CheckSpec
 from ntkcheck.checks.sweep import grid, sweep
-from ntkcheck.models import parametrization as P
+from ntkcheck.models import build, optim, train
+from ntkcheck.models.functional import output, pullback, pushforward
 from ntkcheck.models.kernels import empirical_kernel
-from ntkcheck.models.optim import Adam
-from ntkcheck.result import Claim, Result
+from ntkcheck.result import Claim, claim
+from ntkcheck.seeding import generator
 
 #: (name, parametrization, update rule, batch size); the lr scale comes from Config
 VARIANTS = (
@@ -61,12 +63,13 @@ VARIANTS = (
 )
 #: the variants whose kernel prediction error must fall with width
 KERNEL_VARIANTS = ("signgd_b1", "signgd_bs", "epssign_b1", "sgd_b1", "sgd_bs")
+SOURCE = "[KV] Thm 4.3, Thm C.4"
 
 
 @dataclass(frozen=True)
 class Config:
-    widths: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096)
-    seeds: int = 6
+    widths: tuple[int, ...] = axis("width", (64, 128, 256, 512, 1024, 2048, 4096))
+    seeds: int = axis("seeds", 6)
     d_in: int = 8
     depth: int = 2
     activation: str = "tanh"
@@ -116,11 +119,16 @@ class Config:
 
 def _pool(config: Config, seed: int):
     """Width-independent data of one seed: pool inputs, their teacher targets, held-out inputs."""
-    g = T.gen(10_000 + seed)
-    teacher = T.Teacher.draw(config.d_in, g)
-    xp = T.sphere_inputs(config.n_pool, config.d_in, g)
-    xt = T.sphere_inputs(config.n_test, config.d_in, g)
+    g = generator(10_000 + seed)
+    teacher = Teacher.draw(config.d_in, g)
+    xp = sphere_inputs(config.n_pool, config.d_in, g)
+    xt = sphere_inputs(config.n_test, config.d_in, g)
     return xp, teacher(xp), xt
+
+
+def _model(config: Config, pname: str, width: int, seed: int):
+    return build("mlp", width, pname, seed=seed, dtype=DTYPE, d_in=config.d_in, depth=config.depth,
+                 activation=config.activation)
 
 
 def eps_per_tensor(f, params0, x_pool, eps_rel: float) -> dict[str, float]:
@@ -128,10 +136,21 @@ def eps_per_tensor(f, params0, x_pool, eps_rel: float) -> dict[str, float]:
     n = x_pool.shape[0]
     acc = {k: 0.0 for k in params0}
     for i in range(n):
-        g = T.pullback(f, params0, x_pool[i:i + 1], torch.ones(1, 1, dtype=T.DTYPE))
+        g = pullback(f, params0, x_pool[i:i + 1], torch.ones(1, 1, dtype=DTYPE))
         for k in params0:
             acc[k] += float(g[k].pow(2).mean())
     return {k: eps_rel * (v / n) ** 0.5 for k, v in acc.items()}
+
+
+def update_rule(rule: str, lrs, eps=None) -> optim.Optimizer:
+    """The optimizer of an update rule: 'sgd', 'sign' (SignGD) or 'eps_sign' (per-tensor eps)."""
+    if rule == "sgd":
+        return optim.sgd(lrs)
+    if rule == "sign":
+        return optim.signgd(lrs)
+    if rule == "eps_sign":
+        return optim.signgd(lrs, eps=eps)
+    raise ValueError(f"unknown update rule {rule!r}")
 
 
 def predicted_step(f, params0, lrs, rule, x_batch, chi, x_eval, eps=None) -> torch.Tensor:
@@ -141,8 +160,10 @@ def predicted_step(f, params0, lrs, rule, x_batch, chi, x_eval, eps=None) -> tor
     rule 'sign' this is -sign(chi_t) K^(A-SignGD)_eta(x_eval, x_t) ([KV] Thm 4.3); for 'sgd' it is
     -(eta chi_t) K^(SGD)(x_eval, x_t) ([KV] Def. 3.4).
     """
-    g0 = T.pullback(f, params0, x_batch, chi / x_batch.shape[0])
-    return T.pushforward(f, params0, T.direction(g0, lrs, rule, eps), x_eval)
+    g0 = pullback(f, params0, x_batch, chi / x_batch.shape[0])
+    opt = update_rule(rule, lrs, eps)
+    direction, _ = opt.update(g0, opt.init(params0), params0)
+    return pushforward(f, params0, direction, x_eval)
 
 
 def kernel_predictor(K: torch.Tensor, rule: str, B: int):
@@ -176,50 +197,50 @@ def run_trajectory(f, params0, lrs, rule, x_pool, y_pool, x_eval, schedule, pred
     """Train with `rule` over the batch schedule ([steps, B] pool indices).
 
     Returns f_0(x_eval), f_T(x_eval), the actual per-step df and, for each named predictor
-    (idx, chi) -> df, its per-step predictions (chi from the live network at the step).
+    (idx, chi) -> df, its per-step predictions (chi = f(x_t) - y_t from the live network at the step).
     """
-    p = dict(params0)
-    f0 = f_prev = T.output(f, p, x_eval)
-    acts = []
+    f0 = output(f, params0, x_eval)
+    acts, prev = [], [f0]
     preds = {name: [] for name in predictors}
-    for idx in schedule:
-        xb, yb = x_pool[idx], y_pool[idx]
-        chi, g = T.mse_residual_grad(f, p, xb, yb)
-        p = T.add(p, T.direction(g, lrs, rule, eps))
-        f_new = T.output(f, p, x_eval)
-        acts.append(f_new - f_prev)
-        f_prev = f_new
+
+    def on_step(step) -> None:
+        f_new = output(f, step.params, x_eval)
+        acts.append(f_new - prev[0])
+        prev[0] = f_new
+        chi = step.outputs - step.y
         for name, predict in predictors.items():
-            preds[name].append(predict(idx, chi))
-    return f0, f_prev, acts, preds
+            preds[name].append(predict(schedule[step.t - 1], chi))
+
+    train(f, params0, update_rule(rule, lrs, eps), lambda t: (x_pool[schedule[t - 1]], y_pool[schedule[t - 1]]),
+          len(schedule), callback=on_step)
+    return f0, prev[0], acts, preds
 
 
 def trajectory_metrics(f0, fT, acts, preds) -> dict:
     A, Pr = torch.cat(acts), torch.cat(preds)
-    return {"step_err": T.rel_err(A, Pr),
-            "traj_err": T.rel_err(fT - f0, sum(preds)),
-            "df_rms": T.rms(A)}
+    return {"step_err": rel_err(A, Pr),
+            "traj_err": rel_err(fT - f0, sum(preds)),
+            "df_rms": rms(A)}
 
 
 def best_scalar_err(acts, preds) -> float:
     """min_alpha ||A - alpha P|| / ||A|| over all steps: a kernel up to its best rescaling."""
     A, Pr = torch.cat(acts), torch.cat(preds)
     alpha = float((A * Pr).sum() / (Pr * Pr).sum())
-    return T.rel_err(A, alpha * Pr)
+    return rel_err(A, alpha * Pr)
 
 
 def compute_point(config: Config, width: int, seed: int) -> list[dict]:
     xp, yp, xt = _pool(config, seed)
-    sched_g = T.gen(20_000 + seed)
+    sched_g = generator(20_000 + seed)
     rows = []
-    cache = {}
+    models = {}
     for name, pname, rule, B in VARIANTS:
         B = config.batch if B is None else B
-        if pname not in cache:
-            model, f, p0 = T.build_mlp(width, P.get(pname), seed, d_in=config.d_in, depth=config.depth,
-                                       activation=config.activation)
-            cache[pname] = (model, f, p0)
-        model, f, p0 = cache[pname]
+        if pname not in models:
+            models[pname] = _model(config, pname, width, seed)
+        model = models[pname]
+        f, p0 = model.apply, model.params()
         opt = "sgd" if rule == "sgd" else "signgd"
         base = {"sgd": config.lr_sgd, "signgd": config.lr_signgd}[opt] if pname == "NTK" else config.lr_mup
         lrs = model.learning_rates(opt, base)
@@ -239,31 +260,27 @@ def compute_point(config: Config, width: int, seed: int) -> list[dict]:
         if name == "signgd_b1":
             rows.append(dict(variant="sgd_kernel_for_signgd", batch=B,
                              step_err=best_scalar_err(acts, preds["sgd_kernel"]),
-                             traj_err=float("nan"), df_rms=T.rms(torch.cat(acts))))
+                             traj_err=float("nan"), df_rms=rms(torch.cat(acts))))
     # early Adam vs SignGD: full batch over the pool, the same per-tensor rates scaled down
-    model, f, p0 = cache["NTK"]
+    model = models["NTK"]
+    f, p0 = model.apply, model.params()
     lrs = model.learning_rates("signgd", config.lr_signgd * config.adam_lr_factor)
-    adam = Adam(lrs, eps=1e-12)
-    p_sign, p_adam = dict(p0), dict(p0)
-    for _ in range(config.adam_steps):
-        _, g = T.mse_residual_grad(f, p_sign, xp, yp)
-        p_sign = T.add(p_sign, T.direction(g, lrs, "sign"))
-        _, g = T.mse_residual_grad(f, p_adam, xp, yp)
-        p_adam = adam.step(p_adam, g)
-    f0 = T.output(f, p0, xt)
-    f_sign, f_adam = T.output(f, p_sign, xt), T.output(f, p_adam, xt)
+    p_sign = train(f, p0, optim.signgd(lrs), (xp, yp), config.adam_steps)
+    p_adam = train(f, p0, optim.adam(lrs, eps=1e-12), (xp, yp), config.adam_steps)
+    f0 = output(f, p0, xt)
+    f_sign, f_adam = output(f, p_sign, xt), output(f, p_adam, xt)
     rows.append(dict(variant="adam_vs_signgd", batch=config.n_pool,
                      step_err=float((f_adam - f_sign).norm() / (f_sign - f0).norm()),
-                     traj_err=float("nan"), df_rms=T.rms(f_sign - f0)))
+                     traj_err=float("nan"), df_rms=rms(f_sign - f0)))
     return rows
 
 
-def run(config: Config, store) -> Result:
-    with T.threads(config.threads):
+def run(config: Config, store) -> list[Claim]:
+    with limit_threads(config.threads):
         return _run(config, store)
 
 
-def _run(config: Config, store) -> Result:
+def _run(config: Config, store) -> list[Claim]:
     points = grid(width=config.widths, seed=range(config.seeds))
     rows = sweep(store, points, lambda pt: compute_point(config, pt["width"], pt["seed"]), desc="signgd_kernel")
     store.write_measurements(rows)
@@ -274,43 +291,48 @@ def _run(config: Config, store) -> Result:
         for key in ("step_err", "traj_err"):
             fit = fit_rows(rows, "width", key, {"variant": v})
             fits[(v, key)] = fit
-            claims.append(Claim.compare(f"{v}: slope of {key} vs n (kernel analog error vanishes)", 0.0,
-                                        fit.slope, "<", config.decay_margin, ci=fit.ci))
+            claims.append(claim(f"{v}.{key}.decays", f"{v}: slope of {key} vs n (kernel analog error vanishes)",
+                                predicted=0.0, measured=fit.slope, relation="<", tolerance=config.decay_margin,
+                                ci=fit.ci, source=SOURCE))
     fit = fit_rows(rows, "width", "df_rms", {"variant": "signgd_b1"})
-    claims.append(Claim.compare("signgd_b1: slope of rms df per step (lr scaling keeps steps Theta(1))", 0.0,
-                                fit.slope, "==", config.flat_tol, ci=fit.ci))
+    claims.append(claim("signgd_b1.df_rms.flat", "signgd_b1: slope of rms df per step (lr scaling keeps steps "
+                        "Theta(1))", predicted=0.0, measured=fit.slope, relation="==", tolerance=config.flat_tol,
+                        ci=fit.ci, source="[KV] Assumption C.2h, Table 10"))
     for v, what in (("sgd_kernel_for_signgd", "SGD kernel, best scalar, predicting SignGD"),
                     ("mup_signgd_b1", "muP SignGD (feature learning), A-SignGD kernel")):
         fit = fit_rows(rows, "width", "step_err", {"variant": v})
         fits[(v, "step_err")] = fit
-        claims.append(Claim.compare(f"control {what}: slope of step error", 0.0, fit.slope, ">=",
-                                    config.control_slope_tol, ci=fit.ci, control=True))
-        level = T.seed_mean(rows, "step_err", variant=v)[nmax]
-        claims.append(Claim.compare(f"control {what}: step error at n={nmax} stays above floor",
-                                    config.control_floor, level, ">=", 0.0, control=True))
-    adam = T.seed_mean(rows, "step_err", variant="adam_vs_signgd")
-    claims.append(Claim.compare(f"early Adam vs SignGD: relative trajectory gap at n={nmax}", 0.0, adam[nmax], "<=",
-                                config.adam_tol))
+        claims.append(claim(f"control.{v}.step_err.flat", f"control {what}: slope of step error", predicted=0.0,
+                            measured=fit.slope, relation=">=", tolerance=config.control_slope_tol, ci=fit.ci,
+                            control=True, source=SOURCE))
+        level = seed_mean(rows, "step_err", variant=v)[nmax]
+        claims.append(claim(f"control.{v}.step_err.floor", f"control {what}: step error at n={nmax} stays above "
+                            "floor", predicted=config.control_floor, measured=level, relation=">=", control=True,
+                            source=SOURCE))
+    adam = seed_mean(rows, "step_err", variant="adam_vs_signgd")
+    claims.append(claim("adam_vs_signgd.gap", f"early Adam vs SignGD: relative trajectory gap at n={nmax}",
+                        predicted=0.0, measured=adam[nmax], relation="<=", tolerance=config.adam_tol,
+                        source="[KV] Sec. 4"))
     fit = fit_rows(rows, "width", "step_err", {"variant": "adam_vs_signgd"})
     fits[("adam_vs_signgd", "step_err")] = fit
     store.write_json("fits.json", {f"{v}:{k}": f.to_json() for (v, k), f in fits.items()})
     _plot(rows, store)
-    return Result("signgd_kernel", config={}, claims=claims)
+    return claims
 
 
 def _plot(rows, store) -> None:
     panels = [
         {"title": "per-step kernel prediction error", "ylabel": "relative error",
-         "series": [(v, *T.series(rows, "step_err", variant=v)) for v in
+         "series": [(v, *series(rows, "step_err", variant=v)) for v in
                     KERNEL_VARIANTS + ("sgd_kernel_for_signgd", "mup_signgd_b1")]},
         {"title": "whole-trajectory prediction error", "ylabel": "relative error",
-         "series": [(v, *T.series(rows, "traj_err", variant=v)) for v in KERNEL_VARIANTS + ("mup_signgd_b1",)]},
+         "series": [(v, *series(rows, "traj_err", variant=v)) for v in KERNEL_VARIANTS + ("mup_signgd_b1",)]},
         {"title": "rms output change per step; Adam-SignGD gap", "ylabel": "rms df / relative gap",
-         "series": [(v, *T.series(rows, "df_rms", variant=v)) for v in ("signgd_b1", "sgd_b1", "mup_signgd_b1")]
-         + [("Adam vs SignGD gap", *T.series(rows, "step_err", variant="adam_vs_signgd"))]},
+         "series": [(v, *series(rows, "df_rms", variant=v)) for v in ("signgd_b1", "sgd_b1", "mup_signgd_b1")]
+         + [("Adam vs SignGD gap", *series(rows, "step_err", variant="adam_vs_signgd"))]},
     ]
     loglog_panels(store.path("signgd_kernel.png"), panels, suptitle="[KV] Thm 4.3: SignGD kernel analog vs width")
 
 
-SPEC = CheckSpec(name="signgd_kernel", order=20, config_cls=Config, run=run,
+SPEC = CheckSpec(name="signgd_kernel", order=20, config_cls=Config, run=run, version=2,
                  summary="[KV] Thm 4.3/C.4: A-SignGD kernel predicts SignGD steps (and K_SGD SGD) with error -> 0 in n")

@@ -8,7 +8,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
-from ntkcheck.store import CheckStore
+from ntkcheck.store import ResultStore
 
 Row = dict[str, Any]
 
@@ -19,7 +19,7 @@ def grid(**axes: Sequence[Any]) -> list[dict[str, Any]]:
     return [dict(zip(names, values)) for values in itertools.product(*(list(axes[n]) for n in names))]
 
 
-def sweep(store: CheckStore, points: Sequence[Mapping[str, Any]],
+def sweep(store: ResultStore, points: Sequence[Mapping[str, Any]],
           compute: Callable[[dict[str, Any]], Row | list[Row]], desc: str = "") -> list[Row]:
     """Rows of every point: loaded when already finished, else computed, then saved atomically.
 
@@ -30,7 +30,7 @@ def sweep(store: CheckStore, points: Sequence[Mapping[str, Any]],
     rows: list[Row] = []
     cached = {i: store.load_point(p) for i, p in enumerate(points)}
     todo = sum(v is None for v in cached.values())
-    bar = tqdm(total=len(points), initial=len(points) - todo, desc=desc or store.check, unit="pt",
+    bar = tqdm(total=len(points), initial=len(points) - todo, desc=desc or store.name, unit="pt",
                disable=os.environ.get("NTKCHECK_PROGRESS", "1") == "0", file=sys.stderr, leave=False)
     try:
         for i, point in enumerate(points):

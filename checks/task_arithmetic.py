@@ -35,21 +35,27 @@ Control: when both tasks share task 1's subspace, I(n) does not fall with n.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
+import torch
 
-from ntkcheck.checks._es_helpers import single_threaded_blas
+from ntkcheck.checks._common import DTYPE, limit_threads
+from ntkcheck.checks.config import axis
 from ntkcheck.checks.fit import fit_rows
+from ntkcheck.checks.plots import loglog_panels
 from ntkcheck.checks.registry import CheckSpec
 from ntkcheck.checks.sweep import grid, select, sweep
-from ntkcheck.result import Claim, Result
+from ntkcheck.models import build, optim, train
+from ntkcheck.models.functional import output
+from ntkcheck.result import Claim, claim
+from ntkcheck.seeding import generator
 
 
 @dataclass(frozen=True)
 class Config:
-    widths: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096)
-    seeds: int = 6
+    widths: tuple[int, ...] = axis("width", (64, 128, 256, 512, 1024, 2048, 4096))
+    seeds: int = axis("seeds", 6)
     d_in: int = 8
     depth: int = 2
     n_source: int = 64
@@ -77,52 +83,32 @@ class Config:
 
 def _point(cfg: Config, width: int, seed: int) -> list[dict]:
     """Rows for setting 'orthogonal' and 'shared' (task 2 moved onto task 1's subspace); PT and task 1 shared."""
-    import torch
-
-    from ntkcheck.models.mlp import MLP, MLPConfig
-    from ntkcheck.models.parametrization import NTK
-
-    dt = torch.float64
-    gen = torch.Generator().manual_seed(1000 * seed + 7)
-    model = MLP(MLPConfig(d_in=cfg.d_in, d_out=1, depth=cfg.depth, activation="tanh"), width, NTK, gen, dtype=dt)
-    layers = list(model.layers)
-    theta0 = [layer.weight.detach().clone() for layer in layers]
-    lrs = model.learning_rates("sgd", cfg.lr)
-    lr = [lrs[f"layers.{i}.weight"] for i in range(len(layers))]
+    model = build("mlp", width, "NTK", seed=1000 * seed + 7, dtype=DTYPE, d_in=cfg.d_in, depth=cfg.depth,
+                  activation="tanh")
+    f, theta0 = model.apply, model.params()
+    opt = optim.sgd(model.learning_rates("sgd", cfg.lr))
 
     def fwd(ws, X):
-        h = X
-        for i, (layer, w) in enumerate(zip(layers, ws)):
-            h = torch.nn.functional.linear(h, w) * layer.mult
-            if i < len(layers) - 1:
-                h = model.phi(h)
-        return h[:, 0]
+        return output(f, ws, X)[:, 0]
 
-    def train(ws, X, y, steps):
-        ws = [w.clone().requires_grad_(True) for w in ws]
-        for _ in range(steps):
-            loss = 0.5 * ((fwd(ws, X) - y) ** 2).mean()
-            grads = torch.autograd.grad(loss, ws)
-            with torch.no_grad():
-                for w, g, eta in zip(ws, grads, lr):
-                    w -= eta * g
-        return [w.detach() for w in ws]
+    def train_on(ws, X, y, steps):
+        return train(f, ws, opt, (X, y[:, None]), steps)
 
     # data: one generator per (seed, width-independent) so every width sees the same tasks
-    g = torch.Generator().manual_seed(1000 * seed + 11)
+    g = generator(1000 * seed + 11)
     half = cfg.d_in // 2
 
     def inputs(n, sub):
-        x = torch.zeros(n, cfg.d_in, dtype=dt)
+        x = torch.zeros(n, cfg.d_in, dtype=DTYPE)
         lo = 0 if sub == 0 else half
-        x[:, lo:lo + half] = torch.randn(n, half, generator=g, dtype=dt) * math.sqrt(cfg.d_in / half)
+        x[:, lo:lo + half] = torch.randn(n, half, generator=g, dtype=DTYPE) * math.sqrt(cfg.d_in / half)
         return x
 
-    xs = torch.randn(cfg.n_source, cfg.d_in, generator=g, dtype=dt)
-    ws_src = torch.randn(cfg.d_in, generator=g, dtype=dt) / math.sqrt(cfg.d_in)
+    xs = torch.randn(cfg.n_source, cfg.d_in, generator=g, dtype=DTYPE)
+    ws_src = torch.randn(cfg.d_in, generator=g, dtype=DTYPE) / math.sqrt(cfg.d_in)
     ys = torch.sin(2.0 * xs @ ws_src)
     # teacher directions of norm ~ 2 on a task's inputs: sin(x . v) crosses zero a few times
-    teachers = [2.0 * torch.randn(cfg.d_in, generator=g, dtype=dt) / math.sqrt(cfg.d_in) for _ in range(2)]
+    teachers = [2.0 * torch.randn(cfg.d_in, generator=g, dtype=DTYPE) / math.sqrt(cfg.d_in) for _ in range(2)]
 
     def make_task(sub, v):
         xtr, xte = inputs(cfg.n_task, sub), inputs(cfg.n_test, sub)
@@ -133,23 +119,21 @@ def _point(cfg: Config, width: int, seed: int) -> list[dict]:
         return xtr, label(xtr), xte, label(xte)
 
     task1, task2, task2_shared = make_task(0, teachers[0]), make_task(1, teachers[1]), make_task(0, teachers[1])
-    theta_pt = train(theta0, xs, ys, cfg.pretrain_steps)
-    theta1 = train(theta_pt, task1[0], task1[1], cfg.finetune_steps)
+    theta_pt = train_on(theta0, xs, ys, cfg.pretrain_steps)
+    theta1 = train_on(theta_pt, task1[0], task1[1], cfg.finetune_steps)
     out = []
     for setting, t2 in (("orthogonal", task2), ("shared", task2_shared)):
-        out.append(dict(setting=setting, **_measure(fwd, theta_pt, [theta1, train(theta_pt, t2[0], t2[1],
-                                                                                   cfg.finetune_steps)],
-                                                    [task1, t2], cfg.n_test)))
+        theta2 = train_on(theta_pt, t2[0], t2[1], cfg.finetune_steps)
+        out.append(dict(setting=setting, **_measure(fwd, theta_pt, [theta1, theta2], [task1, t2], cfg.n_test)))
     return out
 
 
 def _measure(fwd, theta_pt, thetas, tasks, m) -> dict:
-    import torch
-
-    taus = [[a - b for a, b in zip(th, theta_pt)] for th in thetas]
-    theta_sum = [p + t1 + t2 for p, t1, t2 in zip(theta_pt, *taus)]
-    theta_neg = [p - t1 for p, t1 in zip(theta_pt, taus[0])]
-    flat = [torch.cat([t.reshape(-1) for t in tau]) for tau in taus]
+    """Cor. 1-2 quantities of the task vectors tau_i = theta_i - theta_PT (parameter dicts)."""
+    taus = [{k: th[k] - theta_pt[k] for k in theta_pt} for th in thetas]
+    theta_sum = {k: theta_pt[k] + taus[0][k] + taus[1][k] for k in theta_pt}
+    theta_neg = {k: theta_pt[k] - taus[0][k] for k in theta_pt}
+    flat = [torch.cat([t.reshape(-1) for t in tau.values()]) for tau in taus]
     cos = float(flat[0] @ flat[1] / (flat[0].norm() * flat[1].norm()))
 
     with torch.no_grad():
@@ -173,8 +157,8 @@ def _measure(fwd, theta_pt, thetas, tasks, m) -> dict:
             "tau_norm1": float(flat[0].norm()), "tau_norm2": float(flat[1].norm())}
 
 
-def run(config: Config, store) -> Result:
-    with single_threaded_blas():
+def run(config: Config, store) -> list[Claim]:
+    with limit_threads(1):
         rows = sweep(store, grid(width=config.widths, seed=range(config.seeds)),
                      lambda p: _point(config, p["width"], p["seed"]), desc="task_arithmetic")
     store.write_measurements(rows)
@@ -186,23 +170,27 @@ def run(config: Config, store) -> Result:
     wmax = max(config.widths)
     top = select(orth, width=wmax)
     claims = [
-        Claim.compare("slope of interference rms(f_sum - f_FT_i) on task i vs n (Cor. 2 bound)", -0.5, fi.slope,
-                      "<=", config.tol_bound, fi.ci),
-        Claim.compare("slope of interaction rms(f_sum - f_1 - f_2 + f_PT) vs n (Cor. 2 bound)", -0.5, fa.slope,
-                      "<=", config.tol_bound, fa.ci),
-        Claim.compare("slope of interaction vs n, sharp second-order exponent", -1.0, fa.slope, "==",
-                      config.tol_sharp, fa.ci),
-        Claim.compare(f"mean |cos(tau_1, tau_2)| at n={wmax} (Assumption 5.1)", 0.0,
-                      float(np.mean([r["abs_cos"] for r in top])), "<=", config.cos_max),
-        Claim.compare("min over points of MSE(theta_PT - tau_1) / MSE(f_FT_1) on task 1 (Cor. 1)", 1.0,
-                      min(r["neg_ratio"] for r in orth), ">", 0.0),
-        Claim.compare(f"normalized accuracy of the sum at n={wmax} (Cor. 2)", 1.0,
-                      float(np.mean([r["norm_acc"] for r in top])), ">=", config.tol_norm_acc),
-        Claim.compare("shared subspace: slope of interference vs n (no orthogonality, no decay)", -0.5, fs.slope,
-                      ">", config.control_margin, fs.ci, control=True),
+        claim("interference.bound", "slope of interference rms(f_sum - f_FT_i) on task i vs n (bound)",
+              predicted=-0.5, measured=fi.slope, relation="<=", tolerance=config.tol_bound, ci=fi.ci,
+              source="[ES] Cor. 2"),
+        claim("interaction.bound", "slope of interaction rms(f_sum - f_1 - f_2 + f_PT) vs n (bound)",
+              predicted=-0.5, measured=fa.slope, relation="<=", tolerance=config.tol_bound, ci=fa.ci,
+              source="[ES] Cor. 2"),
+        claim("interaction.sharp", "slope of interaction vs n, sharp second-order exponent", predicted=-1.0,
+              measured=fa.slope, relation="==", tolerance=config.tol_sharp, ci=fa.ci,
+              source="second-order Taylor term, O(1/n)"),
+        claim("cosine.small", f"mean |cos(tau_1, tau_2)| at n={wmax}", predicted=0.0,
+              measured=float(np.mean([r["abs_cos"] for r in top])), relation="<=", tolerance=config.cos_max,
+              source="[ES] Assumption 5.1"),
+        claim("negation.raises_mse", "min over points of MSE(theta_PT - tau_1) / MSE(f_FT_1) on task 1",
+              predicted=1.0, measured=min(r["neg_ratio"] for r in orth), relation=">", source="[ES] Cor. 1"),
+        claim("sum.normalized_accuracy", f"normalized accuracy of the sum at n={wmax}", predicted=1.0,
+              measured=float(np.mean([r["norm_acc"] for r in top])), relation=">=", tolerance=config.tol_norm_acc,
+              source="[ES] Cor. 2"),
+        claim("control.shared.interference", "shared subspace: slope of interference vs n (no orthogonality, "
+              "no decay)", predicted=-0.5, measured=fs.slope, relation=">", tolerance=config.control_margin,
+              ci=fs.ci, control=True, source="[ES] Assumption 5.1"),
     ]
-    from ntkcheck.checks.plots import loglog_panels
-
     loglog_panels(store.path("task_arithmetic.png"), [
         {"title": "orthogonal tasks", "ylabel": "rms / |cos|", "series": [
             ("interference", [r["width"] for r in orth], [r["interference"] for r in orth]),
@@ -218,8 +206,9 @@ def run(config: Config, store) -> Result:
     ], suptitle="task arithmetic in the kernel regime")
     store.write_json("fits.json", {"interference": fi.to_json(), "interaction": fa.to_json(),
                                    "abs_cos": fc.to_json(), "shared_interference": fs.to_json()})
-    return Result(check="task_arithmetic", config=asdict(config), claims=claims)
+    return claims
 
 
 SPEC = CheckSpec(name="task_arithmetic", summary="task vectors of orthogonal tasks add without interference, "
-                 "interference falls like n^-1/2 ([ES] Cor. 1, 2)", config_cls=Config, run=run, order=70)
+                 "interference falls like n^-1/2 ([ES] Cor. 1, 2)", config_cls=Config, run=run, order=70,
+                 version=2)

@@ -14,7 +14,7 @@ built from; nothing here hard-codes an exponent.
 
 Measurement: rms coordinate size of h^l, of dh^l = h^l_t - h^l_0 and of
 df = f_t - f_0 on the training batch after t = 1..steps steps of full-batch SGD
-or Adam, for widths n and seeds, for the MLP and the attention block. The
+or Adam, for widths n and seeds, for the MLP and the transformer block. The
 regression target is shifted by the initial output (y' = y + f_0), so the first
 residual is exactly -y and init noise does not enter the first update. Claims
 are made at step 1, where even the unstable SP has definite exponents
@@ -29,25 +29,26 @@ from dataclasses import dataclass
 
 import torch
 
+from ntkcheck.checks.config import axis
 from ntkcheck.checks.fit import fit_rows
 from ntkcheck.checks.plots import loglog_panels
 from ntkcheck.checks.registry import CheckSpec
 from ntkcheck.checks.sweep import grid, select, sweep
-from ntkcheck.models import parametrization as P
-from ntkcheck.models.attention import Transformer, TransformerConfig
-from ntkcheck.models.functional import functional
-from ntkcheck.models.mlp import MLP, MLPConfig
-from ntkcheck.models.optim import make_optimizer
-from ntkcheck.result import Claim, Result
+from ntkcheck.models import build, optim, train
+from ntkcheck.result import Claim, claim
+from ntkcheck.seeding import generator
+from ntkcheck.theory import parametrization as P
 from ntkcheck.theory.abc import analyze
+
+ARCHS = ("mlp", "transformer")
 
 
 @dataclass(frozen=True)
 class Config:
-    widths: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096)
-    attn_widths: tuple[int, ...] = (64, 128, 256, 512, 1024)
-    seeds: int = 6
-    archs: tuple[str, ...] = ("mlp", "attention")
+    widths: tuple[int, ...] = axis("width", (64, 128, 256, 512, 1024, 2048, 4096))
+    attn_widths: tuple[int, ...] = axis("width", (64, 128, 256, 512, 1024))
+    seeds: int = axis("seeds", 6)
+    archs: tuple[str, ...] = ARCHS
     optimizers: tuple[str, ...] = ("sgd", "adam")
     #: the kernel/feature-learning presets whose predicted slopes are claims; SP is the control
     params: tuple[str, ...] = ("MUP", "NTK", "SP_LR")
@@ -80,6 +81,12 @@ class Config:
             raise ValueError(f"tp_scaling needs seeds >= 2 for a bootstrap CI, got {self.seeds}")
         for p in self.params + (self.control,):
             P.get(p)
+        bad = [a for a in self.archs if a not in ARCHS]
+        if bad:
+            raise ValueError(f"archs: unknown architecture {bad[0]!r}; expected some of {', '.join(ARCHS)}")
+        bad = [o for o in self.optimizers if o not in ("sgd", "adam")]
+        if bad:
+            raise ValueError(f"optimizers: unknown optimizer {bad[0]!r}; expected sgd or adam")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
 
@@ -91,20 +98,16 @@ class Config:
 def _build(config: Config, arch: str, width: int, param, seed: int):
     """(model, x, y). The data come from their own generator, seeded by ``seed`` alone, so every
     width sees the same batch: the slope then measures width, not a fresh draw of data."""
-    data = torch.Generator().manual_seed(1_000_003 * seed + 7)
-    weights = torch.Generator().manual_seed(10_000 * seed + 17)
+    data = generator(1_000_003 * seed + 7)
+    common = dict(seed=10_000 * seed + 17, dtype=torch.float64, d_in=config.d_in, d_out=1,
+                  activation=config.activation)
     if arch == "mlp":
-        model = MLP(MLPConfig(d_in=config.d_in, d_out=1, depth=config.depth, activation=config.activation),
-                    width, param, weights, dtype=torch.float64)
+        model = build("mlp", width, param, depth=config.depth, **common)
         x = torch.randn(config.batch, config.d_in, generator=data, dtype=torch.float64)
-    elif arch == "attention":
-        model = Transformer(TransformerConfig(d_in=config.d_in, d_out=1, depth=config.attn_blocks,
-                                              n_heads=config.n_heads, activation=config.activation,
-                                              layernorm=config.layernorm),
-                            width, param, weights, dtype=torch.float64)
-        x = torch.randn(config.batch, config.seq_len, config.d_in, generator=data, dtype=torch.float64)
     else:
-        raise ValueError(f"unknown arch {arch!r}; expected 'mlp' or 'attention'")
+        model = build("transformer", width, param, depth=config.attn_blocks, n_heads=config.n_heads,
+                      layernorm=config.layernorm, **common)
+        x = torch.randn(config.batch, config.seq_len, config.d_in, generator=data, dtype=torch.float64)
     y = torch.randn(config.batch, 1, generator=data, dtype=torch.float64)
     return model, x, y
 
@@ -114,32 +117,24 @@ def _rms(t: torch.Tensor) -> float:
 
 
 def measure_point(config: Config, arch: str, optimizer: str, param_name: str, width: int, seed: int) -> list[dict]:
-    """Rows {step, layer, rms_h, rms_dh} for t = 0..steps; layer 'out' holds f and df."""
-    param = P.get(param_name)
-    model, x, y = _build(config, arch, width, param, seed)
-    f, params = functional(model)
+    """Rows {step, layer, rms_h, rms_dh} for t = 1..steps; layer 'out' holds f and df."""
+    model, x, y = _build(config, arch, width, P.get(param_name), seed)
     base_lr = config.lr_sgd if optimizer == "sgd" else config.lr_adam
-    opt = make_optimizer(optimizer, model.learning_rates(optimizer, base_lr))
-
-    def feats(p):
-        with torch.no_grad():
-            return torch.func.functional_call(model, p, (x,), {"all_layers": True})
-
-    h0 = feats(params)
-    target = y + h0[-1]  # shift so the first residual is exactly -y
-
-    def loss(p):
-        r = f(p, x) - target
-        return 0.5 * (r * r).sum() / x.shape[0]
-
-    rows = []
+    opt = optim.make(optimizer, model.learning_rates(optimizer, base_lr))
+    params = model.params()
+    with torch.no_grad():
+        h0 = model.apply(params, x, all_layers=True)
     names = [f"h{l + 1}" for l in range(len(h0) - 1)] + ["out"]
-    for t in range(1, config.steps + 1):
-        grads = torch.func.grad(loss)(params)
-        params = opt.step(params, grads)
-        ht = feats(params)
+    rows = []
+
+    def record(step):
+        with torch.no_grad():
+            ht = model.apply(step.params, x, all_layers=True)
         for name, a, b in zip(names, h0, ht):
-            rows.append({"step": t, "layer": name, "rms_h": _rms(b), "rms_dh": _rms(b - a)})
+            rows.append({"step": step.t, "layer": name, "rms_h": _rms(b), "rms_dh": _rms(b - a)})
+
+    # target shifted by the initial output, so the first residual is exactly -y
+    train(model.apply, params, opt, (x, y + h0[-1]), config.steps, callback=record)
     return rows
 
 
@@ -149,7 +144,7 @@ def _predicted(param_name: str, optimizer: str, depth: int) -> tuple[float, floa
     return -float(a.layers[depth - 1].feature_update), -float(a.output_update_step1)
 
 
-def run(config: Config, store) -> Result:
+def run(config: Config, store) -> list[Claim]:
     variants = [(arch, opt, p) for arch in config.archs for opt in config.optimizers
                 for p in config.params + (config.control,)
                 if not (opt != "sgd" and P.get(p) == P.SP_LR)]  # SP_LR is the SGD preset (lr ~ 1/n)
@@ -162,6 +157,7 @@ def run(config: Config, store) -> Result:
     store.write_measurements(rows)
 
     claims, panels = [], []
+    src = "[KV] App. C.3, Table 10"
     for arch, opt, p in variants:
         depth = config.depth if arch == "mlp" else 1 + config.attn_blocks
         last = f"h{depth}"
@@ -171,17 +167,21 @@ def run(config: Config, store) -> Result:
         fit_df = fit_rows(rows, "width", "rms_dh", dict(where, layer="out"))
         control = p == config.control
         tag = f"{arch}/{opt}/{p}"
+        key = f"{arch}.{opt}.{p}"
         # An unstable run's exponents are derived for SGD's first step only (checks.md); under
         # sign updates the preactivations jump by n^+1 and tanh saturates, so for Adam the
         # control claims growth, not an exponent.
         if not control or opt == "sgd":
-            claims.append(Claim.compare(f"{tag}: last-layer dh slope at step 1", dh_pred, fit_dh.slope, "==",
-                                        config.tolerance, fit_dh.ci, control=control))
-            claims.append(Claim.compare(f"{tag}: df slope at step 1", df_pred, fit_df.slope, "==",
-                                        config.tolerance, fit_df.ci, control=control))
+            claims.append(claim(f"{key}.dh_slope", f"{tag}: last-layer dh slope at step 1", predicted=dh_pred,
+                                measured=fit_dh.slope, relation="==", tolerance=config.tolerance, ci=fit_dh.ci,
+                                control=control, source=src))
+            claims.append(claim(f"{key}.df_slope", f"{tag}: df slope at step 1", predicted=df_pred,
+                                measured=fit_df.slope, relation="==", tolerance=config.tolerance, ci=fit_df.ci,
+                                control=control, source=src))
         if control:
-            claims.append(Claim.compare(f"{tag}: last-layer dh grows with width (r < 0)", 0.0, fit_dh.slope, ">",
-                                        config.control_margin, fit_dh.ci, control=True))
+            claims.append(claim(f"{key}.dh_grows", f"{tag}: last-layer dh grows with width (r < 0)", predicted=0.0,
+                                measured=fit_dh.slope, relation=">", tolerance=config.control_margin, ci=fit_dh.ci,
+                                control=True, source=src))
         for step in range(1, config.steps + 1):
             series = []
             for layer in sorted({r["layer"] for r in select(rows, **where)}):
@@ -192,8 +192,8 @@ def run(config: Config, store) -> Result:
                 panels.append({"title": f"{tag} step {step}", "series": series, "ylabel": "rms of update"})
     loglog_panels(store.path("coordinate_check.png"), panels,
                   suptitle="tp_scaling: feature/output update size vs width (one line per layer)")
-    return Result("tp_scaling", {}, claims)
+    return claims
 
 
 SPEC = CheckSpec(name="tp_scaling", summary="abc-parametrization scaling: muP r=0, NTK/SP_LR r=1/2, SP unstable",
-                 config_cls=Config, run=run, order=10)
+                 config_cls=Config, run=run, order=10, version=2)

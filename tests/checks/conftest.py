@@ -1,8 +1,7 @@
 """Each check's --quick run, computed once per session and shared by that check's tests."""
 import pytest
 
-from ntkcheck.checks.registry import get
-from ntkcheck.runner import run_check
+from ntkcheck.checks import run_check
 
 
 @pytest.fixture(scope="session")
@@ -12,8 +11,7 @@ def quick_result(tmp_path_factory):
 
     def run(name: str):
         if name not in cache:
-            spec = get(name)
-            cache[name] = run_check(spec, spec.default_config(quick=True), tmp_path_factory.mktemp(name))
+            cache[name] = run_check(name, out=tmp_path_factory.mktemp(name), quick=True)
         return cache[name]
 
     return run

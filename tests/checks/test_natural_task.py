@@ -25,10 +25,8 @@ def test_quick_verdict_passes_with_controls(result):
 
 
 def test_prompt_improves_and_head_does_not(result):
-    by = {c.name.split(" [")[0]: c for c in result.claims}
-    prompt = by["prompt-style: slope of relative linearization error (kernel behavior improves, Thm C.5)"]
-    head = by["control head-style: slope of relative linearization error (no improvement)"]
-    assert prompt.measured < -0.3 and head.measured > -0.15
+    assert result.claim("prompt.e_lin_rel.decays").measured < -0.3
+    assert result.claim("control.head.e_lin_rel.flat").measured > -0.15
 
 
 # ---------------------------------------------------------------- C.5 closed forms

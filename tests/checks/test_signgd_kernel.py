@@ -4,11 +4,12 @@ import math
 import pytest
 import torch
 
-from ntkcheck.checks import _training as T
 from ntkcheck.checks import signgd_kernel as S
-from ntkcheck.models import parametrization as P
+from ntkcheck.checks._common import sphere_inputs
+from ntkcheck.models import build, optim, train
+from ntkcheck.models.functional import output
 from ntkcheck.models.kernels import empirical_kernel
-from ntkcheck.models.optim import Adam, SignGD
+from ntkcheck.seeding import generator
 
 
 @pytest.fixture(scope="module")
@@ -24,19 +25,18 @@ def test_quick_verdict_passes_with_controls(result):
 
 
 def test_kernel_errors_decay_and_controls_stay_flat(result):
-    by = {c.name.split(" [")[0]: c for c in result.claims}
-    assert by["signgd_b1: slope of step_err vs n (kernel analog error vanishes)"].measured < -0.5
-    assert by["sgd_b1: slope of step_err vs n (kernel analog error vanishes)"].measured < -0.5
-    flat = by["control SGD kernel, best scalar, predicting SignGD: slope of step error"]
-    assert abs(flat.measured) < 0.2
+    assert result.claim("signgd_b1.step_err.decays").measured < -0.5
+    assert result.claim("sgd_b1.step_err.decays").measured < -0.5
+    assert abs(result.claim("control.sgd_kernel_for_signgd.step_err.flat").measured) < 0.2
 
 
 # ---------------------------------------------------------------- closed forms
 
 def _one_hidden_layer(width=32, seed=3):
     """NTK-parametrized f(x) = n^-1/2 v . tanh(W x / sqrt(d)) and its pieces for the closed forms."""
-    model, f, p = T.build_mlp(width, P.NTK, seed, d_in=5, depth=1)
-    x = T.sphere_inputs(6, 5, T.gen(seed + 1))
+    model = build("mlp", width, "NTK", seed=seed, dtype=torch.float64, d_in=5, depth=1)
+    f, p = model.apply, model.params()
+    x = sphere_inputs(6, 5, generator(seed + 1))
     W, v = p["layers.0.weight"], p["layers.1.weight"][0]
     return model, f, p, x, W, v
 
@@ -93,8 +93,8 @@ def test_prediction_is_exact_first_order_of_a_real_step():
     errs = []
     for lr in (1e-3, 1e-4):
         lrs = {k: lr for k in p}
-        chi, g = T.mse_residual_grad(f, p, x[:1], y)
-        actual = T.output(f, T.add(p, T.direction(g, lrs, "sgd")), x) - T.output(f, p, x)
+        chi = output(f, p, x[:1]) - y
+        actual = output(f, train(f, p, optim.sgd(lrs), (x[:1], y), 1), x) - output(f, p, x)
         errs.append(float((actual - S.predicted_step(f, p, lrs, "sgd", x[:1], chi, x)).norm()))
     assert errs[1] < errs[0] / 50   # O(lr^2): a 10x smaller lr gives ~100x smaller error
 
@@ -102,8 +102,8 @@ def test_prediction_is_exact_first_order_of_a_real_step():
 def test_adam_first_step_is_a_signgd_step():
     model, f, p, x, W, v = _one_hidden_layer()
     lrs = model.learning_rates("signgd", 0.1)
-    _, g = T.mse_residual_grad(f, p, x, torch.ones(6, 1, dtype=torch.float64))
-    a, s = Adam(lrs, eps=0.0).step(p, g), SignGD(lrs).step(p, g)
+    data = (x, torch.ones(6, 1, dtype=torch.float64))
+    a, s = train(f, p, optim.adam(lrs, eps=0.0), data, 1), train(f, p, optim.signgd(lrs), data, 1)
     for k in p:
         torch.testing.assert_close(a[k], s[k], rtol=0, atol=1e-15)
 
@@ -119,5 +119,5 @@ def test_batch_prediction_reduces_to_kernel_sum_for_sgd():
 
 
 def test_best_scalar_error_is_zero_for_a_rescaled_prediction():
-    acts = [torch.randn(4, 1, generator=T.gen(i), dtype=torch.float64) for i in range(3)]
+    acts = [torch.randn(4, 1, generator=generator(i), dtype=torch.float64) for i in range(3)]
     assert S.best_scalar_err(acts, [2.5 * a for a in acts]) < 1e-14

@@ -17,10 +17,10 @@ def test_quick_verdict_passes_with_controls(result):
 
 
 def test_sp_control_grows_and_kernel_presets_shrink(result):
-    by_name = {c.name.split(" [")[0]: c for c in result.claims}
-    assert by_name["mlp/sgd/SP: last-layer dh slope at step 1"].measured > 0.3
-    assert by_name["mlp/sgd/NTK: last-layer dh slope at step 1"].measured < -0.35
-    assert abs(by_name["mlp/sgd/MUP: last-layer dh slope at step 1"].measured) < 0.15
+    assert result.claim("mlp.sgd.SP.dh_slope").measured > 0.3
+    assert result.claim("mlp.sgd.NTK.dh_slope").measured < -0.35
+    assert abs(result.claim("mlp.sgd.MUP.dh_slope").measured) < 0.15
+    assert result.claim("transformer.adam.SP.dh_grows").relation == ">"
 
 
 def test_predictions_come_from_theory_not_constants():
