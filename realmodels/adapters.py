@@ -1,8 +1,9 @@
 """Adapters from a transformers model to the engine's functional view (f, params).
 
 f(params, x) -> Tensor[B, C] through torch.func.functional_call; params is a
-dict {name: tensor} of the trainable tensors (a subset of the model's, the
-rest held frozen inside f). The input x is an encoded batch, a LongTensor
+dict {name: tensor} of the module's tensors, and ``select`` names the ones that
+are trained and differentiated (``--params REGEX``; the kernel engine's and the
+training loop's select=), so f never splits or re-merges them. The input x is an encoded batch, a LongTensor
 [B, 3, T]: row 0 token ids, row 1 attention mask, row 2 a one-hot indicator
 of the readout position. Reading out by a one-hot product (h = sum_t s_t h_t)
 rather than by indexing keeps f free of data-dependent indexing, so it works
@@ -166,9 +167,9 @@ class _Readout(nn.Module):
 class LMAdapter:
     """A transformers model seen as f(params, x) -> [B, C] (see the module docstring).
 
-    Attributes: ``params`` the trainable tensors (detached copies), ``frozen``
-    the others, ``module`` the torch module f calls, ``tokenizer``, ``mode``,
-    ``template``, ``label_words``, ``label_ids`` (token ids, one list per label).
+    Attributes: ``params`` every tensor of the module (detached copies), ``select`` the
+    names of the trainable ones, ``module`` the torch module f calls, ``tokenizer``,
+    ``mode``, ``template``, ``label_words``, ``label_ids`` (token ids, one list per label).
     """
 
     module: nn.Module
@@ -178,7 +179,7 @@ class LMAdapter:
     label_words: tuple[str, ...]
     label_ids: list[list[int]]
     params: dict[str, torch.Tensor]
-    frozen: dict[str, torch.Tensor]
+    select: list[str]
     device: torch.device
     max_length: int = 256
     pair: bool = False
@@ -189,30 +190,20 @@ class LMAdapter:
         return len(self.label_ids) if self.label_ids else int(self.info.get("num_outputs", 0))
 
     def f(self, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        """f(params, x) -> [B, C]: the model with the trainable tensors replaced by ``params``.
+        """f(params, x) -> [B, C]: the model with its tensors replaced by ``params`` (a tensor missing from
+        params keeps the module's own value). Give every tensor in one dtype: a float64 kernel casts them all."""
+        return functional_call(self.module, params, (x,), strict=False)
 
-        The frozen tensors follow the dtype and device of ``params`` (so a float64 kernel
-        computation runs the whole model in float64).
-        """
-        merged = dict(self._frozen_like(params))
-        merged.update(params)
-        return functional_call(self.module, merged, (x,), strict=False)
+    @property
+    def trainable(self) -> dict[str, torch.Tensor]:
+        """{name: tensor} of the selected (trainable) tensors."""
+        return {k: self.params[k] for k in self.select}
 
-    def _frozen_like(self, params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if not self.frozen or not params:
-            return self.frozen
-        ref = next(iter(params.values()))
-        dt, dev = ref.dtype, ref.device
-        probe = next(iter(self.frozen.values()))
-        if probe.dtype == dt and probe.device == dev:
-            return self.frozen
-        key = (dt, dev)
-        cache = self.info.setdefault("_frozen_cast", {})
-        if key not in cache:
-            cache.clear()  # keep at most one extra copy
-            cache[key] = {k: v.to(device=dev, dtype=dt if v.is_floating_point() else v.dtype)
-                          for k, v in self.frozen.items()}
-        return cache[key]
+    def merged(self, theta: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Every tensor, with the ones in ``theta`` (e.g. fine-tuned trainable tensors) replaced."""
+        out = dict(self.params)
+        out.update(theta)
+        return out
 
     def features(self, x: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
         """h_r(x): the backbone's hidden state at the readout position, [B, n] (no grad)."""
@@ -238,7 +229,7 @@ class LMAdapter:
     def outputs(self, x: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None,
                 batch_size: int = 16) -> torch.Tensor:
         """f(params, x) for a large x in batches, no grad, [N, C] on the CPU (params default: pretrained)."""
-        p = self.params if params is None else params
+        p = self.params if params is None else self.merged(params)
         with torch.no_grad():
             return torch.cat([self.f(p, x[i:i + batch_size].to(self.device)).cpu()
                               for i in range(0, x.shape[0], batch_size)])
@@ -449,18 +440,13 @@ def make_adapter(model: nn.Module, tokenizer, mode: str, *, task: Task | None = 
         ids, words = [], tuple(words)
     module.eval()
     all_params = {k: v.detach().clone() for k, v in module.named_parameters()}
-    # The pooler runs (BertModel computes it) but never reaches f: frozen, so it adds no zero columns.
-    chosen = set(select_params({k: v for k, v in all_params.items() if ".pooler." not in k}, params))
-    adapter = LMAdapter(module, tokenizer, mode, template or "", words, ids,
-                        {k: v for k, v in all_params.items() if k in chosen},
-                        {k: v for k, v in all_params.items() if k not in chosen},
+    # The pooler runs (BertModel computes it) but never reaches f: never selected, so it adds no zero columns.
+    chosen = select_params({k: v for k, v in all_params.items() if ".pooler." not in k}, params)
+    adapter = LMAdapter(module, tokenizer, mode, template or "", words, ids, all_params, chosen,
                         device, max_length, pair, info)
     if mode == "head" and probe_data is not None:
         x, y = probe_data
         W, b = linear_probe(adapter.features(x), y, C)
-        for store in (adapter.params, adapter.frozen):
-            if "head.weight" in store:
-                store["head.weight"] = W.to(device)
-            if "head.bias" in store:
-                store["head.bias"] = b.to(device)
+        adapter.params["head.weight"] = W.to(device)
+        adapter.params["head.bias"] = b.to(device)
     return adapter

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from ntkcheck.errors import UserError
 from ntkcheck.realmodels.data import SEEDS, Example, Split, k_shot_split, load_task
 from ntkcheck.realmodels.tasks import Task, custom_task, get_task
-from ntkcheck.store import CheckStore, atomic_write_bytes, fingerprint
+from ntkcheck.store import ResultStore, atomic_write_bytes, fingerprint
 
 KINDS = ("sgd", "signgd", "asym_signgd")
 
@@ -91,6 +91,11 @@ def model_slug(path: str) -> str:
     return "".join(c if c.isalnum() or c in "-._" else "_" for c in name)[:60]
 
 
+def result_name(command: str, task: str, cfg: "LMConfig") -> str:
+    """The result folder name of an LM measurement: <command>_<task>_k<k>_<model folder name>."""
+    return f"{command}_{task}_k{cfg.k}_{model_slug(cfg.model)}"
+
+
 def _dtype(name: str) -> torch.dtype:
     table = {"float64": torch.float64, "float32": torch.float32}
     if name not in table:
@@ -110,8 +115,9 @@ class Session:
     n_cols: int  # the first n_cols rows are the columns U
     index: dict[int, dict[str, list[int]]]  # seed -> {"train": [...], "dev": [...], "test": [...]} row ids
     x_rows: torch.Tensor  # encoded rows [R, 3, T]
-    store: CheckStore
+    store: ResultStore
     meta: dict = field(default_factory=dict)
+    kernel_fns: dict = field(default_factory=dict)
 
     @property
     def labels(self) -> torch.Tensor:
@@ -129,10 +135,21 @@ class Session:
             _save_tensor(path, got)
         return got
 
+    def kernel_fn(self, kind: str):
+        """The configured kernel function of ``kind`` at the pretrained parameters: the one place where
+        the config's kernel settings (method, dtype, device, memory budget, --params) meet the engine.
+        Planned once per session and kind; call it with params= for other parameters."""
+        from ntkcheck.models.kernels import make_kernel_fn
+
+        if kind not in self.kernel_fns:
+            cfg, ad = self.config, self.adapter
+            self.kernel_fns[kind] = make_kernel_fn(ad.f, ad.params, kind=kind, select=ad.select, method=cfg.method,
+                                                   dtype=_dtype(cfg.kernel_dtype), device=ad.device,
+                                                   memory_budget=int(cfg.memory_budget_gb * 2**30))
+        return self.kernel_fns[kind]
+
     def kernel(self, kind: str, *, progress: bool = True) -> torch.Tensor:
         """K_rows of ``kind``, [R, C, U, C] float64 on the CPU, computed block by block and cached."""
-        from ntkcheck.models.kernels import empirical_kernel
-
         if kind not in KINDS:
             raise UserError(f"--kinds {kind!r}: expected one of {', '.join(KINDS)}")
         cfg = self.config
@@ -141,7 +158,6 @@ class Session:
         kdir = self.kernel_dir()
         blocks: list[torch.Tensor | None] = [_load_tensor(kdir / f"{kind}_{s}.pt") for s in starts]
         todo = sum(b is None for b in blocks)
-        ad = self.adapter
         xc = self.x_rows[:U]
         bar = tqdm(total=len(starts), initial=len(starts) - todo, desc=f"kernel {kind} ({R}x{U} examples)",
                    unit="block", file=sys.stderr, leave=False,
@@ -151,10 +167,7 @@ class Session:
                 if blocks[i] is not None:
                     continue
                 t0 = time.perf_counter()
-                K = empirical_kernel(ad.f, ad.params, self.x_rows[s:s + B], xc, kind=kind, method=cfg.method,
-                                     dtype=_dtype(cfg.kernel_dtype), device=ad.device,
-                                     memory_budget=int(cfg.memory_budget_gb * 2**30))
-                K = K.detach().double().cpu()
+                K = self.kernel_fn(kind)(self.x_rows[s:s + B], xc).detach().double().cpu()
                 _save_tensor(kdir / f"{kind}_{s}.pt", K)
                 blocks[i] = K
                 self.meta.setdefault("kernel_seconds", {}).setdefault(kind, 0.0)
@@ -206,7 +219,7 @@ def open_session(cfg: LMConfig, check: str, *, model_bundle=None, adapter=None) 
     """Load model, task, data and the k-shot splits of ``cfg``; rows/columns indexed for the kernel cache.
 
     ``model_bundle`` = (model, tokenizer, mode) reuses a loaded model; ``adapter`` a built adapter.
-    The run store folder is DIR/<check>/<task>_k<k>_<model folder name>, so models do not overwrite each other.
+    The result folder is DIR/<check>_<task>_k<k>_<model folder name>, so models do not overwrite each other.
     """
     from ntkcheck.realmodels.adapters import load_pretrained, make_adapter, resolve_device
 
@@ -252,9 +265,9 @@ def open_session(cfg: LMConfig, check: str, *, model_bundle=None, adapter=None) 
     for sp in splits:
         index[sp.seed]["test"] = test_ids
     x_rows = adapter.encode(rows)
-    store = CheckStore(Path(cfg.out) / check, f"{task.name}_k{cfg.k}_{model_slug(cfg.model)}")
+    store = ResultStore(Path(cfg.out), result_name(check, task.name, cfg))
     return Session(cfg, task, adapter, splits, rows, n_cols, index, x_rows, store,
-                   meta={"mode": adapter.mode, "params": sum(v.numel() for v in adapter.params.values()),
+                   meta={"mode": adapter.mode, "params": sum(v.numel() for v in adapter.trainable.values()),
                          "label_words": list(adapter.label_words), "template": adapter.template})
 
 

@@ -4,7 +4,8 @@
 Adam, no weight decay, learning rate decayed linearly to 0 with no warmup,
 T = 32 k C steps with a dev evaluation every 4 k C steps; the checkpoint with
 the best dev metric is kept, and (lr, batch size) is chosen on dev per split.
-Updates are functional (ntkcheck.models.optim over the adapter's params dict):
+Training is ntkcheck.models.train with a pure optimizer whose rate follows
+``optim.linear_decay(T)``:
 
     eta_t = eta (1 - t / T),   theta_{t+1} = theta_t - eta_t * step(grad L_B(theta_t))
 
@@ -20,11 +21,12 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
-from torch.func import grad
 
 from ntkcheck.errors import UserError
-from ntkcheck.models.optim import make_optimizer
+from ntkcheck.models import optim
+from ntkcheck.models.training import train as train_loop
 from ntkcheck.realmodels.metrics import score
+from ntkcheck.seeding import generator
 
 DEFAULT_LRS = {"sgd": (1e-4, 5e-4, 1e-3, 5e-3, 1e-2), "adam": (1e-5, 2e-5, 5e-5)}  # [KV] Table 4
 DEFAULT_BATCH_SIZES = (2, 4, 8)
@@ -55,7 +57,8 @@ def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def train(adapter, x_train: torch.Tensor, y_train: torch.Tensor, x_dev: torch.Tensor, y_dev: torch.Tensor, *,
           optimizer: str, lr: float, batch_size: int, steps: int, eval_every: int, seed: int, metric: str = "acc",
           params0: Mapping[str, torch.Tensor] | None = None, progress=None) -> tuple[dict, dict]:
-    """Fine-tune adapter.params from ``params0`` (default: pretrained); returns (best params, log).
+    """Fine-tune the selected tensors (adapter.select) from ``params0`` (default: pretrained); returns
+    (best trainable tensors, log).
 
     Minibatches: a seeded permutation per epoch (torch.Generator(seed)). The
     log holds the best dev metric, its step, and the final train loss.
@@ -65,35 +68,36 @@ def train(adapter, x_train: torch.Tensor, y_train: torch.Tensor, x_dev: torch.Te
     if steps <= 0 or batch_size <= 0:
         raise UserError(f"fine-tuning needs positive steps and batch size (got {steps}, {batch_size})")
     dev = adapter.device
-    p = {k: v.detach().clone().to(dev) for k, v in (params0 or adapter.params).items()}
-    opt = make_optimizer(optimizer, {k: lr for k in p})
-    g = torch.Generator().manual_seed(seed)
+    p = {k: v.detach().to(dev) for k, v in adapter.merged(params0 or {}).items()}
+    keep = adapter.select
+    opt = optim.make(optimizer, lr, schedule=optim.linear_decay(steps))  # linear decay to 0, no warmup
+    g = generator(seed)
     y_train = y_train.to(dev)
     n = x_train.shape[0]
-
-    def loss_fn(params, xb, yb):
-        return cross_entropy(adapter.f(params, xb), yb)
-
-    grad_fn = grad(loss_fn)
-    best, best_step, best_params = -math.inf, 0, {k: v.clone() for k, v in p.items()}
     order: list[int] = []
-    last_loss = float("nan")
-    for t in range(steps):
+
+    def batch(t: int):
+        nonlocal order
         if len(order) < batch_size:
             order += torch.randperm(n, generator=g).tolist()
         idx, order = order[:batch_size], order[batch_size:]
-        xb, yb = x_train[idx].to(dev), y_train[idx]
-        grads = grad_fn(p, xb, yb)
-        opt.lrs = {k: lr * (1.0 - t / steps) for k in p}  # linear decay to 0, no warmup
-        p = {k: v.detach() for k, v in opt.step(p, grads).items()}
-        if (t + 1) % eval_every == 0 or t + 1 == steps:
+        return x_train[idx].to(dev), y_train[idx]
+
+    best, best_step, best_params = -math.inf, 0, {k: p[k].clone() for k in keep}
+    last_loss = float("nan")
+
+    def on_step(step) -> None:
+        nonlocal best, best_step, best_params, last_loss
+        if step.t % eval_every == 0 or step.t == steps:
             with torch.no_grad():
-                last_loss = float(loss_fn(p, xb, yb))
-            m = evaluate(adapter, p, x_dev, y_dev, metric)
+                last_loss = float(cross_entropy(adapter.f(step.params, step.x), step.y))
+            m = evaluate(adapter, step.params, x_dev, y_dev, metric)
             if m > best:
-                best, best_step, best_params = m, t + 1, {k: v.clone() for k, v in p.items()}
+                best, best_step, best_params = m, step.t, {k: step.params[k].clone() for k in keep}
         if progress is not None:
             progress(1)
+
+    train_loop(adapter.f, p, opt, batch, steps, loss=cross_entropy, select=keep, callback=on_step)
     return best_params, {"dev": best, "best_step": best_step, "final_batch_loss": last_loss}
 
 

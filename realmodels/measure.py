@@ -1,8 +1,11 @@
 """The LM measurements behind `ntkcheck lm ...`, as a Python API writing to the run store.
 
-Every function takes an LMConfig (plus its own options), writes under
-DIR/<command>/<task>_k<k>/ (result.json, measurements.csv, table.md, plots)
-atomically, resumes from finished points, and returns its result dict.
+Every function takes an LMConfig (plus its own options), writes
+DIR/<command>_<task>_k<k>_<model>/ (result.json in the one result contract of
+ntkcheck.result, kind "lm"; measurements.csv; table.md; details.json; plots)
+atomically, resumes from finished points, and returns its result dict (with the
+Result under "result"). Numbers the papers make no claim about are plain
+measurements (predicted null), each with its CI over seeds where there are seeds.
 
 - kernel_cmd:   K(train, train), K(dev, train), K(test, train) of each kind (cached, see experiment.py)
 - solve_cmd:    kernel regression chosen on dev + zero-shot, [KV] Table 2 layout
@@ -14,9 +17,7 @@ atomically, resumes from finished points, and returns its result dict.
 """
 from __future__ import annotations
 
-import json
 import math
-import platform
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -26,23 +27,43 @@ import numpy as np
 import torch
 
 from ntkcheck.errors import UserError
-from ntkcheck.realmodels.experiment import KINDS, LMConfig, Session, _load_tensor, _save_tensor, iter_sessions, \
-    load_bundle
-from ntkcheck.realmodels.metrics import TASK_LABELS, mean_std, score, table2
+from ntkcheck.provenance import now_iso, provenance
+from ntkcheck.realmodels.experiment import (KINDS, LMConfig, Session, _load_tensor, _save_tensor, iter_sessions,
+                                            load_bundle, model_slug)
+from ntkcheck.realmodels.metrics import METHOD_LABELS, TASK_LABELS, mean_ci, mean_std, score, table2
+from ntkcheck.result import Claim, Result, measurement
+from ntkcheck.store import ResultStore, atomic_write_text
+
+#: version of the LM measurements' result contract (part of every result.json)
+VERSION = 2
 
 
-def _provenance(t0: float, cfg: LMConfig) -> dict:
-    import ntkcheck
+class _Clock:
+    """Wall time and start of one command, for its provenance."""
 
-    try:
-        import transformers
+    def __init__(self):
+        self.t0, self.started = time.perf_counter(), now_iso()
 
-        tv = transformers.__version__
-    except ImportError:  # pragma: no cover - the lm commands need transformers
-        tv = None
-    return {"ntkcheck": getattr(ntkcheck, "__version__", "?"), "torch": torch.__version__, "transformers": tv,
-            "seconds": round(time.perf_counter() - t0, 2), "device": cfg.device, "host": platform.node(),
-            "threads": torch.get_num_threads()}
+    def provenance(self, cfg: LMConfig) -> dict:
+        return provenance(time.perf_counter() - self.t0, device=cfg.device, started=self.started)
+
+
+def _seed_measurement(id: str, name: str, values: Sequence[float], source: str = "") -> Claim:
+    """A measurement whose value is the mean over seeds, with its t-interval as the CI."""
+    m, ci = mean_ci(values)
+    return measurement(id, f"{name} (mean over {len(values)} seed{'s' * (len(values) != 1)})", m, ci=ci,
+                       source=source)
+
+
+def write_lm_result(store: ResultStore, claims: list[Claim], cfg: LMConfig, clock: _Clock,
+                    details: dict | None = None) -> Result:
+    """result.json (kind "lm") of one LM measurement, and details.json with what the table alone holds."""
+    result = Result(store.name, claims, kind="lm", config=asdict(cfg), provenance=clock.provenance(cfg),
+                    version=VERSION)
+    store.write_result(result)
+    if details is not None:
+        store.write_json("details.json", details)
+    return result
 
 
 def _summaries(rows: Sequence[dict], key: str = "test") -> dict:
@@ -54,26 +75,32 @@ def _summaries(rows: Sequence[dict], key: str = "test") -> dict:
 
 # ------------------------------------------------------------------ kernel
 def kernel_cmd(cfg: LMConfig) -> dict:
-    """Compute (or load) every kind's kernel for the config; writes a summary with shapes, timings and norms."""
-    t0 = time.perf_counter()
+    """Compute (or load) every kind's kernel for the config; measurements: shapes, timings and norms."""
+    clock = _Clock()
     out = {}
     for sess in iter_sessions(cfg, "lm_kernel"):
         f0 = sess.f0()
+        claims = []
         for kind in cfg.kinds:
             K = sess.kernel(kind)
             tr = sess.block(K, sess.splits[0].seed, "train")
             n, C = tr.shape[:2]
             M = tr.reshape(n * C, n * C)
-            out.setdefault(kind, []).append({
-                "seed_group": [sp.seed for sp in sess.splits], "shape": list(K.shape),
-                "train_op_norm": float(torch.linalg.matrix_norm(M, 2)),
-                "train_asymmetry": float((M - M.T).norm() / M.norm().clamp_min(1e-300)),
-                "seconds": sess.meta.get("kernel_seconds", {}).get(kind, 0.0)})
-        sess.store.write_json("result.json", {"command": "lm kernel", "config": asdict(cfg), "kernels": out,
-                                              "rows": len(sess.rows), "columns": sess.n_cols,
-                                              "f0_shape": list(f0.shape), "meta": sess.meta,
-                                              "kernel_dir": str(sess.kernel_dir()),
-                                              "provenance": _provenance(t0, cfg)})
+            item = {"seed_group": [sp.seed for sp in sess.splits], "shape": list(K.shape),
+                    "train_op_norm": float(torch.linalg.matrix_norm(M, 2)),
+                    "train_asymmetry": float((M - M.T).norm() / M.norm().clamp_min(1e-300)),
+                    "seconds": sess.meta.get("kernel_seconds", {}).get(kind, 0.0)}
+            out.setdefault(kind, []).append(item)
+            seed = sess.splits[0].seed
+            claims += [measurement(f"{kind}.train_op_norm", f"{kind}: ||K(train, train)||_op, seed {seed}",
+                                   item["train_op_norm"]),
+                       measurement(f"{kind}.train_asymmetry", f"{kind}: ||K - K^T|| / ||K|| on train, seed {seed}",
+                                   item["train_asymmetry"]),
+                       measurement(f"{kind}.seconds", f"{kind}: seconds to compute the {K.shape[0]} x "
+                                   f"{K.shape[2]} kernel", item["seconds"])]
+        write_lm_result(sess.store, claims, cfg, clock,
+                        {"kernels": out, "rows": len(sess.rows), "columns": sess.n_cols, "f0_shape": list(f0.shape),
+                         "meta": sess.meta, "kernel_dir": str(sess.kernel_dir())})
         _plot_kernel(sess, cfg.kinds)
     return out
 
@@ -108,23 +135,22 @@ def solve_cmd(cfg: LMConfig, grid_override: dict | None = None, loss: str = "log
     """
     from ntkcheck.realmodels.solve import solve_session
 
-    t0 = time.perf_counter()
+    clock = _Clock()
     rows, store, meta = [], None, {}
     for sess in iter_sessions(cfg, "lm_solve"):
         rows += solve_session(sess, cfg.kinds, grid_override, loss=loss)
         store, meta = sess.store, sess.meta
     task = _task_name(cfg)
     summary = _summaries(rows)
-    res = {(cfg.k, m): {task: s["per_seed"]} for m, s in summary.items()}
-    table = table2(res)
+    table = table2({(cfg.k, m): {task: s["per_seed"]} for m, s in summary.items()})
     store.write_measurements(rows)
-    store.write_json("result.json", {"command": "lm solve", "config": asdict(cfg), "loss": loss, "summary": summary,
-                                     "meta": meta, "provenance": _provenance(t0, cfg)})
-    from ntkcheck.store import atomic_write_text
-
+    claims = [_seed_measurement(f"{task}.{m}.test", f"{TASK_LABELS.get(task, task)} {METHOD_LABELS.get(m, m)} "
+                                f"test metric (%)", s["per_seed"], source="[KV] Table 2")
+              for m, s in summary.items()]
+    result = write_lm_result(store, claims, cfg, clock, {"loss": loss, "summary": summary, "meta": meta})
     atomic_write_text(store.path("table.md"), table + "\n")
     _plot_bars(store.path("accuracy.png"), summary, f"{TASK_LABELS.get(task, task)}, k={cfg.k}")
-    return {"summary": summary, "table": table, "rows": rows, "dir": str(store.dir)}
+    return {"summary": summary, "table": table, "rows": rows, "dir": str(store.dir), "result": result}
 
 
 def _task_name(cfg: LMConfig) -> str:
@@ -159,21 +185,23 @@ def _plot_bars(path: Path, summary: dict, title: str) -> None:
 def finetune_cmd(cfg: LMConfig, ft) -> dict:
     """Prompt-based fine-tuning grid; per optimizer the dev-selected test metric, mean (std) over seeds."""
     from ntkcheck.realmodels.finetune import run_finetune
-    from ntkcheck.store import atomic_write_text
 
-    t0 = time.perf_counter()
+    clock = _Clock()
     best, store = {}, None
     for sess in iter_sessions(cfg, "lm_finetune"):
         best.update(run_finetune(sess, ft))
         store = sess.store
     rows = [dict(v, method=f"ft_{o}") for (o, s), v in sorted(best.items())]
     summary = _summaries(rows)
-    table = table2({(cfg.k, m): {_task_name(cfg): s["per_seed"]} for m, s in summary.items()})
+    task = _task_name(cfg)
+    table = table2({(cfg.k, m): {task: s["per_seed"]} for m, s in summary.items()})
     store.write_measurements(rows, "best.csv")
-    store.write_json("result.json", {"command": "lm finetune", "config": asdict(cfg), "finetune": asdict(ft),
-                                     "summary": summary, "best": rows, "provenance": _provenance(t0, cfg)})
+    claims = [_seed_measurement(f"{task}.{m}.test", f"{TASK_LABELS.get(task, task)} {METHOD_LABELS.get(m, m)} "
+                                "test metric at the dev-chosen grid point (%)", s["per_seed"], source="[KV] Table 2")
+              for m, s in summary.items()]
+    result = write_lm_result(store, claims, cfg, clock, {"finetune": asdict(ft), "summary": summary, "best": rows})
     atomic_write_text(store.path("table.md"), table + "\n")
-    return {"summary": summary, "table": table, "best": best, "dir": str(store.dir)}
+    return {"summary": summary, "table": table, "best": best, "dir": str(store.dir), "result": result}
 
 
 # ------------------------------------------------------------------ behavior
@@ -192,11 +220,10 @@ def behavior_cmd(cfg: LMConfig, ft, *, distance_samples: int = 64) -> dict:
       SGD-FT and signgd kernel for Adam-FT, Table 6;
     - chi: mean_i ||chi_i||_inf = mean_i (1 - p_{y_i}) at theta_PT over the split's train and dev, Table 8.
     """
-    from ntkcheck.models.kernels import empirical_kernel, kernel_distance, linearize
-    from ntkcheck.realmodels.experiment import _dtype
-    from ntkcheck.realmodels.finetune import evaluate, load_params, run_finetune
+    from ntkcheck.models.kernels import kernel_distance, linearize
+    from ntkcheck.realmodels.finetune import load_params, run_finetune
 
-    t0 = time.perf_counter()
+    clock = _Clock()
     rows, store = [], None
     for sess in iter_sessions(cfg, "lm_behavior"):
         store = sess.store
@@ -208,22 +235,21 @@ def behavior_cmd(cfg: LMConfig, ft, *, distance_samples: int = 64) -> dict:
         f_lin = linearize(ad.f, ad.params)
         for (opt, seed), b in sorted(best.items()):
             ix = sess.index[seed]
-            theta = load_params(Path(b["params_path"]), ad.params)
+            theta = load_params(Path(b["params_path"]), ad.trainable)
             if theta is None:
                 raise UserError(f"fine-tuned parameters {b['params_path']!r} are missing; rerun lm finetune")
+            theta = ad.merged(theta)
             xs, ys = sess.x_rows[ix["test"]], y[ix["test"]]
             with torch.no_grad():
                 lin = torch.cat([f_lin(theta, xs[i:i + 8]).cpu() for i in range(0, len(xs), 8)])
             kind = "sgd" if opt == "sgd" else "signgd"
             xd = xs[:distance_samples]
-            kw = dict(kind=kind, method=cfg.method, dtype=_dtype(cfg.kernel_dtype), device=ad.device,
-                      memory_budget=int(cfg.memory_budget_gb * 2**30))
             cache = sess.kernel_dir() / f"dist_{kind}_pt_{len(xd)}.pt"
             K0 = _load_tensor(cache)
             if K0 is None:
-                K0 = empirical_kernel(ad.f, ad.params, xd, **kw).double().cpu()
+                K0 = sess.kernel_fn(kind)(xd).double().cpu()
                 _save_tensor(cache, K0)
-            K1 = empirical_kernel(ad.f, theta, xd, **kw).double().cpu()
+            K1 = sess.kernel_fn(kind)(xd, params=theta).double().cpu()
             chi_set = ix["train"] + ix["dev"]
             chi = output_derivative(f0[chi_set], y[chi_set]).abs().amax(-1)
             rows.append({"seed": seed, "optimizer": opt, "zero_shot": score(f0[ix["test"]], ys.numpy(), task.metric),
@@ -233,18 +259,24 @@ def behavior_cmd(cfg: LMConfig, ft, *, distance_samples: int = 64) -> dict:
                          "kernel": kind, "kernel_distance": kernel_distance(K0, K1, eps=1e-12),
                          "kernel_distance_fro": kernel_distance(K0, K1, reduction="frobenius"),
                          "chi_mean": float(chi.mean()), "chi_max": float(chi.max())})
-    summary = {}
+    summary, claims = {}, []
+    what = {"zero_shot": ("zero-shot test metric (%)", "[KV] Table 5"),
+            "lin": ("linearized model's test metric (%)", "[KV] Table 5"),
+            "ft": ("fine-tuned test metric (%)", "[KV] Table 5"),
+            "lin_gain_fraction": ("share of FT's gain the linearized model recovers", "[KV] Table 1"),
+            "kernel_distance": ("element-wise kernel distance K_PT -> K_FT", "[KV] Table 6"),
+            "chi_mean": ("mean output derivative chi at theta_PT", "[KV] Table 8")}
     for opt in sorted({r["optimizer"] for r in rows}):
         sel = [r for r in rows if r["optimizer"] == opt]
-        summary[opt] = {c: dict(zip(("mean", "std"), mean_std([r[c] for r in sel])))
-                        for c in ("zero_shot", "lin", "ft", "lin_gain_fraction", "kernel_distance", "chi_mean")}
+        summary[opt] = {c: dict(zip(("mean", "std"), mean_std([r[c] for r in sel]))) for c in what}
+        label = "SGD-FT" if opt == "sgd" else "Adam-FT"
+        claims += [_seed_measurement(f"{opt}.{c}", f"{label}: {text}", [r[c] for r in sel], source=src)
+                   for c, (text, src) in what.items()]
     store.write_measurements(rows)
-    store.write_json("result.json", {"command": "lm behavior", "config": asdict(cfg), "finetune": asdict(ft),
-                                     "summary": summary, "provenance": _provenance(t0, cfg)})
-    from ntkcheck.store import atomic_write_text
-
+    result = write_lm_result(store, claims, cfg, clock, {"finetune": asdict(ft), "summary": summary})
     atomic_write_text(store.path("table.md"), _behavior_table(summary, cfg) + "\n")
-    return {"summary": summary, "rows": rows, "table": _behavior_table(summary, cfg), "dir": str(store.dir)}
+    return {"summary": summary, "rows": rows, "table": _behavior_table(summary, cfg), "dir": str(store.dir),
+            "result": result}
 
 
 def _gain(pt: float, lin: float, ft: float) -> float:
@@ -272,14 +304,13 @@ def spectrum_cmd(cfg: LMConfig, *, samples: int = 100, reduce: str = "flatten", 
     reduce: "flatten" uses the [N C, N C] kernel, "trace" the [N, N] kernel sum_a K[:, a, :, a].
     """
     from ntkcheck.checks.plots import loglog_panels
-    from ntkcheck.models.kernels import empirical_kernel
     from ntkcheck.realmodels.data import load_task
-    from ntkcheck.realmodels.experiment import _dtype, resolve_task
+    from ntkcheck.realmodels.experiment import resolve_task
     from ntkcheck.theory.early_stopping import fit_beta
 
     if reduce not in ("flatten", "trace"):
         raise UserError(f"--reduce {reduce!r}: expected flatten or trace")
-    t0 = time.perf_counter()
+    clock = _Clock()
     bundle = load_bundle(cfg)
     rows, series, store = [], [], None
     task = resolve_task(cfg)
@@ -295,9 +326,7 @@ def spectrum_cmd(cfg: LMConfig, *, samples: int = 100, reduce: str = "flatten", 
             cache = sess.kernel_dir() / f"spectrum_{kind}_{samples}_{seed}.pt"
             K = _load_tensor(cache)
             if K is None:
-                K = empirical_kernel(ad.f, ad.params, x, kind=kind, method=cfg.method, dtype=_dtype(cfg.kernel_dtype),
-                                     device=ad.device, memory_budget=int(cfg.memory_budget_gb * 2**30))
-                K = K.double().cpu()
+                K = sess.kernel_fn(kind)(x).double().cpu()
                 _save_tensor(cache, K)
             n, C = K.shape[:2]
             G = K.reshape(n * C, n * C) if reduce == "flatten" else torch.einsum("iaja->ij", K)
@@ -317,10 +346,11 @@ def spectrum_cmd(cfg: LMConfig, *, samples: int = 100, reduce: str = "flatten", 
                                                          f"beta = {summary['beta_mean']:.3f})",
                                                 "series": series, "ylabel": "lambda_k / lambda_1",
                                                 "xlabel": "k"}])
-    store.write_json("result.json", {"command": "lm spectrum", "config": asdict(cfg), "samples": samples,
-                                     "reduce": reduce, "kind": kind, "summary": summary, "fits": rows,
-                                     "provenance": _provenance(t0, cfg)})
-    return {"summary": summary, "rows": rows, "dir": str(store.dir)}
+    claims = [_seed_measurement(f"{task.name}.beta", f"{task.name}: beta from the {kind} Gram spectrum of {samples} "
+                                "samples", betas, source="[ES] Sec. 7.1, eq. 31-32")]
+    result = write_lm_result(store, claims, cfg, clock, {"samples": samples, "reduce": reduce, "kind": kind,
+                                                         "summary": summary, "fits": rows})
+    return {"summary": summary, "rows": rows, "dir": str(store.dir), "result": result}
 
 
 # ------------------------------------------------------------------ task vectors
@@ -332,7 +362,7 @@ def taskvec_cmd(cfg: LMConfig, ft, tasks: Sequence[str], *, scale: float = 1.0) 
 
     if len(tasks) < 2:
         raise UserError("--tasks needs at least two tasks")
-    t0 = time.perf_counter()
+    clock = _Clock()
     bundle = load_bundle(cfg)
     if bundle[2] == "head":
         raise UserError("lm taskvec needs a prompt mode (mlm or causal): heads differ between tasks")
@@ -344,8 +374,8 @@ def taskvec_cmd(cfg: LMConfig, ft, tasks: Sequence[str], *, scale: float = 1.0) 
         sess = next(iter_sessions(c, "lm_taskvec", bundle=bundle))
         best = run_finetune(sess, ft)
         b = max((v for (o, s), v in best.items()), key=lambda v: v["dev"])
-        theta = load_params(Path(b["params_path"]), sess.adapter.params)
-        theta0 = sess.adapter.params if theta0 is None else theta0
+        theta = load_params(Path(b["params_path"]), sess.adapter.trainable)
+        theta0 = sess.adapter.trainable if theta0 is None else theta0
         taus[sess.task.name] = {k: (theta[k] - theta0[k]).double().cpu() for k in theta0}
         sessions[sess.task.name] = sess
         single[sess.task.name] = b["test"]
@@ -366,17 +396,22 @@ def taskvec_cmd(cfg: LMConfig, ft, tasks: Sequence[str], *, scale: float = 1.0) 
                      "normalized": m / single[t] if single[t] else float("nan"),
                      "negated": evaluate(sess.adapter, neg, xs, ys, sess.task.metric),
                      "tau_norm": float(vec[t].norm())})
-    from ntkcheck.store import CheckStore
-
-    store = CheckStore(Path(cfg.out), "lm_taskvec")
+    store = ResultStore(Path(cfg.out), f"lm_taskvec_{'-'.join(names)}_k{cfg.k}_{model_slug(cfg.model)}")
     store.write_measurements(rows)
     store.write_measurements([{"task": a, **{b: cos[i, j] for j, b in enumerate(names)}}
                               for i, a in enumerate(names)], "cosine.csv")
     _plot_heatmap(store.path("cosine.png"), cos, names)
-    store.write_json("result.json", {"command": "lm taskvec", "config": asdict(cfg), "finetune": asdict(ft),
-                                     "tasks": names, "scale": scale, "cosine": cos.tolist(), "rows": rows,
-                                     "provenance": _provenance(t0, cfg)})
-    return {"cosine": cos, "rows": rows, "dir": str(store.dir)}
+    src = "[ES] Sec. 7.2"
+    claims = [measurement(f"cos.{a}.{b}", f"cos(tau_{a}, tau_{b})", cos[i, j], source=src)
+              for i, a in enumerate(names) for j, b in enumerate(names) if i < j]
+    for r in rows:
+        claims += [measurement(f"{r['task']}.normalized", f"{r['task']}: test metric of theta_PT + {scale:g} sum tau "
+                               "over the single-task model's", r["normalized"], source=src),
+                   measurement(f"{r['task']}.negated_drop", f"{r['task']}: test metric drop of theta_PT - tau "
+                               "against theta_PT (points)", r["pretrained"] - r["negated"], source=src)]
+    result = write_lm_result(store, claims, cfg, clock, {"finetune": asdict(ft), "tasks": names, "scale": scale,
+                                                         "cosine": cos.tolist(), "rows": rows})
+    return {"cosine": cos, "rows": rows, "dir": str(store.dir), "result": result}
 
 
 def _plot_heatmap(path: Path, M: np.ndarray, names: Sequence[str]) -> None:

@@ -50,12 +50,13 @@ def test_vmap_gradients_match_autograd(loaded):
     model, tok, mode = loaded["gpt-neo"]
     ad = make_adapter(model, tok, mode, task=get_task("sst2"), params=r"h\.1\.")
     x = ad.encode(EXAMPLES[:2])
-    J = vmap(lambda xi: jacrev(lambda p: ad.f(p, xi[None])[0])(ad.params))(x)
-    p = {k: v.clone().requires_grad_(True) for k, v in ad.params.items()}
-    g = torch.autograd.grad(ad.f(p, x[1:2])[0, 1], list(p.values()))
+    J = vmap(lambda xi: jacrev(lambda p: ad.f(ad.merged(p), xi[None])[0])(ad.trainable))(x)
+    p = {k: v.clone().requires_grad_(k in ad.select) for k, v in ad.params.items()}
+    g = torch.autograd.grad(ad.f(p, x[1:2])[0, 1], [p[k] for k in ad.select])
     for (name, Jn), gn in zip(J.items(), g):
         torch.testing.assert_close(Jn[1, 1], gn, rtol=1e-5, atol=1e-6)
-    assert set(ad.params) and all(".h.1." in k for k in ad.params) and ad.frozen
+    assert ad.select and all(".h.1." in k for k in ad.select)
+    assert set(ad.select) < set(ad.params)                     # the rest stays in params, unselected
 
 
 def test_label_word_errors(loaded):

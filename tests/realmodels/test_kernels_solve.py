@@ -1,4 +1,5 @@
 """Kernels through the session cache equal a naive gradient loop; solvers reach 100% end to end; CLI."""
+import json
 import math
 import warnings
 
@@ -22,10 +23,11 @@ def _naive(ad, x1, x2, kind, with_slack=False):
         for i in range(len(x)):
             row = []
             for a in range(ad.num_outputs):
-                p = {k: v.clone().double().requires_grad_(True) for k, v in ad.params.items()}
-                g = torch.autograd.grad(ad.f(p, x[i:i + 1])[0, a], list(p.values()), allow_unused=True)
+                p = {k: v.clone().double().requires_grad_(k in ad.select) for k, v in ad.params.items()}
+                sel = [p[k] for k in ad.select]
+                g = torch.autograd.grad(ad.f(p, x[i:i + 1])[0, a], sel, allow_unused=True)
                 row.append(torch.cat([(gi if gi is not None else torch.zeros_like(pi)).reshape(-1)
-                                      for gi, pi in zip(g, p.values())]))
+                                      for gi, pi in zip(g, sel)]))
             out.append(torch.stack(row))
         return torch.stack(out)  # [N, C, P]
 
@@ -92,7 +94,13 @@ def test_solvers_reach_100_percent(tiny_models, separable_dir, tmp_path):
     assert "| 4 | zero-shot f0 |" in res["table"] and "K(A-SignGD)" in res["table"]
     again = solve_cmd(cfg)  # resumes from the store: same rows, nothing recomputed
     assert again["rows"] == res["rows"]
-    assert (tmp_path / "lm_solve" / "sst2_k4_roberta" / "table.md").exists()
+    out = tmp_path / "lm_solve_sst2_k4_roberta"
+    assert (out / "table.md").exists()
+    from ntkcheck.result import Result
+
+    result = Result.from_json(json.loads((out / "result.json").read_text()))
+    assert result.kind == "lm" and result.verdict == "measured"
+    assert result.claim("sst2.sgd.test").measured == 100.0 and result.claim("sst2.sgd.test").relation is None
 
 
 def test_solver_grid_and_predictor():

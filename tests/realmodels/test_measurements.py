@@ -28,8 +28,9 @@ def test_finetune_learns_and_resumes(tiny_models, separable_dir, tmp_path):
     assert set(best) == {("sgd", 13), ("adam", 13)}
     for b in best.values():
         assert b["test"] == 100.0 and b["steps"] == 6
-        theta = load_params(__import__("pathlib").Path(b["params_path"]), sess.adapter.params)
+        theta = load_params(__import__("pathlib").Path(b["params_path"]), sess.adapter.trainable)
         assert any(not torch.equal(theta[k], sess.adapter.params[k]) for k in theta)  # it moved
+        assert set(theta) == set(sess.adapter.select)                                # only what --params chose
     assert run_finetune(sess, FT) == best  # second call loads every point
 
 
@@ -45,7 +46,8 @@ def test_behavior_chi_and_distance(tiny_models, separable_dir, tmp_path):
         assert s["ft"]["mean"] == 100.0 and 0 <= s["chi_mean"]["mean"] <= 1
         assert np.isfinite(s["kernel_distance"]["mean"]) and s["kernel_distance"]["mean"] > 0
         assert 0 <= s["lin"]["mean"] <= 100
-    assert "Adam-FT" in res["table"] and (tmp_path / "lm_behavior" / "sst2_k2_gpt-neo" / "measurements.csv").exists()
+    assert "Adam-FT" in res["table"] and (tmp_path / "lm_behavior_sst2_k2_gpt-neo" / "measurements.csv").exists()
+    assert res["result"].claim("adam.kernel_distance").source == "[KV] Table 6"
 
 
 def test_spectrum_beta(tiny_models, data_dir, tmp_path):
@@ -54,9 +56,12 @@ def test_spectrum_beta(tiny_models, data_dir, tmp_path):
     cfg = _cfg(tiny_models, data_dir, tmp_path, seeds=(13, 21), params=r"h\.1\.mlp")
     res = spectrum_cmd(cfg, samples=6, reduce="trace")
     assert len(res["rows"]) == 2 and all(np.isfinite(r["beta"]) and r["n_eigs"] == 6 for r in res["rows"])
-    out = tmp_path / "lm_spectrum" / "sst2_k2_gpt-neo"
+    out = tmp_path / "lm_spectrum_sst2_k2_gpt-neo"
     assert (out / "spectrum.png").exists()
-    assert json.loads((out / "result.json").read_text())["summary"]["beta_mean"] == res["summary"]["beta_mean"]
+    assert json.loads((out / "details.json").read_text())["summary"]["beta_mean"] == res["summary"]["beta_mean"]
+    beta = json.loads((out / "result.json").read_text())["claims"][0]
+    assert beta["id"] == "sst2.beta" and beta["measured"] == pytest.approx(res["summary"]["beta_mean"])
+    assert beta["predicted"] is None and beta["state"] == "measured"
 
 
 def test_task_vectors(tiny_models, data_dir, tmp_path):
@@ -68,4 +73,6 @@ def test_task_vectors(tiny_models, data_dir, tmp_path):
     cos = res["cosine"]
     assert cos.shape == (2, 2) and np.allclose(np.diag(cos), 1.0) and abs(cos[0, 1]) <= 1 + 1e-9
     assert {r["task"] for r in res["rows"]} == {"sst2", "subj"}
-    assert (tmp_path / "lm_taskvec" / "cosine.png").exists()
+    out = tmp_path / "lm_taskvec_sst2-subj_k1_gpt-neo"
+    assert (out / "cosine.png").exists()
+    assert res["result"].claim("cos.sst2.subj").measured == pytest.approx(cos[0, 1])
