@@ -1,7 +1,9 @@
-"""The ntkcheck command line: list, run, report (and lm, for pretrained language models).
+"""The ntkcheck command line: list, run, report, coord (and lm, for pretrained language models).
 
-Bad input ends with one line `ntkcheck: error: ...` naming the bad value and exit code 2;
-a failing verdict is a result, not an error (exit 0).
+Each command parses and validates its flags, builds a config, and calls the same
+function the Python API exposes (ntkcheck.checks.run_check, ntkcheck.checks.coord_check,
+ntkcheck.realmodels.measure.*). Bad input ends with one line `ntkcheck: error: ...`
+naming the bad value and exit code 2; a failing verdict is a result, not an error (exit 0).
 """
 from __future__ import annotations
 
@@ -42,29 +44,59 @@ def parse_widths(values: Sequence[str] | None) -> list[int] | None:
     return widths
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise UserError(f"invalid --seeds {text!r}: expected a positive integer") from None
-    if v <= 0:
-        raise UserError(f"invalid --seeds {text!r}: expected a positive integer")
-    return v
+def _positive_int(flag: str):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise UserError(f"invalid {flag} {text!r}: expected a positive integer") from None
+        if v <= 0:
+            raise UserError(f"invalid {flag} {text!r}: expected a positive integer")
+        return v
+    return parse
+
+
+def _float(flag: str, positive: bool = True):
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise UserError(f"invalid {flag} {text!r}: expected a number") from None
+        if not (v > 0 if positive else v >= 0) or v != v or v == float("inf"):
+            raise UserError(f"invalid {flag} {text!r}: expected a {'positive' if positive else 'non-negative'} "
+                            "finite number")
+        return v
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import ntkcheck
+
     p = _Parser(prog="ntkcheck", description="Measure whether NTK theory of fine-tuning holds.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p.add_argument("--version", action="version", version=f"ntkcheck {ntkcheck.__version__}")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
     sub.add_parser("list", help="list the registered checks")
     run = sub.add_parser("run", help="run checks (all when none is named) and write DIR/report.md")
     run.add_argument("checks", nargs="*", metavar="CHECK")
     run.add_argument("--quick", action="store_true", help="reduced sweeps (about a minute per check on 2 cores)")
     run.add_argument("--out", default="ntkcheck-runs", help="run-store folder (default: ntkcheck-runs)")
-    run.add_argument("--widths", nargs="+", help="override the width sweep, e.g. --widths 64 128 256")
-    run.add_argument("--seeds", type=_positive_int, help="number of seeds")
+    run.add_argument("--widths", nargs="+", help="set every width axis, e.g. --widths 64 128 256")
+    run.add_argument("--seeds", type=_positive_int("--seeds"), help="number of seeds (every seeds axis)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
-    rep = sub.add_parser("report", help="(re)write DIR/report.md from the results in DIR")
+    rep = sub.add_parser("report", help="(re)write DIR/report.md from the results in DIR (checks and lm)")
     rep.add_argument("dir")
+    coord = sub.add_parser("coord", help="coordinate check of your own model: FILE_OR_MODULE:FUNCTION(width)")
+    coord.add_argument("factory", metavar="FILE_OR_MODULE:FUNCTION")
+    coord.add_argument("--widths", nargs="+", help="widths (default 64 128 256 512 1024)")
+    coord.add_argument("--optimizer", default="adam", choices=["sgd", "adam"])
+    coord.add_argument("--lr", type=_float("--lr"), default=None, help="learning rate (default: sgd 0.1, adam 0.01)")
+    coord.add_argument("--steps", type=_positive_int("--steps"), default=4, help="training steps (default 4)")
+    coord.add_argument("--seeds", type=_positive_int("--seeds"), default=3, help="seeds per width (default 3)")
+    coord.add_argument("--batch", type=_positive_int("--batch"), default=32, help="batch size of the default data")
+    coord.add_argument("--tolerance", type=_float("--tolerance"), default=0.15,
+                       help="largest slope vs width a layer may show and still count as not growing (default 0.15)")
+    coord.add_argument("--out", default="ntkcheck-runs", help="run-store folder (default: ntkcheck-runs)")
+    coord.add_argument("--name", default=None, help="result folder name (default coord_<FUNCTION>)")
     try:
         from ntkcheck.realmodels.cli import add_lm_parser
     except ImportError:
@@ -75,44 +107,83 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_list() -> int:
-    from ntkcheck.checks.registry import all_checks
+    from ntkcheck.checks import all_checks
 
     for name, spec in all_checks().items():
         print(f"{name:16s} {spec.summary}")
     return 0
 
 
+def print_result(result, where: Path) -> None:
+    """Each claim in one line, then the verdict."""
+    marks = {"holds": "ok  ", "fails": "FAIL", "inconclusive": "??  ", "measured": "    "}
+    for c in result.claims:
+        tag = " (control)" if c.control else ""
+        rel = f" [{c.relation} {c.predicted:g}, tol {c.tolerance:g}]" if c.relation else ""
+        lo, hi = c.ci if c.ci is not None else (c.measured, c.measured)
+        print(f"  [{marks[c.state]}] {c.name}{rel}: measured {c.measured:.3g} CI [{lo:.3g}, {hi:.3g}]{tag}")
+    print(f"  verdict: {result.verdict}  ({result.provenance.get('seconds', 0):.1f} s) -> {where}", flush=True)
+
+
 def _cmd_run(args) -> int:
-    from ntkcheck.checks.registry import all_checks, get
+    from ntkcheck.checks import all_checks, get, run_check
+    from ntkcheck.checks.config import axes, with_overrides
     from ntkcheck.report import write_report
-    from ntkcheck.runner import apply_overrides, run_check
     from ntkcheck.store import ensure_writable
 
     specs = [get(n) for n in args.checks] if args.checks else list(all_checks().values())
     widths = parse_widths(args.widths)
-    configs = [apply_overrides(s.default_config(args.quick), widths, args.seeds, args.set) for s in specs]
+    for flag, value, kind in (("--widths", widths, "width"), ("--seeds", args.seeds, "seeds")):
+        skipped = [s.name for s in specs if value is not None and not axes(s.config_cls, kind)]
+        if skipped:
+            print(f"ntkcheck: {flag} does not apply to {', '.join(skipped)} (no {kind} axis); "
+                  "they run with their own", file=sys.stderr)
+    configs = [with_overrides(s.default_config(args.quick), widths=widths, seeds=args.seeds, sets=args.set)
+               for s in specs]
     out = ensure_writable(Path(args.out))
     for spec, config in zip(specs, configs):
         print(f"== {spec.name}: {spec.summary}", flush=True)
         result = run_check(spec, config, out)
-        for c in result.claims:
-            mark = "ok  " if c.holds else "FAIL"
-            tag = " (control)" if c.control else ""
-            print(f"  [{mark}] {c.name}: measured {c.measured:.3g} CI [{c.ci[0]:.3g}, {c.ci[1]:.3g}]{tag}")
-        print(f"  verdict: {result.verdict}  ({result.provenance['seconds']:.1f} s) -> {out / spec.name}",
-              flush=True)
-    path = write_report(out)
-    print(f"report: {path}")
+        print_result(result, out / spec.name)
+    print(f"report: {write_report(out)}")
+    return 0
+
+
+def _cmd_coord(args) -> int:
+    from ntkcheck.checks.coord import coord_check, load_factory
+    from ntkcheck.report import write_report
+    from ntkcheck.store import ensure_writable
+
+    factory, batch, label = load_factory(args.factory)
+    widths = parse_widths(args.widths) or [64, 128, 256, 512, 1024]
+    if len(set(widths)) < 2:
+        raise UserError(f"--widths {' '.join(args.widths)}: the coordinate check needs two different widths")
+    out = ensure_writable(Path(args.out))
+    name = args.name or f"coord_{label}"
+    result = coord_check(factory, widths, optimizer=args.optimizer, lr=args.lr, steps=args.steps,
+                         seeds=args.seeds, batch=batch, batch_size=args.batch, tolerance=args.tolerance,
+                         out=out, name=name, source=args.factory)
+    print(f"== coordinate check of {args.factory}")
+    print_result(result, out / name)
+    grows = list(dict.fromkeys(c.id.rsplit(".", 1)[0] for c in result.claims if c.state == "fails"))
+    print(f"  layers that grow with width: {', '.join(grows) if grows else 'none'}")
+    print(f"report: {write_report(out)}")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 0
         if args.command == "list":
             return _cmd_list()
         if args.command == "run":
             return _cmd_run(args)
+        if args.command == "coord":
+            return _cmd_coord(args)
         if args.command == "report":
             from ntkcheck.report import write_report
 

@@ -3,11 +3,12 @@ import json
 
 import pytest
 
+from ntkcheck.checks.config import with_overrides
 from ntkcheck.checks.fit import fit_exponent
 from ntkcheck.checks.sweep import grid, sweep
 from ntkcheck.cli import main
-from ntkcheck.result import Claim, Result
-from ntkcheck.store import CheckStore
+from ntkcheck.result import Result, claim, measurement
+from ntkcheck.store import ResultStore
 
 SMALL = ["--widths", "16", "32", "64", "--seeds", "2", "--set", "archs=mlp", "--set", "optimizers=sgd"]
 
@@ -17,7 +18,7 @@ class Interrupt(Exception):
 
 
 def test_interrupted_sweep_resumes_without_recomputing(tmp_path):
-    store = CheckStore(tmp_path, "demo")
+    store = ResultStore(tmp_path, "demo")
     points = grid(width=[8, 16, 32, 64], seed=range(2))
     calls = []
 
@@ -40,7 +41,7 @@ def test_interrupted_sweep_resumes_without_recomputing(tmp_path):
 
 @pytest.mark.parametrize("damage", ["truncate", "tamper", "garbage"])
 def test_corrupt_point_is_detected_and_recomputed(tmp_path, damage):
-    store = CheckStore(tmp_path, "demo")
+    store = ResultStore(tmp_path, "demo")
     points = grid(width=[8, 16], seed=[0])
     sweep(store, points, lambda pt: {"value": float(pt["width"])})
     path = next(store.points_dir.glob("seed=0_width=8.json"))
@@ -59,24 +60,42 @@ def test_corrupt_point_is_detected_and_recomputed(tmp_path, damage):
 
 
 def test_no_temp_files_left_behind(tmp_path):
-    store = CheckStore(tmp_path, "demo")
+    store = ResultStore(tmp_path, "demo")
     sweep(store, grid(width=[8], seed=[0, 1]), lambda pt: {"v": 1})
     assert not [p for p in store.dir.rglob("*") if p.name.endswith(".tmp")]
 
 
-def test_claim_relations_and_verdict():
-    ok = Claim.compare("s", -0.5, -0.45, "==", 0.1)
-    assert ok.holds and "[== -0.5, tol 0.1]" in ok.name
-    assert not Claim.compare("s", -0.5, -0.3, "==", 0.1).holds
-    assert Claim.compare("s", -0.5, -0.9, "<=", 0.1).holds
-    assert not Claim.compare("s", -0.5, -0.3, "<=", 0.1).holds
-    assert Claim.compare("s", 0.0, 0.4, ">", 0.25).holds and not Claim.compare("s", 0.0, 0.2, ">", 0.25).holds
-    assert not Claim.compare("s", 0.0, float("nan"), "<=", 1.0).holds
-    r = Result("x", {}, [ok, Claim.compare("c", 0, 0.5, ">", 0.1, control=True)])
+def test_claim_relations_bands_and_verdict():
+    def c(p, m, rel, tol=0.0, **kw):
+        return claim("x", "x", predicted=p, measured=m, relation=rel, tolerance=tol, **kw)
+
+    assert c(-0.5, -0.45, "==", 0.1).holds and not c(-0.5, -0.3, "==", 0.1).holds
+    assert c(-0.5, -0.9, "<=", 0.1).holds and not c(-0.5, -0.3, "<=", 0.1).holds
+    assert c(0.0, 0.4, ">", 0.25).holds and not c(0.0, 0.25, ">", 0.25).holds   # strict
+    assert c(1.0, 0.96, ">=", 0.05).holds and not c(1.0, 0.94, ">=", 0.05).holds
+    assert not c(0.0, float("nan"), "<=", 1.0).holds
+    ok = c(-0.5, -0.45, "==", 0.1)
+    assert (ok.relation, ok.predicted, ok.tolerance, ok.state) == ("==", -0.5, 0.1, "holds")
+    r = Result("x", [ok, claim("c", "c", predicted=0, measured=0.5, relation=">", tolerance=0.1, control=True)])
     assert r.verdict == "pass"
-    r.claims.append(Claim.compare("bad", 0, 1, "==", 0.1))
+    r.claims.append(claim("bad", "bad", predicted=0, measured=1, relation="==", tolerance=0.1))
     assert r.verdict == "fail"
-    assert Result("empty", {}, []).verdict == "fail"
+    assert Result("m", [measurement("acc", "accuracy", 0.8)]).verdict == "measured"
+    assert Result("empty", []).verdict == "measured"
+    with pytest.raises(ValueError, match="'~'"):
+        claim("x", "x", predicted=0, measured=0, relation="~")
+    with pytest.raises(ValueError, match="duplicate claim ids"):
+        Result("d", [ok, ok]).to_json()
+
+
+def test_result_json_round_trip_and_nan_is_null():
+    r = Result("x", [claim("a.b", "a", predicted=-0.5, measured=float("nan"), relation="<=", tolerance=0.1,
+                           source="[ES] Lemma 1"), measurement("m", "m", 3.0)], kind="lm", config={"k": 16})
+    obj = json.loads(json.dumps(r.to_json(), allow_nan=False))
+    assert obj["claims"][0]["measured"] is None and obj["claims"][0]["source"] == "[ES] Lemma 1"
+    back = Result.from_json(obj)
+    assert [c.id for c in back.claims] == ["a.b", "m"] and back.kind == "lm" and back.verdict == "fail"
+    assert back.claims[1].relation is None and back.claims[1].state == "measured"
 
 
 def test_exponent_fit_recovers_power_law_and_ci_covers():
@@ -97,11 +116,13 @@ def test_cli_run_writes_contract_and_reruns_fast(tmp_path, capsys):
     out = tmp_path / "runs"
     assert main(["run", "tp_scaling", "--quick", "--out", str(out), *SMALL]) == 0
     result = json.loads((out / "tp_scaling" / "result.json").read_text())
-    assert set(result) == {"check", "version", "verdict", "config", "claims", "provenance"}
-    assert result["check"] == "tp_scaling" and result["verdict"] in ("pass", "fail")
+    assert set(result) == {"name", "kind", "version", "verdict", "config", "claims", "provenance"}
+    assert result["name"] == "tp_scaling" and result["kind"] == "check" and result["verdict"] in ("pass", "fail")
     assert result["config"]["widths"] == [16, 32, 64] and result["config"]["seeds"] == 2
-    assert set(result["claims"][0]) == {"name", "predicted", "measured", "ci", "tolerance", "holds", "control"}
-    assert set(result["provenance"]) == {"ntkcheck", "torch", "git", "seconds", "device"}
+    assert set(result["claims"][0]) == {"id", "name", "relation", "predicted", "tolerance", "measured", "ci",
+                                        "state", "control", "source"}
+    assert set(result["provenance"]) == {"ntkcheck", "git", "python", "torch", "transformers", "device",
+                                         "world_size", "seconds", "started"}
     assert (out / "tp_scaling" / "measurements.csv").read_text().startswith("arch,")
     assert (out / "tp_scaling" / "coordinate_check.png").stat().st_size > 1000
     assert "| tp_scaling |" in (out / "report.md").read_text()
@@ -149,4 +170,66 @@ def test_list_and_report(tmp_path, capsys):
     assert "tp_scaling" in capsys.readouterr().out
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert main(["report", str(tmp_path)]) == 0
-    assert "No check results" in (tmp_path / "report.md").read_text()
+    assert "No results" in (tmp_path / "report.md").read_text()
+
+
+def test_widths_reach_every_width_axis_and_skip_checks_without_one(capsys):
+    from ntkcheck.checks import get
+
+    lin = with_overrides(get("linearization").default_config(quick=True), widths=[16, 32], seeds=2)
+    assert lin.widths == (16, 32) and lin.attn_widths == (16, 32) and lin.seeds == 2
+    es = with_overrides(get("early_stopping").default_config(quick=True), widths=[16, 32], seeds=2)
+    assert es.sample_sizes == get("early_stopping").default_config(quick=True).sample_sizes
+    assert es.seeds == 2 and es.mlp_seeds == 2
+
+
+def test_changing_one_width_axis_keeps_the_other_axis_points(tmp_path):
+    out = tmp_path / "runs"
+    base = ["run", "tp_scaling", "--quick", "--out", str(out), "--seeds", "2", "--set", "optimizers=sgd",
+            "--set", "params=NTK", "--set", "widths=16,32"]
+    assert main([*base, "--set", "attn_widths=16,32"]) == 0
+    mlp = sorted((out / "tp_scaling" / "points").rglob("arch=mlp*.json"))
+    mtimes = [p.stat().st_mtime_ns for p in mlp]
+    assert main([*base, "--set", "attn_widths=16,32,64"]) == 0
+    assert sorted((out / "tp_scaling" / "points").rglob("arch=mlp*.json")) == mlp
+    assert [p.stat().st_mtime_ns for p in mlp] == mtimes      # MLP points kept
+
+
+def test_report_covers_checks_and_lm_measurements_alike(tmp_path, capsys):
+    store = ResultStore(tmp_path, "lm_solve_sst2_k16_tiny")
+    store.write_result(Result("lm_solve_sst2_k16_tiny", [measurement("sst2.zero_shot", "zero-shot accuracy", 51.0),
+                                                          claim("sst2.k_sgd_beats_zero_shot", "K(SGD) > zero-shot",
+                                                                predicted=51.0, measured=78.1, relation=">")],
+                              kind="lm"))
+    ResultStore(tmp_path, "tp_scaling").write_result(
+        Result("tp_scaling", [claim("a", "slope", predicted=-0.5, measured=-0.48, relation="==", tolerance=0.15)]))
+    assert main(["report", str(tmp_path)]) == 0
+    text = (tmp_path / "report.md").read_text()
+    assert "| tp_scaling | check | **pass** | 1/1 |" in text
+    assert "| lm_solve_sst2_k16_tiny | lm | **pass** | 1/1 |" in text and "zero-shot accuracy" in text
+
+
+@pytest.mark.parametrize("content", ["{}", '{"name": "x", "kind": "check"}', "not json",
+                                     '{"name": "x", "kind": "check", "claims": [{"name": "c"}]}'])
+def test_report_on_a_bad_result_file_is_one_line(tmp_path, capsys, content):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "result.json").write_text(content)
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "result.json" in err and "Traceback" not in err
+
+
+def test_report_on_a_file_says_so(tmp_path, capsys):
+    f = tmp_path / "result.json"
+    f.write_text("{}")
+    assert main(["report", str(f)]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_no_command_prints_the_commands_and_version(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert all(c in out for c in ("run", "report", "coord", "list"))
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("ntkcheck ")
