@@ -30,6 +30,7 @@ import torch
 from ntkcheck.models.kernels.common import (DEFAULT_MEMORY_BUDGET, Accumulator, KernelKind, Spec,
                                             activation_bytes, chunks, group_key, parse_kind, select_names)
 from ntkcheck.models.kernels.jacobian import jacobian_rows, plan_groups
+from ntkcheck.models.optim import eps_sign
 
 SKETCHES = ("gaussian", "sparse_sign")
 _SPARSITY = 3.0
@@ -160,7 +161,7 @@ def intrinsic_dimension_kernel(f: Callable, params: Mapping[str, torch.Tensor], 
     S1 = _projected(f, params, x1, c, names, index, spec, dim, sketch, seed, None, by_key=False)["total"]
     S2 = S1 if x2 is None else _projected(f, params, x2, c, names, index, spec, dim, sketch, seed, None,
                                           by_key=False)["total"]
-    sgn = lambda v: torch.sign(v) if eps == 0 else v / (v.abs() + eps)
+    sgn = lambda v: eps_sign(v, eps)  # noqa: E731
     A = sgn(S1) if kind is KernelKind.SIGNGD else S1
     B = S2 if kind is KernelKind.SGD else sgn(S2)
     n1 = x1.shape[0]

@@ -136,6 +136,12 @@ def test_cli_make_tiny_and_solve(tmp_path, separable_dir, capsys):
                  "--seeds", "13", "--out", str(tmp_path / "runs")]) == 0
     out = capsys.readouterr().out
     assert "| k-shot | Method | SST-2 |" in out and "K(SGD)" in out
+    # a check in the same run store: the report lists the LM measurement and the check alike
+    assert main(["run", "tp_scaling", "--quick", "--out", str(tmp_path / "runs"), "--widths", "16", "32",
+                 "--seeds", "2", "--set", "archs=mlp", "--set", "optimizers=sgd", "--set", "params=NTK"]) == 0
+    report = (tmp_path / "runs" / "report.md").read_text()
+    assert "| tp_scaling | check |" in report and "| lm_solve_sst2_k2_tiny | lm | **measured** |" in report
+    assert "SST-2 K(SGD) test metric (%)" in report
     assert main(["lm", "solve", "--model", str(model), "--data", str(separable_dir), "--template", "<S1> It was .",
                  "--out", str(tmp_path / "runs")]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == \
