@@ -1,7 +1,8 @@
-"""Check configs: typed sweep axes, overrides from the command line, JSON form.
+"""Check configs: typed sweep axes, validated settings, overrides from the command line, JSON form.
 
-A check's Config is a frozen dataclass whose defaults are the full sweep. A
-field that is a sweep axis says so in its metadata, ``axis(kind, default)``:
+A check's Config is a frozen dataclass deriving from CheckConfig, whose defaults
+are the full sweep. A field that is a sweep axis says so in its metadata,
+``axis(kind, default)``:
 
     widths: tuple[int, ...] = axis("width", (64, 128, 256))
     seeds: int = axis("seeds", 6)
@@ -10,6 +11,13 @@ Kinds: "width" (network widths n), "seeds" (a number of seeds), "sample_size"
 (N), "rank" (k). ``--widths`` and ``--seeds`` set every axis of their kind in
 every check that has one; the run store's fingerprint leaves all axes out, so
 changing one axis keeps the finished points of the others.
+
+Every field is validated when the config is built (``validate``), by its type
+unless its metadata (``setting(default, ge=, gt=, le=, lt=, choices=)``) says
+otherwise: an int is >= 1, a float finite and >= 0, a tuple non-empty with each
+entry so (and, for ints, no entry twice), a str one of its choices when it has
+some. A bad value is a ValueError naming the field and the value, which the
+command line reports in one line.
 """
 from __future__ import annotations
 
@@ -17,7 +25,7 @@ import dataclasses
 import math
 import typing
 from dataclasses import field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from ntkcheck.errors import UserError
 
@@ -29,6 +37,74 @@ def axis(kind: str, default: Any):
     if kind not in AXIS_KINDS:
         raise ValueError(f"unknown axis kind {kind!r}; expected one of {AXIS_KINDS}")
     return field(default=default, metadata={"axis": kind})
+
+
+def setting(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+            lt: float | None = None, choices: Sequence[str] | None = None):
+    """A dataclass field with its own bounds (each entry of a tuple) or choices, replacing the type's defaults."""
+    meta = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    if choices is not None:
+        meta["choices"] = tuple(choices)
+    return field(default=default, metadata=meta)
+
+
+def _check_scalar(name: str, value: Any, typ: type, meta: Mapping[str, Any]) -> None:
+    shown = f"{name}={value!r}"
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{shown}: expected true or false")
+        return
+    if typ is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{shown}: expected text")
+        if "choices" in meta and value not in meta["choices"]:
+            raise ValueError(f"{shown}: expected one of {', '.join(meta['choices'])}")
+        return
+    if typ is int and (not isinstance(value, int) or isinstance(value, bool)):
+        raise ValueError(f"{shown}: expected an integer")
+    if typ is float and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+        raise ValueError(f"{shown}: expected a number")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{shown}: expected a finite number")
+    bounds = {k: meta[k] for k in ("ge", "gt", "le", "lt") if k in meta}
+    if not bounds:
+        bounds = {"ge": 1} if typ is int else {"ge": 0.0}
+    for key, limit in bounds.items():
+        ok = {"ge": v >= limit, "gt": v > limit, "le": v <= limit, "lt": v < limit}[key]
+        if not ok:
+            word = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}[key]
+            raise ValueError(f"{shown}: must be {word} {limit:g}")
+
+
+def validate(config: Any) -> None:
+    """Check every field of a Config against its type and metadata (see the module docstring)."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value, typ, meta = getattr(config, f.name), hints[f.name], f.metadata
+        if typing.get_origin(typ) is tuple:
+            args = [a for a in typing.get_args(typ) if a is not Ellipsis]
+            inner = args[0] if args else str
+            if not isinstance(value, tuple) or not value:
+                raise ValueError(f"{f.name}={value!r}: expected a non-empty list")
+            if typing.get_args(typ)[-1] is not Ellipsis and len(value) != len(typing.get_args(typ)):
+                raise ValueError(f"{f.name}={value!r}: expected {len(typing.get_args(typ))} values")
+            for v in value:
+                _check_scalar(f.name, v, inner, meta)
+            if inner is int or inner is str:
+                dup = sorted({v for v in value if value.count(v) > 1})
+                if dup:
+                    raise ValueError(f"{f.name}={value!r}: {dup[0]!r} appears twice")
+        elif typ in (int, float, str, bool):
+            _check_scalar(f.name, value, typ, meta)
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckConfig:
+    """Base of every check's Config: validates every field when built (subclasses' __post_init__ call super)."""
+
+    def __post_init__(self):
+        validate(self)
 
 
 def axes(config_cls_or_obj: Any, kind: str | None = None) -> tuple[str, ...]:

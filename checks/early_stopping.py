@@ -42,7 +42,7 @@ import numpy as np
 
 from ntkcheck.checks._common import limit_threads
 from ntkcheck.checks._es_helpers import mlp_point, synthetic_point
-from ntkcheck.checks.config import axis
+from ntkcheck.checks.config import CheckConfig, axis, setting
 from ntkcheck.checks.fit import fit_rows
 from ntkcheck.checks.plots import loglog_panels
 from ntkcheck.checks.registry import CheckSpec
@@ -52,7 +52,7 @@ from ntkcheck.theory import early_stopping as es
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(CheckConfig):
     sample_sizes: tuple[int, ...] = axis("sample_size", (64, 128, 256, 512, 1024, 2048))
     seeds: int = axis("seeds", 8)
     betas: tuple[int, ...] = (1, 2)
@@ -63,28 +63,28 @@ class Config:
     #: target at distance delta from the edge of the RKHS: its oracle rate is
     #: -(2beta+delta)/(2beta+1+delta), within 0.05 of eq. 30's for delta = 0.5, beta >= 1
     delta: float = 0.5
-    target_norm: float = 1.0
+    target_norm: float = setting(1.0, gt=0)
     target_modes: int = 512
     grid: int = 2048
     #: step = step_fraction / lam_1: a tenth of RWY's largest step, so the integer stopping
     #: time resolves eta_T to 10% (with the largest step T is 2-8 and rounding moves the slope)
-    step_fraction: float = 0.1
+    step_fraction: float = setting(0.1, gt=0, le=1)
     n_times: int = 40
     #: beta-hat window: eigen-indices [lo N, hi N]; the top few carry the constant mode and the
     #: bottom of the Gram spectrum flattens below the population eigenvalues
-    beta_window: tuple[float, float] = (0.02, 0.25)
+    beta_window: tuple[float, float] = setting((0.02, 0.25), gt=0, lt=1)
     # MLP with hold-out stopping
     mlp_sample_sizes: tuple[int, ...] = axis("sample_size", (64, 128, 256, 512, 1024))
     mlp_seeds: int = axis("seeds", 4)
     mlp_width: int = 1024
-    mlp_val_frac: float = 0.25
+    mlp_val_frac: float = setting(0.25, gt=0, lt=1)
     mlp_max_steps: int = 3000
     mlp_checkpoints: int = 60
     mlp_n_beta: int = 100
-    mlp_beta_window: tuple[float, float] = (0.02, 0.3)
+    mlp_beta_window: tuple[float, float] = setting((0.02, 0.3), gt=0, lt=1)
     #: the MLP's eNTK decays with beta_hat ~ 1.27; a target built on beta = 1.5 lies inside its RKHS
     #: (coefficients^2 k^-(2*1.5+1+delta) against eigenvalues k^-2.54)
-    mlp_target_beta: float = 1.5
+    mlp_target_beta: float = setting(1.5, gt=0)
     mlp_target_modes: int = 64
     mlp_grid: int = 256
     #: eq. 30 is a bound; 0.1 absorbs the seed scatter of a slope over 1.5 decades of N
@@ -99,6 +99,21 @@ class Config:
     tol_mlp: float = 0.2
     #: interpolation must miss the rate by a clear margin: its slope stays near 0
     control_margin: float = 0.3
+
+    def __post_init__(self):
+        super().__post_init__()
+        if len(self.sample_sizes) < 2 or len(self.mlp_sample_sizes) < 2:
+            raise ValueError("sample_sizes and mlp_sample_sizes need at least two sizes for a slope")
+        if self.seeds < 2 or self.mlp_seeds < 2:
+            raise ValueError(f"early_stopping needs seeds >= 2 and mlp_seeds >= 2 for a CI, got {self.seeds}, "
+                             f"{self.mlp_seeds}")
+        extra = [b for b in self.control_betas if b not in self.betas]
+        if extra:
+            raise ValueError(f"control_betas={self.control_betas!r}: {extra[0]} is not one of betas {self.betas}")
+        for name in ("beta_window", "mlp_beta_window"):
+            lo, hi = getattr(self, name)
+            if not lo < hi:
+                raise ValueError(f"{name}={(lo, hi)!r}: expected low < high")
 
     @classmethod
     def quick(cls) -> "Config":
@@ -203,6 +218,13 @@ def run(config: Config, store) -> list[Claim]:
     return claims
 
 
+def memory_bytes(config: Config) -> int:
+    """Peak bytes of the largest point: the synthetic Gram, its eigenvectors and the grid-by-N kernel
+    (float64), and the MLP's eNTK Gram."""
+    n, m = max(config.sample_sizes), max(config.mlp_sample_sizes)
+    return 8 * (6 * n * n + 2 * config.grid * n + 4 * m * m + 4 * config.mlp_width * (m + config.mlp_grid))
+
+
 SPEC = CheckSpec(name="early_stopping", summary="early-stopped kernel GD reaches N^(-2beta/(2beta+1)); "
                  "interpolation does not ([ES] eq. 10-11, 27, 30)", config_cls=Config, run=run, order=60,
-                 version=2)
+                 version=2, memory=memory_bytes)

@@ -41,9 +41,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ntkcheck.checks._common import DTYPE, limit_threads
+from ntkcheck.checks._common import DTYPE, limit_threads, mlp_params, network_bytes
 from ntkcheck.checks._jl_helpers import gram_root, projected_grams
-from ntkcheck.checks.config import axis
+from ntkcheck.checks.config import CheckConfig, axis, setting
 from ntkcheck.checks.fit import fit_exponent
 from ntkcheck.checks.plots import loglog_panels
 from ntkcheck.checks.registry import CheckSpec
@@ -59,20 +59,20 @@ from ntkcheck.theory import jl
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(CheckConfig):
     seeds: int = axis("seeds", 6)
     width: int = 512
     depth: int = 2
     d_in: int = 16
     n_samples: int = 32
     n_test: int = 256
-    lr: float = 1.0
-    pretrain_steps: int = 20
+    lr: float = setting(1.0, gt=0)
+    pretrain_steps: int = setting(20, ge=0)
     ranks: tuple[int, ...] = axis("rank", (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048))
-    epsilons: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+    epsilons: tuple[float, ...] = setting((0.1, 0.2, 0.3, 0.4, 0.5, 0.6), gt=0, lt=1)
     draws: int = 4000
     #: eps of Remark D.6's rank claim and of the control (k below log N must miss it)
-    eps_remark: float = 0.5
+    eps_remark: float = setting(0.5, gt=0, lt=1)
     #: the slope is fitted on k >= this: below it deviations of order 1 saturate the k^-1/2 law
     fit_min_rank: int = 8
     identity_width: int = 64
@@ -83,7 +83,7 @@ class Config:
     #: eta_T = lr * T = 2: LoRA's A-gradient term <B^T dz_i, B^T dz_j><x_i, x_j> grows like
     #: ||B||^2 ~ eta_T^2 whatever the width; at eta_T = 10 LoRA-FT left its kernel by ~30% here,
     #: at eta_T = 2 by ~4% (the "kernel-regime" LoRA of the claim)
-    table_lr: float = 0.02
+    table_lr: float = setting(0.02, gt=0)
     #: Lemma D.4 is an identity: float64 round-off of a sum over ~10^4 products
     tol_identity: float = 1e-10
     #: a nonzero B adds <B^T dz_i, B^T dz_j><x_i, x_j>: the residual must exceed this
@@ -104,6 +104,17 @@ class Config:
     #: k = 2 < log N: the exceedance at eps_remark must be at least this (a miss: most projections
     #: exceed eps; measured 1.0, while at k >= 256 it is 0)
     control_min_exceedance: float = 0.5
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.seeds < 2:
+            raise ValueError(f"jl_subspace needs seeds >= 2 for a bootstrap CI, got {self.seeds}")
+        if sum(k >= self.fit_min_rank for k in self.ranks) < 2:
+            raise ValueError(f"ranks={self.ranks!r}: need two ranks >= fit_min_rank={self.fit_min_rank} for a slope")
+        if len(self.table_ranks) < 2:
+            raise ValueError(f"table_ranks={self.table_ranks!r}: need two ranks for a slope")
+        if self.depth < 2:
+            raise ValueError(f"depth={self.depth}: the hidden-layer LoRA needs depth >= 2")
 
     @classmethod
     def quick(cls) -> "Config":
@@ -341,6 +352,14 @@ def run(config: Config, store) -> list[Claim]:
     return claims
 
 
+def memory_bytes(config: Config) -> int:
+    """Peak bytes of one point: the MLP with its LoRA merges at the largest table rank, and a chunk of 250
+    projected Grams per layer (N x N each)."""
+    lora = max(config.table_ranks) * (config.width + config.d_in) * (config.depth + 1)
+    grams = 250 * config.n_samples ** 2 * (config.depth + 2)
+    return network_bytes(mlp_params(config.width, config.d_in, config.depth) + lora) + 8 * 4 * grams
+
+
 SPEC = CheckSpec(name="jl_subspace", summary="LoRA and IntrinsicDimension kernels stay within the JL bound of "
                  "the full kernel; deviation ~ k^-1/2 ([KV] Thm D.2, D.5)", config_cls=Config, run=run, order=50,
-                 version=2)
+                 version=2, memory=memory_bytes)

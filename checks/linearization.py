@@ -35,14 +35,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ntkcheck.checks._common import mlp_params, network_bytes, transformer_params
 from ntkcheck.checks._common import (DTYPE, Teacher, finetune_kernel_behavior, limit_threads, seed_mean, series,
                                      sphere_inputs)
-from ntkcheck.checks.config import axis
+from ntkcheck.checks.config import CheckConfig, axis, setting
 from ntkcheck.checks.fit import fit_rows
 from ntkcheck.checks.plots import loglog_panels
 from ntkcheck.checks.registry import CheckSpec
 from ntkcheck.checks.sweep import grid, sweep
 from ntkcheck.models import build, optim, train
+from ntkcheck.models.activations import ACTIVATIONS
 from ntkcheck.models.kernels import empirical_kernel, kernel_distance
 from ntkcheck.result import Claim, claim
 from ntkcheck.seeding import generator
@@ -59,30 +61,30 @@ METRICS = ("e_lin", "drift", "init_fluct", "table6", "movement", "lin_gap")
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(CheckConfig):
     widths: tuple[int, ...] = axis("width", (64, 128, 256, 512, 1024, 2048, 4096))   # MLP widths
     attn_widths: tuple[int, ...] = axis("width", (32, 64, 128, 256, 512, 1024))       # transformer widths
     seeds: int = axis("seeds", 5)
     d_in: int = 8
     depth: int = 2
-    activation: str = "tanh"
+    activation: str = setting("tanh", choices=ACTIVATIONS)
     seq_len: int = 4
     n_heads: int = 2
     n_train: int = 32          # source and target training sets (full batch)
     n_test: int = 32           # held-out inputs for e_lin and the Table 1 losses
     n_kernel: int = 16         # held-out inputs where K_PT, K_t are compared
-    pt_steps: int = 50
+    pt_steps: int = setting(50, ge=0)
     ft_steps: int = 50
     checkpoints: int = 5       # kernel drift is the max over this many points of the FT trajectory
     #: target = source teacher + relatedness * independent teacher (a related, not identical, task)
     relatedness: float = 0.5
     #: GD rates: NTK eta (c_sgd = 0), SP eta_0 in eta_0 / n (the K_SP ~ n K_NTK scale makes them comparable)
-    lr_ntk: float = 1.0
-    lr_sp: float = 1.0
+    lr_ntk: float = setting(1.0, gt=0)
+    lr_sp: float = setting(1.0, gt=0)
     #: the transformer's NTK has a larger scale (residual + attention paths): half the MLP rate keeps GD stable
-    lr_attn_scale: float = 0.5
+    lr_attn_scale: float = setting(0.5, gt=0)
     #: muP base SGD rate (input eta n, hidden eta, output eta / n); 0.05 trains stably at every width
-    lr_mup: float = 0.05
+    lr_mup: float = setting(0.05, gt=0)
     #: bound claim "slope <= -1/2": a sharp -1 passes with room; 0.15 absorbs the CI half-width at 4-5 seeds
     bound_tol: float = 0.15
     #: sharp claim "slope == -1": finite-width corrections at n = 32-64 bend the fit by ~0.1-0.2
@@ -94,9 +96,10 @@ class Config:
     control_tol: float = 0.25
     #: [KV] Table 1 threshold: the linearized model recovers >= 50% of FT's improvement
     table1_threshold: float = 0.5
-    threads: int = 1           # see signgd_kernel.Config.threads
+    threads: int = setting(1, ge=0)   # see signgd_kernel.Config.threads
 
     def __post_init__(self):
+        super().__post_init__()
         for name in ("widths", "attn_widths"):
             v = getattr(self, name)
             if len(v) < 2 or any(w < 2 for w in v):
@@ -222,6 +225,12 @@ def _plot(rows, store) -> None:
                   suptitle="[ES] Lemma 1 / Thm 5: kernel behavior of fine-tuning vs width (NTK, SP lr/n; muP control)")
 
 
-SPEC = CheckSpec(name="linearization", order=30, config_cls=Config, run=run, version=2,
+def memory_bytes(config: Config) -> int:
+    """Peak bytes of the largest point: the widest MLP or transformer, pretrained and fine-tuned copies."""
+    return network_bytes(max(mlp_params(max(config.widths), config.d_in, config.depth),
+                             transformer_params(max(config.attn_widths), config.d_in, 1, config.n_heads)))
+
+
+SPEC = CheckSpec(name="linearization", order=30, config_cls=Config, run=run, version=2, memory=memory_bytes,
                  summary="[ES] Lemma 1/Thm 5: e_lin, kernel drift, Table 6 distance fall like n^-1/2 or faster; "
                  "muP control flat")

@@ -47,13 +47,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ntkcheck.checks._common import mlp_params, network_bytes
 from ntkcheck.checks._common import DTYPE, Teacher, finetune_kernel_behavior, limit_threads, series, sphere_inputs
-from ntkcheck.checks.config import axis
+from ntkcheck.checks.config import CheckConfig, axis, setting
 from ntkcheck.checks.fit import fit_rows
 from ntkcheck.checks.plots import loglog_panels
 from ntkcheck.checks.registry import CheckSpec
 from ntkcheck.checks.sweep import grid, sweep
 from ntkcheck.models import build, optim, train
+from ntkcheck.models.activations import ACTIVATIONS
 from ntkcheck.models.functional import output
 from ntkcheck.result import Claim, claim
 from ntkcheck.seeding import derive, generator, rng
@@ -63,26 +65,26 @@ STYLES = ("prompt", "head")
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(CheckConfig):
     widths: tuple[int, ...] = axis("width", (64, 128, 256, 512, 1024, 2048, 4096))
     seeds: int = axis("seeds", 5)
     d_in: int = 8
     depth: int = 2
-    activation: str = "tanh"
+    activation: str = setting("tanh", choices=ACTIVATIONS)
     n_pretrain: int = 64
     n_train: int = 16          # downstream training set (full batch)
     n_test: int = 32           # held-out downstream inputs (e_lin, losses; the kernel uses n_kernel of them)
     n_kernel: int = 16
-    pt_steps: int = 60
+    pt_steps: int = setting(60, ge=0)
     ft_steps: int = 40
     checkpoints: int = 4
     #: muP base SGD rate (input eta n, hidden eta, output eta / n) for pretraining and FT:
     #: 0.5 fits the pretraining teacher to test MSE ~0.06 (of y^2 ~ 1.6) in 60 steps, stably at every width
-    lr: float = 0.5
+    lr: float = setting(0.5, gt=0)
     #: C.5 linear net base rate eta (eta_U = eta n, eta_W = eta): 1 makes both kernel-term parts Theta(1)
-    c5_lr: float = 1.0
+    c5_lr: float = setting(1.0, gt=0)
     #: natural-task exponent d: chi_max = Theta(n^-d); 1/2 keeps chi well below 1 at n = 64 already
-    natural_d: float = 0.5
+    natural_d: float = setting(0.5, gt=0)
     #: slopes "falling with n" must beat -0.15: the prompt-style prediction is ~-d = -0.5
     decay_margin: float = 0.15
     #: rate claim "slope == -d": second-order / first-order ~ chi; 0.15 absorbs finite-width bending at n = 64
@@ -93,9 +95,10 @@ class Config:
     c5_tol: float = 0.1
     #: the C.5 identity f_1 - f_0 = kernel + second holds exactly; 1e-9 relative is float64 round-off room
     c5_identity_tol: float = 1e-9
-    threads: int = 1           # see signgd_kernel.Config.threads
+    threads: int = setting(1, ge=0)   # see signgd_kernel.Config.threads
 
     def __post_init__(self):
+        super().__post_init__()
         if len(self.widths) < 2 or any(w < 2 for w in self.widths):
             raise ValueError(f"widths needs at least two widths >= 2, got {self.widths}")
         if self.seeds < 2:
@@ -265,5 +268,10 @@ def _plot(rows, store) -> None:
                   suptitle="[KV] Thm 5.5: prompt-style FT of a natural task is kernel-like; head-style is not")
 
 
-SPEC = CheckSpec(name="natural_task", order=40, config_cls=Config, run=run, version=2,
+def memory_bytes(config: Config) -> int:
+    """Peak bytes of the largest point: the widest MLP (pretrained, fresh head, fine-tuned copies)."""
+    return network_bytes(mlp_params(max(config.widths), config.d_in, config.depth))
+
+
+SPEC = CheckSpec(name="natural_task", order=40, config_cls=Config, run=run, version=2, memory=memory_bytes,
                  summary="[KV] Def. 5.3/Thm 5.5/C.5: natural task (chi_max -> 0) makes prompt-style FT kernel-like; fresh head does not")

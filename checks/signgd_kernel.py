@@ -40,13 +40,15 @@ from dataclasses import dataclass
 
 import torch
 
+from ntkcheck.checks._common import mlp_params, network_bytes
 from ntkcheck.checks._common import DTYPE, Teacher, limit_threads, rel_err, rms, seed_mean, series, sphere_inputs
-from ntkcheck.checks.config import axis
+from ntkcheck.checks.config import CheckConfig, axis, setting
 from ntkcheck.checks.fit import fit_rows
 from ntkcheck.checks.plots import loglog_panels
 from ntkcheck.checks.registry import CheckSpec
 from ntkcheck.checks.sweep import grid, sweep
 from ntkcheck.models import build, optim, train
+from ntkcheck.models.activations import ACTIVATIONS
 from ntkcheck.models.functional import output, pullback, pushforward
 from ntkcheck.models.kernels import empirical_kernel
 from ntkcheck.result import Claim, claim
@@ -67,26 +69,26 @@ SOURCE = "[KV] Thm 4.3, Thm C.4"
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(CheckConfig):
     widths: tuple[int, ...] = axis("width", (64, 128, 256, 512, 1024, 2048, 4096))
     seeds: int = axis("seeds", 6)
     d_in: int = 8
     depth: int = 2
-    activation: str = "tanh"
+    activation: str = setting("tanh", choices=ACTIVATIONS)
     n_pool: int = 16          # training examples the steps draw from
     n_test: int = 16          # held-out inputs where df is predicted
     steps: int = 8
     batch: int = 4            # the "small batch" size
     #: SignGD base rate c: rates c/sqrt(n), c/n, c/sqrt(n) give rms df ~ 0.3 per step at every width
-    lr_signgd: float = 0.5
+    lr_signgd: float = setting(0.5, gt=0)
     #: SGD rate of the NTK parametrization (width-independent, c_sgd = 0): rms df ~ 0.1 per step
-    lr_sgd: float = 0.5
+    lr_sgd: float = setting(0.5, gt=0)
     #: muP control with Table 10 SignGD rates (c, c/n, c/n): 0.3 moves features by Theta(1)
-    lr_mup: float = 0.3
+    lr_mup: float = setting(0.3, gt=0)
     #: eps_M = eps_rel * rms entry of grad_M f_0 over the pool ([KV] Assumption C.2g: eps matches the scale)
     eps_rel: float = 0.1
     #: Adam vs SignGD: full-batch steps with the SignGD rates times this (the "small lr" of early Adam)
-    adam_lr_factor: float = 0.2
+    adam_lr_factor: float = setting(0.2, gt=0)
     adam_steps: int = 8
     #: "clearly below 0": with >= 3 seeds the bootstrap CI half-width of these slopes is ~0.1-0.15,
     #: and checks.md observes ~-1, so a slope must beat -0.3 to count as a decay
@@ -102,9 +104,10 @@ class Config:
     adam_tol: float = 0.25
     #: torch intra-op threads while this check runs: its matmuls (batches of 1-16 rows) are too small
     #: for thread parallelism to pay, and on a shared 2-core machine OMP spinning made runs 10x slower
-    threads: int = 1
+    threads: int = setting(1, ge=0)
 
     def __post_init__(self):
+        super().__post_init__()
         if any(w < 2 for w in self.widths) or len(self.widths) < 2:
             raise ValueError(f"widths must be >= 2 integers, at least two of them, got {self.widths}")
         if self.seeds < 2:
@@ -334,5 +337,10 @@ def _plot(rows, store) -> None:
     loglog_panels(store.path("signgd_kernel.png"), panels, suptitle="[KV] Thm 4.3: SignGD kernel analog vs width")
 
 
-SPEC = CheckSpec(name="signgd_kernel", order=20, config_cls=Config, run=run, version=2,
+def memory_bytes(config: Config) -> int:
+    """Peak bytes of the largest point: the widest MLP, its optimizer state and the matrix-free analog's copies."""
+    return network_bytes(mlp_params(max(config.widths), config.d_in, config.depth))
+
+
+SPEC = CheckSpec(name="signgd_kernel", order=20, config_cls=Config, run=run, version=2, memory=memory_bytes,
                  summary="[KV] Thm 4.3/C.4: A-SignGD kernel predicts SignGD steps (and K_SGD SGD) with error -> 0 in n")

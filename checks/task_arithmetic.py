@@ -40,8 +40,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ntkcheck.checks._common import DTYPE, limit_threads
-from ntkcheck.checks.config import axis
+from ntkcheck.checks._common import DTYPE, limit_threads, mlp_params, network_bytes
+from ntkcheck.checks.config import CheckConfig, axis, setting
 from ntkcheck.checks.fit import fit_rows
 from ntkcheck.checks.plots import loglog_panels
 from ntkcheck.checks.registry import CheckSpec
@@ -53,7 +53,7 @@ from ntkcheck.seeding import generator
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(CheckConfig):
     widths: tuple[int, ...] = axis("width", (64, 128, 256, 512, 1024, 2048, 4096))
     seeds: int = axis("seeds", 6)
     d_in: int = 8
@@ -61,8 +61,8 @@ class Config:
     n_source: int = 64
     n_task: int = 32
     n_test: int = 128
-    lr: float = 1.0
-    pretrain_steps: int = 50
+    lr: float = setting(1.0, gt=0)
+    pretrain_steps: int = setting(50, ge=0)
     finetune_steps: int = 50
     #: Cor. 2 proves O~(n^-1/2); 0.15 covers the bootstrap CI (about +-0.1 with 6 seeds)
     tol_bound: float = 0.15
@@ -75,6 +75,15 @@ class Config:
     tol_norm_acc: float = 0.05
     #: with a shared subspace the interference slope must stay above -1/2 + 0.3 (flat)
     control_margin: float = 0.3
+
+    def __post_init__(self):
+        super().__post_init__()
+        if len(self.widths) < 2 or any(w < 2 for w in self.widths):
+            raise ValueError(f"widths={self.widths!r}: need at least two widths >= 2")
+        if self.seeds < 2:
+            raise ValueError(f"task_arithmetic needs seeds >= 2 for a bootstrap CI, got {self.seeds}")
+        if self.d_in < 2 or self.d_in % 2:
+            raise ValueError(f"d_in={self.d_in}: the two tasks split the inputs in halves, so d_in must be even")
 
     @classmethod
     def quick(cls) -> "Config":
@@ -209,6 +218,11 @@ def run(config: Config, store) -> list[Claim]:
     return claims
 
 
+def memory_bytes(config: Config) -> int:
+    """Peak bytes of the largest point: the widest MLP and its four fine-tuned copies."""
+    return network_bytes(mlp_params(max(config.widths), config.d_in, config.depth), copies=16)
+
+
 SPEC = CheckSpec(name="task_arithmetic", summary="task vectors of orthogonal tasks add without interference, "
                  "interference falls like n^-1/2 ([ES] Cor. 1, 2)", config_cls=Config, run=run, order=70,
-                 version=2)
+                 version=2, memory=memory_bytes)

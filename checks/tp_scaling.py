@@ -29,12 +29,14 @@ from dataclasses import dataclass
 
 import torch
 
-from ntkcheck.checks.config import axis
+from ntkcheck.checks._common import mlp_params, network_bytes, transformer_params
+from ntkcheck.checks.config import CheckConfig, axis, setting
 from ntkcheck.checks.fit import fit_rows
 from ntkcheck.checks.plots import loglog_panels
 from ntkcheck.checks.registry import CheckSpec
 from ntkcheck.checks.sweep import grid, select, sweep
 from ntkcheck.models import build, optim, train
+from ntkcheck.models.activations import ACTIVATIONS
 from ntkcheck.result import Claim, claim
 from ntkcheck.seeding import generator
 from ntkcheck.theory import parametrization as P
@@ -44,15 +46,15 @@ ARCHS = ("mlp", "transformer")
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(CheckConfig):
     widths: tuple[int, ...] = axis("width", (64, 128, 256, 512, 1024, 2048, 4096))
     attn_widths: tuple[int, ...] = axis("width", (64, 128, 256, 512, 1024))
     seeds: int = axis("seeds", 6)
-    archs: tuple[str, ...] = ARCHS
-    optimizers: tuple[str, ...] = ("sgd", "adam")
+    archs: tuple[str, ...] = setting(ARCHS, choices=ARCHS)
+    optimizers: tuple[str, ...] = setting(("sgd", "adam"), choices=("sgd", "adam"))
     #: the kernel/feature-learning presets whose predicted slopes are claims; SP is the control
-    params: tuple[str, ...] = ("MUP", "NTK", "SP_LR")
-    control: str = "SP"
+    params: tuple[str, ...] = setting(("MUP", "NTK", "SP_LR"), choices=tuple(P.PRESETS))
+    control: str = setting("SP", choices=tuple(P.PRESETS))
     depth: int = 2            # hidden layers of the MLP
     attn_blocks: int = 1      # attention blocks (the transformer has 1 + blocks hidden-role layers)
     #: LayerNorm off: it rescales the residual stream the readout sees by a data-dependent
@@ -64,9 +66,9 @@ class Config:
     d_in: int = 8
     batch: int = 8
     steps: int = 5
-    activation: str = "tanh"
-    lr_sgd: float = 0.1
-    lr_adam: float = 0.01
+    activation: str = setting("tanh", choices=ACTIVATIONS)
+    lr_sgd: float = setting(0.1, gt=0)
+    lr_adam: float = setting(0.01, gt=0)
     #: slope tolerance: with 6 seeds the bootstrap CI half-width is ~0.05 and neighbouring
     #: widths scatter by ~0.1 at n=64 (finite-width corrections), so 0.15 separates 0 from -1/2.
     tolerance: float = 0.15
@@ -74,21 +76,12 @@ class Config:
     control_margin: float = 0.25
 
     def __post_init__(self):
+        super().__post_init__()
         for name in ("widths", "attn_widths"):
             if any(w < 2 for w in getattr(self, name)):
                 raise ValueError(f"{name} must be integers >= 2, got {getattr(self, name)}")
         if self.seeds < 2:
             raise ValueError(f"tp_scaling needs seeds >= 2 for a bootstrap CI, got {self.seeds}")
-        for p in self.params + (self.control,):
-            P.get(p)
-        bad = [a for a in self.archs if a not in ARCHS]
-        if bad:
-            raise ValueError(f"archs: unknown architecture {bad[0]!r}; expected some of {', '.join(ARCHS)}")
-        bad = [o for o in self.optimizers if o not in ("sgd", "adam")]
-        if bad:
-            raise ValueError(f"optimizers: unknown optimizer {bad[0]!r}; expected sgd or adam")
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
 
     @classmethod
     def quick(cls) -> "Config":
@@ -195,5 +188,13 @@ def run(config: Config, store) -> list[Claim]:
     return claims
 
 
+def memory_bytes(config: Config) -> int:
+    """Peak bytes of the largest point: the widest MLP or transformer with its optimizer state."""
+    mlp = mlp_params(max(config.widths), config.d_in, config.depth) if "mlp" in config.archs else 0
+    tr = (transformer_params(max(config.attn_widths), config.d_in, config.attn_blocks, config.n_heads)
+          if "transformer" in config.archs else 0)
+    return network_bytes(max(mlp, tr))
+
+
 SPEC = CheckSpec(name="tp_scaling", summary="abc-parametrization scaling: muP r=0, NTK/SP_LR r=1/2, SP unstable",
-                 config_cls=Config, run=run, order=10, version=2)
+                 config_cls=Config, run=run, order=10, version=2, memory=memory_bytes)
