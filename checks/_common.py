@@ -47,6 +47,28 @@ class Teacher:
         return h @ self.a / math.sqrt(self.a.shape[0]) * 2.0 * self.scale
 
 
+# ---------------------------------------------------------------- memory estimates
+#: float64 copies of a network's parameters a training point holds at once: the parameters, their
+#: gradient, the update and the new parameters, Adam's two moments, a pretrained copy and a jvp tangent
+PARAM_COPIES = 10
+
+
+def mlp_params(width: int, d_in: int, depth: int, d_out: int = 1) -> int:
+    """Parameter count of the factory's MLP: d_in n + (depth - 1) n^2 + n d_out (+ biases, at most depth n + d_out)."""
+    return d_in * width + (depth - 1) * width * width + width * d_out + depth * width + d_out
+
+
+def transformer_params(width: int, d_in: int, depth: int, n_heads: int, mlp: bool = False) -> int:
+    """Parameter count of the factory's transformer: embedding, per block Q, K, V, O (H n x n each), readout."""
+    block = 4 * n_heads * width * width + (2 * width * width if mlp else 0)
+    return d_in * width + depth * block + width
+
+
+def network_bytes(n_params: int, copies: int = PARAM_COPIES) -> int:
+    """Bytes of ``copies`` float64 copies of a network with n_params parameters."""
+    return 8 * copies * int(n_params)
+
+
 # ---------------------------------------------------------------- statistics
 def rms(x: torch.Tensor) -> float:
     return float(x.double().pow(2).mean().sqrt())

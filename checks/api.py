@@ -13,6 +13,7 @@ from typing import Any
 from ntkcheck.checks.config import to_json, without_axes
 from ntkcheck.checks.registry import CheckSpec, get
 from ntkcheck.provenance import now_iso, provenance
+from ntkcheck.resources import require_memory
 from ntkcheck.result import Result
 from ntkcheck.store import ResultStore
 
@@ -25,6 +26,8 @@ def run_check(check: str | CheckSpec, config: Any = None, out: str | Path = "ntk
     """
     spec = get(check) if isinstance(check, str) else check
     config = spec.default_config(quick) if config is None else config
+    if spec.memory is not None:
+        require_memory(spec.memory(config), f"{spec.name} at its largest sweep point")
     store = ResultStore(Path(out), spec.name)
     store.bind(without_axes(config), spec.version)
     started, t0 = now_iso(), time.time()

@@ -26,6 +26,8 @@ class CheckSpec:
     #: bump when the measurement code changes what a point holds: finished points of
     #: another version are recomputed, never mixed in (it is part of the store's fingerprint)
     version: int = 1
+    #: config -> estimated peak bytes of the sweep's largest point, checked before anything runs
+    memory: Callable | None = None
 
     def default_config(self, quick: bool = False):
         return self.config_cls.quick() if quick else self.config_cls()
