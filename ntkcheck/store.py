@@ -1,5 +1,12 @@
 """The run store: DIR/<name>/{result.json, measurements.csv, *.png, points/}, written atomically.
 
+Processes on one folder cooperate: a process computes a point only while it
+holds the point's lock file (created with O_EXCL, holding host, pid and start
+time), so two runs on one --out split the remaining points. A lock whose
+process is gone (same host, pid not alive) or that is older than
+NTKCHECK_LOCK_STALE_SECONDS (default one day; for locks from other hosts, whose
+pids cannot be checked) is stale and taken over.
+
 One folder per result, a check's or an LM measurement's. Every finished sweep
 point is one JSON file written by write-to-temp, fsync, rename, and carries a
 SHA-256 of its payload; a truncated or corrupt file is detected on load,
@@ -16,12 +23,14 @@ import io
 import json
 import math
 import os
+import socket
 import tempfile
-import warnings
+import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from ntkcheck.errors import UserError
+from ntkcheck.log import note
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -93,10 +102,17 @@ class ResultStore:
         except (ValueError, KeyError, TypeError, UnicodeDecodeError):
             ok = False
         if not ok:
-            warnings.warn(f"corrupt point file {path}; recomputing it", RuntimeWarning, stacklevel=2)
+            note(f"recomputing {path}: unreadable or checksum mismatch")
             path.unlink(missing_ok=True)
             return None
         return rows
+
+    def try_lock_point(self, point: Mapping[str, Any]) -> bool:
+        """Claim a point for this process (see the module docstring); False if another live process holds it."""
+        return try_lock(self._point_path(point).with_suffix(".lock"))
+
+    def unlock_point(self, point: Mapping[str, Any]) -> None:
+        unlock(self._point_path(point).with_suffix(".lock"))
 
     def save_point(self, point: Mapping[str, Any], rows: list[dict]) -> None:
         rows = json.loads(canonical_json(rows))  # plain JSON types only
@@ -133,6 +149,71 @@ class ResultStore:
         return self.dir / name
 
 
+def _lock_info() -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _stale(path: Path) -> bool:
+    """A lock is stale when its process is gone (same host) or it is older than the stale limit."""
+    limit = float(os.environ.get("NTKCHECK_LOCK_STALE_SECONDS", 86400))
+    try:
+        age = time.time() - path.stat().st_mtime
+        info = json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        return False          # released meanwhile: try again
+    except (OSError, ValueError):
+        return age > 5.0      # unreadable: being written now, or its writer died while writing it
+    if age > limit:
+        return True
+    if info.get("host") == socket.gethostname():
+        return not _pid_alive(int(info.get("pid", -1)))
+    return False
+
+
+def try_lock(path: Path) -> bool:
+    """Create the lock file ``path`` for this process; take over a stale one. True when this process holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            if not _stale(path):
+                return False
+            # only one process wins the rename of a stale lock; the others see it gone and retry
+            grave = path.with_name(f"{path.name}.stale.{os.getpid()}")
+            try:
+                os.replace(path, grave)
+                grave.unlink(missing_ok=True)
+                note(f"taking over the stale lock {path}")
+            except FileNotFoundError:
+                pass
+            continue
+        with os.fdopen(fd, "w") as fh:
+            json.dump(_lock_info(), fh)
+        return True
+    return False
+
+
+def unlock(path: Path) -> None:
+    """Remove this process's lock file (a lock another process took over is left alone)."""
+    try:
+        info = json.loads(path.read_text("utf-8"))
+        if info.get("pid") == os.getpid() and info.get("host") == socket.gethostname():
+            path.unlink(missing_ok=True)
+    except (OSError, ValueError):
+        pass
+
+
 def _plain(v: Any) -> Any:
     """Strict JSON of ``v``: non-finite floats become null (JSON has no NaN), numpy scalars and arrays
     plain numbers and lists, tuples lists, mapping keys strings, anything else its str()."""
@@ -151,7 +232,11 @@ def _plain(v: Any) -> Any:
 
 def ensure_writable(out: Path) -> Path:
     """Create ``out`` if needed and prove it can be written, else raise UserError naming it."""
+    if not str(out).strip():
+        raise UserError(f"--out {str(out)!r} is empty; give a folder for the results")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {str(out)!r} is a file, not a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".ntkcheck-write-probe"

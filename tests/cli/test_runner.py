@@ -40,7 +40,7 @@ def test_interrupted_sweep_resumes_without_recomputing(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["truncate", "tamper", "garbage"])
-def test_corrupt_point_is_detected_and_recomputed(tmp_path, damage):
+def test_corrupt_point_is_detected_and_recomputed(tmp_path, damage, capsys):
     store = ResultStore(tmp_path, "demo")
     points = grid(width=[8, 16], seed=[0])
     sweep(store, points, lambda pt: {"value": float(pt["width"])})
@@ -53,8 +53,9 @@ def test_corrupt_point_is_detected_and_recomputed(tmp_path, damage):
     else:
         path.write_bytes(b"\x00\xff not json")
     calls = []
-    with pytest.warns(RuntimeWarning, match="corrupt point file"):
-        rows = sweep(store, points, lambda pt: calls.append(pt) or {"value": float(pt["width"])})
+    rows = sweep(store, points, lambda pt: calls.append(pt) or {"value": float(pt["width"])})
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"ntkcheck: recomputing {path}: unreadable or checksum mismatch"]   # one line, ntkcheck's own
     assert [c["width"] for c in calls] == [8]
     assert [r["value"] for r in rows] == [8.0, 16.0]
 
