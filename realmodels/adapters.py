@@ -51,7 +51,10 @@ def disable_tf32() -> None:
 
 def resolve_device(device: str | None) -> torch.device:
     """'cpu', 'cuda', 'cuda:1' or None (cpu) -> torch.device; cuda without a GPU is a UserError."""
-    dev = torch.device(device or "cpu")
+    try:
+        dev = torch.device(device or "cpu")
+    except (RuntimeError, TypeError):
+        raise UserError(f"--device {device!r}: expected cpu, cuda or cuda:i") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise UserError(f"--device {device!r}: CUDA is not available on this machine")
@@ -70,8 +73,13 @@ def load_pretrained(path: str | Path, *, mode: str = "auto", device: str | torch
     mode "auto" picks "mlm" when the config is a masked LM, "causal" when it is a
     causal LM, else "head" (an encoder without an LM head, e.g. a sentence-embedding BERT).
     """
+    from ntkcheck.log import quiet_libraries
+
+    quiet_libraries()   # NTKCHECK_PROGRESS=0 / TQDM_DISABLE silence transformers' bars too
     import transformers
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+
+    quiet_libraries()
 
     path = Path(path)
     kw = dict(local_files_only=True)

@@ -56,6 +56,18 @@ def _int(flag: str, minimum: int = 1):
     return parse
 
 
+def _positive_float(flag: str):
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} {text!r}: expected a number") from None
+        if not (v > 0 and math.isfinite(v)):
+            raise argparse.ArgumentTypeError(f"{flag} {text!r}: must be a positive number")
+        return v
+    return parse
+
+
 def _words(flag: str, allowed: tuple[str, ...] | None = None):
     def parse(text: str) -> tuple[str, ...]:
         vals = tuple(t.strip() for t in text.split(",") if t.strip())
@@ -95,9 +107,11 @@ def _common(p: argparse.ArgumentParser, kinds: bool = True) -> None:
         p.add_argument("--kinds", type=_words("--kinds", KINDS), default=("sgd",),
                        help="kernel kinds: sgd,signgd,asym_signgd")
     p.add_argument("--kernel-dtype", default="float64", choices=["float64", "float32"])
-    p.add_argument("--method", default="auto", help="kernel engine method (auto, jacobian, structured, ...)")
+    p.add_argument("--method", default="auto", choices=["auto", "jacobian", "structured", "ntk_vp", "sketch", "packed"],
+                   help="kernel engine method (default auto)")
     p.add_argument("--block", type=_int("--block"), default=256, help="kernel rows per cached block")
-    p.add_argument("--memory-gb", type=float, default=2.0, help="kernel engine memory budget (GiB)")
+    p.add_argument("--memory-gb", type=_positive_float("--memory-gb"), default=2.0,
+                   help="kernel engine memory budget (GiB)")
     p.add_argument("--out", default="ntkcheck-runs", help="run-store folder")
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -30,6 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from ntkcheck.errors import UserError
+from ntkcheck.log import note
 from ntkcheck.realmodels.tasks import Task
 
 SEEDS = (13, 21, 42, 87, 100)
@@ -81,7 +81,7 @@ def load_label_sentence(path: str | Path, *, num_labels: int | None = None,
         if why:
             msg = f"{path}:{lineno}: cannot parse line ({why})"
             if on_error == "skip":
-                warnings.warn(msg + "; skipped", RuntimeWarning, stacklevel=2)
+                note(msg + "; skipped")
                 continue
             raise UserError(msg)
         out.append(Example(sentence.strip(), label))
@@ -177,7 +177,7 @@ def load_table(path: str | Path, *, text_col: str = "text", text2_col: str | Non
     for msg in problems:
         if on_error != "skip":
             raise UserError(msg)
-        warnings.warn(msg + "; skipped", RuntimeWarning, stacklevel=2)
+        note(msg + "; skipped")
     if not out:
         raise UserError(f"data file {str(path)!r} has no examples")
     return out

@@ -19,21 +19,18 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import sys
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from ntkcheck.errors import UserError
+from ntkcheck.log import note, progress_bar
 from ntkcheck.realmodels.data import SEEDS, Example, Split, k_shot_split, load_task
 from ntkcheck.realmodels.tasks import Task, custom_task, get_task
-from ntkcheck.store import ResultStore, atomic_write_bytes, fingerprint
+from ntkcheck.store import ResultStore, atomic_write_bytes, fingerprint, try_lock, unlock
 
 KINDS = ("sgd", "signgd", "asym_signgd")
 
@@ -159,20 +156,39 @@ class Session:
         blocks: list[torch.Tensor | None] = [_load_tensor(kdir / f"{kind}_{s}.pt") for s in starts]
         todo = sum(b is None for b in blocks)
         xc = self.x_rows[:U]
-        bar = tqdm(total=len(starts), initial=len(starts) - todo, desc=f"kernel {kind} ({R}x{U} examples)",
-                   unit="block", file=sys.stderr, leave=False,
-                   disable=not progress or os.environ.get("NTKCHECK_PROGRESS", "1") == "0")
+        bar = progress_bar(total=len(starts), initial=len(starts) - todo, desc=f"kernel {kind} ({R}x{U} examples)",
+                           unit="block", disable=not progress)
+        told = False
         try:
-            for i, s in enumerate(starts):
-                if blocks[i] is not None:
-                    continue
-                t0 = time.perf_counter()
-                K = self.kernel_fn(kind)(self.x_rows[s:s + B], xc).detach().double().cpu()
-                _save_tensor(kdir / f"{kind}_{s}.pt", K)
-                blocks[i] = K
-                self.meta.setdefault("kernel_seconds", {}).setdefault(kind, 0.0)
-                self.meta["kernel_seconds"][kind] += time.perf_counter() - t0
-                bar.update(1)
+            pending = [i for i, b in enumerate(blocks) if b is None]
+            while pending:
+                waiting = []
+                for i in pending:
+                    s = starts[i]
+                    path, lock = kdir / f"{kind}_{s}.pt", kdir / f"{kind}_{s}.lock"
+                    got = _load_tensor(path)
+                    if got is None and try_lock(lock):   # processes on one --out split the blocks
+                        try:
+                            got = _load_tensor(path)
+                            if got is None:
+                                t0 = time.perf_counter()
+                                got = self.kernel_fn(kind)(self.x_rows[s:s + B], xc).detach().double().cpu()
+                                _save_tensor(path, got)
+                                self.meta.setdefault("kernel_seconds", {}).setdefault(kind, 0.0)
+                                self.meta["kernel_seconds"][kind] += time.perf_counter() - t0
+                        finally:
+                            unlock(lock)
+                    if got is None:
+                        waiting.append(i)
+                        continue
+                    blocks[i] = got
+                    bar.update(1)
+                if waiting:
+                    if not told:
+                        note(f"{len(waiting)} {kind} kernel block(s) are being computed by another process; waiting")
+                        told = True
+                    time.sleep(0.5)
+                pending = waiting
         finally:
             bar.close()
         return torch.cat(blocks, 0)
@@ -202,7 +218,7 @@ def _load_tensor(path: Path) -> torch.Tensor | None:
             raise ValueError("checksum mismatch")
         return t
     except Exception as e:  # any unreadable file is recomputed
-        warnings.warn(f"corrupt cache file {path} ({e}); recomputing it", RuntimeWarning, stacklevel=2)
+        note(f"recomputing {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}")
         path.unlink(missing_ok=True)
         return None
 
@@ -271,11 +287,46 @@ def open_session(cfg: LMConfig, check: str, *, model_bundle=None, adapter=None) 
                          "label_words": list(adapter.label_words), "template": adapter.template})
 
 
-def load_bundle(cfg: LMConfig):
-    """(model, tokenizer, mode) of ``cfg`` (loaded once, shared by sessions)."""
-    from ntkcheck.realmodels.adapters import load_pretrained, resolve_device
+def validate_lm_config(cfg: LMConfig, tasks: Sequence[str] = ()) -> None:
+    """Every LMConfig value (and the extra ``tasks``) checked before any model is loaded: a UserError naming
+    the bad value. Reads the task's data files (seconds), so a missing file is reported up front."""
+    import math
+    import re
+
+    from ntkcheck.models.kernels.common import KernelMethod
+    from ntkcheck.realmodels.adapters import MODES, resolve_device
 
     resolve_device(cfg.device)
+    if cfg.method not in [m.value for m in KernelMethod]:
+        raise UserError(f"--method {cfg.method!r}: expected one of {', '.join(m.value for m in KernelMethod)}")
+    if not (isinstance(cfg.memory_budget_gb, (int, float)) and math.isfinite(cfg.memory_budget_gb)
+            and cfg.memory_budget_gb > 0):
+        raise UserError(f"--memory-gb {cfg.memory_budget_gb!r}: must be a positive number of GiB")
+    _dtype(cfg.kernel_dtype)
+    if cfg.mode not in MODES + ("auto",):
+        raise UserError(f"--mode {cfg.mode!r}: expected auto, {', '.join(MODES)}")
+    if cfg.k < 1 or cfg.block < 1 or cfg.max_length < 4:
+        raise UserError(f"--k {cfg.k}, --block {cfg.block}, --max-length {cfg.max_length}: must be >= 1, 1, 4")
+    if not cfg.seeds:
+        raise UserError("--seeds needs at least one seed")
+    if cfg.params:
+        try:
+            re.compile(cfg.params)
+        except re.error as e:
+            raise UserError(f"--params {cfg.params!r} is not a regular expression: {e}") from None
+    model = Path(cfg.model).expanduser()
+    if not model.exists():
+        raise UserError(f"--model {cfg.model!r} does not exist")
+    for name in (cfg.task, *tasks):
+        task = resolve_task(cfg) if name == cfg.task else get_task(name)
+        load_task(task, cfg.data, holdout=cfg.holdout)
+
+
+def load_bundle(cfg: LMConfig):
+    """(model, tokenizer, mode) of ``cfg`` (loaded once, shared by sessions), after validating every value."""
+    from ntkcheck.realmodels.adapters import load_pretrained
+
+    validate_lm_config(cfg)
     return load_pretrained(cfg.model, mode=cfg.mode, device=cfg.device, gguf_file=cfg.gguf_file)
 
 

@@ -29,7 +29,7 @@ import torch
 from ntkcheck.errors import UserError
 from ntkcheck.provenance import now_iso, provenance
 from ntkcheck.realmodels.experiment import (KINDS, LMConfig, Session, _load_tensor, _save_tensor, iter_sessions,
-                                            load_bundle, model_slug)
+                                            load_bundle, model_slug, validate_lm_config)
 from ntkcheck.realmodels.metrics import METHOD_LABELS, TASK_LABELS, mean_ci, mean_std, score, table2
 from ntkcheck.result import Claim, Result, measurement
 from ntkcheck.store import ResultStore, atomic_write_text
@@ -362,6 +362,9 @@ def taskvec_cmd(cfg: LMConfig, ft, tasks: Sequence[str], *, scale: float = 1.0) 
 
     if len(tasks) < 2:
         raise UserError("--tasks needs at least two tasks")
+    if len(set(tasks)) != len(tasks):
+        raise UserError(f"--tasks {','.join(tasks)}: a task is named twice")
+    validate_lm_config(cfg, tasks)   # every task's data read before any model is loaded or trained
     clock = _Clock()
     bundle = load_bundle(cfg)
     if bundle[2] == "head":
