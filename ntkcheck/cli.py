@@ -4,6 +4,8 @@ Each command parses and validates its flags, builds a config, and calls the same
 function the Python API exposes (ntkcheck.checks.run_check, ntkcheck.checks.coord_check,
 ntkcheck.realmodels.measure.*). Bad input ends with one line `ntkcheck: error: ...`
 naming the bad value and exit code 2; a failing verdict is a result, not an error (exit 0).
+An unexpected internal error prints one line with the path of a log file that holds the
+traceback, and exits 1.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Sequence
 from ntkcheck.errors import UserError
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 1
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,6 +41,8 @@ def parse_widths(values: Sequence[str] | None) -> list[int] | None:
                 raise UserError(f"invalid width {tok!r}: widths must be positive integers") from None
             if w <= 0:
                 raise UserError(f"invalid width {tok!r}: widths must be positive integers")
+            if w in widths:
+                raise UserError(f"--widths: width {w} is given twice")
             widths.append(w)
     if not widths:
         raise UserError("--widths needs at least one width")
@@ -140,7 +145,7 @@ def _cmd_run(args) -> int:
                   "they run with their own", file=sys.stderr)
     configs = [with_overrides(s.default_config(args.quick), widths=widths, seeds=args.seeds, sets=args.set)
                for s in specs]
-    out = ensure_writable(Path(args.out))
+    out = ensure_writable(args.out)
     for spec, config in zip(specs, configs):
         print(f"== {spec.name}: {spec.summary}", flush=True)
         result = run_check(spec, config, out)
@@ -158,7 +163,7 @@ def _cmd_coord(args) -> int:
     widths = parse_widths(args.widths) or [64, 128, 256, 512, 1024]
     if len(set(widths)) < 2:
         raise UserError(f"--widths {' '.join(args.widths)}: the coordinate check needs two different widths")
-    out = ensure_writable(Path(args.out))
+    out = ensure_writable(args.out)
     name = args.name or f"coord_{label}"
     result = coord_check(factory, widths, optimizer=args.optimizer, lr=args.lr, steps=args.steps,
                          seeds=args.seeds, batch=batch, batch_size=args.batch, tolerance=args.tolerance,
@@ -187,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "report":
             from ntkcheck.report import write_report
 
-            print(write_report(Path(args.dir)))
+            print(write_report(args.dir))
             return 0
         return args.handler(args)
     except UserError as e:
@@ -196,6 +201,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ntkcheck: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except MemoryError:
+        print("ntkcheck: error: out of memory; use smaller widths or sweeps (or --memory-gb for lm)",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as e:  # anything else is ntkcheck's bug: one line here, the traceback in a file
+        path = _write_traceback(argv)
+        print(f"ntkcheck: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+              f"(traceback in {path}; please report it)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def _write_traceback(argv) -> str:
+    """Write the current exception's traceback and the command line to a log file; return its path."""
+    import tempfile
+    import traceback
+
+    fd, path = tempfile.mkstemp(prefix="ntkcheck-error-", suffix=".log")
+    with open(fd, "w") as fh:
+        fh.write(f"ntkcheck {' '.join(sys.argv[1:] if argv is None else list(argv))}\n\n")
+        fh.write(traceback.format_exc())
+    return path
 
 
 if __name__ == "__main__":

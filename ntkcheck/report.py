@@ -63,7 +63,9 @@ def render_report(out: Path) -> str:
     return "\n".join(lines)
 
 
-def write_report(out: Path) -> Path:
+def write_report(out: str | Path) -> Path:
+    if not str(out).strip():
+        raise UserError("report folder '' is empty; give the run-store folder")
     out = Path(out)
     if out.is_file():
         raise UserError(f"report folder {str(out)!r} is a file; give the run-store folder that holds it")
