@@ -6,7 +6,7 @@ from typing import Callable
 
 import torch
 
-ACTIVATIONS = ("relu", "tanh", "gelu", "sigma_gelu", "linear")
+ACTIVATIONS = ("relu", "tanh", "gelu", "sigma_gelu", "linear", "erf")
 
 
 def sigma_gelu(x: torch.Tensor, sigma: float = 0.1) -> torch.Tensor:
@@ -29,4 +29,6 @@ def get_activation(name: str, sigma: float = 0.1) -> Callable[[torch.Tensor], to
         return lambda x: sigma_gelu(x, sigma)
     if name == "linear":
         return lambda x: x
+    if name == "erf":  # its NNGP/NTK duals have closed forms (Williams 1997): theory/ntk_analytic.py
+        return torch.erf
     raise ValueError(f"unknown activation {name!r}; expected one of {ACTIVATIONS}")

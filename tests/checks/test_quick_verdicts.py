@@ -1,7 +1,7 @@
 """Every registered check's --quick run: verdict pass, and at least one control claim, all holding."""
 import pytest
 
-QUICK_VERDICT_CHECKS = ("jl_subspace", "early_stopping", "task_arithmetic")
+QUICK_VERDICT_CHECKS = ("jl_subspace", "early_stopping", "task_arithmetic", "ntk_convergence")
 
 
 @pytest.mark.parametrize("name", QUICK_VERDICT_CHECKS)
