@@ -101,10 +101,21 @@ def validate(config: Any) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class CheckConfig:
-    """Base of every check's Config: validates every field when built (subclasses' __post_init__ call super)."""
+    """Base of every check's Config: validates every field when built (subclasses' __post_init__ call super).
+
+    ``seed_base`` shifts every seed of the run (``--seed-base N``): the same sweep on other draws, so a
+    verdict can be checked not to depend on the draw. Checks take their seeds from ``seed_range``.
+    """
+
+    seed_base: int = setting(0, ge=0)
 
     def __post_init__(self):
         validate(self)
+
+    def seed_range(self, n: int | None = None) -> range:
+        """The run's seeds: seed_base, ..., seed_base + n - 1 (n defaults to the ``seeds`` field)."""
+        n = getattr(self, "seeds") if n is None else n
+        return range(self.seed_base, self.seed_base + n)
 
 
 def axes(config_cls_or_obj: Any, kind: str | None = None) -> tuple[str, ...]:
@@ -157,10 +168,10 @@ def _coerce(field_name: str, typ: Any, text: str) -> Any:
 
 
 def with_overrides(config: Any, *, widths: Sequence[int] | None = None, seeds: int | None = None,
-                   sets: Sequence[str] = ()) -> Any:
-    """A copy of ``config`` with --widths on every width axis, --seeds on every seeds axis, and each
-    ``--set key=value`` (types read from the dataclass). An option without an axis of its kind is
-    left alone (the caller says so); a bad key or value is a UserError naming it."""
+                   seed_base: int | None = None, sets: Sequence[str] = ()) -> Any:
+    """A copy of ``config`` with --widths on every width axis, --seeds on every seeds axis, --seed-base,
+    and each ``--set key=value`` (types read from the dataclass). An option without an axis of its kind
+    is left alone (the caller says so); a bad key or value is a UserError naming it."""
     hints = typing.get_type_hints(type(config))
     names = {f.name for f in dataclasses.fields(config)}
     changes: dict[str, Any] = {}
@@ -168,6 +179,8 @@ def with_overrides(config: Any, *, widths: Sequence[int] | None = None, seeds: i
         changes.update({name: tuple(widths) for name in axes(config, "width")})
     if seeds is not None:
         changes.update({name: int(seeds) for name in axes(config, "seeds")})
+    if seed_base is not None:
+        changes["seed_base"] = int(seed_base)
     for item in sets:
         if "=" not in item or not item.split("=", 1)[0].strip():
             raise UserError(f"malformed --set {item!r}: expected key=value")

@@ -146,10 +146,10 @@ def run(config: Config, store) -> list[Claim]:
 
     with limit_threads(1):
         rows = sweep(store, [dict(p, part="synthetic") for p in
-                             grid(beta=config.betas, N=config.sample_sizes, seed=range(config.seeds))],
+                             grid(beta=config.betas, N=config.sample_sizes, seed=config.seed_range())],
                      lambda p: synth(p), desc="early_stopping synthetic")
         mrows = sweep(store, [dict(p, part="mlp") for p in
-                              grid(N=config.mlp_sample_sizes, seed=range(config.mlp_seeds))],
+                              grid(N=config.mlp_sample_sizes, seed=config.seed_range(config.mlp_seeds))],
                       lambda p: mlp(p), desc="early_stopping mlp")
     store.write_measurements(rows + mrows)
 

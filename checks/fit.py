@@ -4,13 +4,21 @@ Model: log y = s log x + c. The point estimate fits all (x, y) pairs; the CI
 resamples whole seeds with replacement (B draws, fixed generator) and refits,
 reporting the 2.5% and 97.5% quantiles of s. With a single seed the pairs are
 resampled instead.
+
+A measurement that has no logarithm (y <= 0, NaN or infinite: a width that
+diverged, a quantity that vanished) is not dropped: the fit fails (slope,
+intercept and CI NaN, so every claim on it fails) and lists the failed points
+with their coordinates, which ``slope_claim`` writes into the claim's name.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
+
+from ntkcheck.result import Claim, claim
 
 
 @dataclass(frozen=True)
@@ -19,9 +27,21 @@ class ExponentFit:
     intercept: float
     ci: tuple[float, float]
     n_points: int
+    #: points that could not enter the fit: [{"x": ..., "y": ..., "seed": ...}]
+    failed: list = field(default_factory=list)
 
     def to_json(self) -> dict:
-        return {"slope": self.slope, "intercept": self.intercept, "ci": list(self.ci), "n_points": self.n_points}
+        return {"slope": self.slope, "intercept": self.intercept, "ci": list(self.ci), "n_points": self.n_points,
+                "failed": self.failed}
+
+    def describe_failures(self, x_name: str = "x", limit: int = 3) -> str:
+        """'width=4096 seed=2: nan; ...' for the failed points (empty when there are none)."""
+        parts = [f"{x_name}={f['x']:g} seed={f['seed']}: {f['y']:g}" for f in self.failed[:limit]]
+        more = len(self.failed) - limit
+        return "; ".join(parts) + (f"; {more} more" if more > 0 else "")
+
+
+NAN_FIT = (float("nan"), float("nan"), (float("nan"), float("nan")))
 
 
 def _ls(logx: np.ndarray, logy: np.ndarray) -> tuple[float, float]:
@@ -32,14 +52,18 @@ def _ls(logx: np.ndarray, logy: np.ndarray) -> tuple[float, float]:
 
 def fit_exponent(x: Sequence[float], y: Sequence[float], seeds: Sequence | None = None, *,
                  n_boot: int = 1000, level: float = 0.95, rng_seed: int = 0) -> ExponentFit:
-    """Fit y ~ C x^s. Non-positive or non-finite y are dropped (they have no logarithm)."""
+    """Fit y ~ C x^s (see the module docstring for points without a logarithm)."""
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
-    groups = np.zeros(len(x), dtype=int) if seeds is None else np.unique(np.asarray(seeds), return_inverse=True)[1]
-    keep = np.isfinite(y) & (y > 0) & np.isfinite(x) & (x > 0)
-    x, y, groups = x[keep], y[keep], groups[keep]
+    seed_values = np.zeros(len(x), dtype=int) if seeds is None else np.asarray(seeds)
+    groups = np.unique(seed_values, return_inverse=True)[1] if len(x) else np.zeros(0, dtype=int)
+    bad = ~(np.isfinite(y) & (y > 0) & np.isfinite(x) & (x > 0))
+    if bad.any():
+        failed = [{"x": float(a), "y": float(b), "seed": s.item() if hasattr(s, "item") else s}
+                  for a, b, s in zip(x[bad], y[bad], seed_values[bad])]
+        return ExponentFit(*NAN_FIT, int(len(x)), failed)
     if len(np.unique(x)) < 2:
-        return ExponentFit(float("nan"), float("nan"), (float("nan"), float("nan")), int(len(x)))
+        return ExponentFit(*NAN_FIT, int(len(x)))
     lx, ly = np.log(x), np.log(y)
     s, c = _ls(lx, ly)
     rng = np.random.default_rng(rng_seed)
@@ -64,3 +88,14 @@ def fit_rows(rows: Sequence[dict], x: str, y: str, where: dict | None = None, se
     """fit_exponent over the rows matching ``where`` (column -> value)."""
     sel = [r for r in rows if all(r.get(k) == v for k, v in (where or {}).items())]
     return fit_exponent([r[x] for r in sel], [r[y] for r in sel], [r.get(seed_key, 0) for r in sel], **kw)
+
+
+def slope_claim(id: str, name: str, fit: ExponentFit, *, predicted: float, relation: str, tolerance: float = 0.0,
+                control: bool = False, source: str = "", x_name: str = "width") -> Claim:
+    """The claim 'fitted slope (relation) predicted' with the fit's CI; a failed fit's points are named."""
+    if fit.failed:
+        name = f"{name} [fit failed at {fit.describe_failures(x_name)}]"
+    elif math.isnan(fit.slope):
+        name = f"{name} [no fit: fewer than two distinct {x_name}s]"
+    return claim(id, name, predicted=predicted, measured=fit.slope, relation=relation, tolerance=tolerance,
+                 ci=fit.ci, control=control, source=source)

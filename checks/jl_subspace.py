@@ -250,7 +250,7 @@ def _point(cfg: Config, seed: int) -> list[dict]:
 
 def run(config: Config, store) -> list[Claim]:
     with limit_threads(1):
-        rows = sweep(store, [{"seed": s} for s in range(config.seeds)], lambda p: _point(config, p["seed"]),
+        rows = sweep(store, [{"seed": s} for s in config.seed_range()], lambda p: _point(config, p["seed"]),
                      desc="jl_subspace")
     store.write_measurements(rows)
     n = config.n_samples

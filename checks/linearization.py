@@ -165,7 +165,7 @@ def _points(config: Config):
     pts = []
     for v, (arch, *_ ) in VARIANTS.items():
         ws = config.widths if arch == "mlp" else config.attn_widths
-        pts += grid(variant=[v], width=ws, seed=range(config.seeds))
+        pts += grid(variant=[v], width=ws, seed=config.seed_range())
     return sorted(pts, key=lambda p: (p["width"], p["seed"]))
 
 

@@ -198,7 +198,7 @@ def run(config: Config, store) -> list[Claim]:
 
 
 def _run(config: Config, store) -> list[Claim]:
-    rows = sweep(store, grid(width=config.widths, seed=range(config.seeds)),
+    rows = sweep(store, grid(width=config.widths, seed=config.seed_range()),
                  lambda pt: compute_point(config, pt["width"], pt["seed"]), desc="natural_task")
     store.write_measurements(rows)
     fits = {}

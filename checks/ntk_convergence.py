@@ -48,7 +48,7 @@ largest width (quick mode: ~4% relu, ~2% erf, ~1% tanh; full mode about half tha
 """
 from __future__ import annotations
 
-import functools
+import dataclasses
 import math
 import re
 import zlib
@@ -59,6 +59,7 @@ import torch
 
 from ntkcheck.checks._common import DTYPE, limit_threads, mlp_params, network_bytes, series, sphere_inputs
 from ntkcheck.checks.config import CheckConfig, axis, setting
+from ntkcheck.checks.faults import Fault
 from ntkcheck.checks.fit import fit_rows
 from ntkcheck.checks.plots import loglog_panels
 from ntkcheck.checks.registry import CheckSpec
@@ -97,8 +98,6 @@ class Config(CheckConfig):
     n_inputs: int = 16        # N: the fixed input set X (width- and seed-independent)
     d_in: int = 8
     input_seed: int = setting(0, ge=0)   # X = sphere_inputs(N, d_in, generator(input_seed))
-    #: added to every network seed (the robustness of a verdict to the draw: --set seed_offset=100)
-    seed_offset: int = setting(0, ge=0)
     #: dual activations: "auto" (closed forms for relu / erf / linear, else polar quadrature)
     method: str = setting("auto", choices=A.METHODS)
     #: slope == -1/2: at 20 seeds over 64..2048 the bootstrap CI half-width is 0.02-0.06 and the point
@@ -176,9 +175,9 @@ def inputs(config: Config) -> torch.Tensor:
     return sphere_inputs(config.n_inputs, config.d_in, generator(config.input_seed))
 
 
-@functools.lru_cache(maxsize=32)
 def analytic(config: Config, variant: str) -> A.Kernels:
-    """The infinite-width kernels of a variant on X (computed once per config and variant)."""
+    """The infinite-width kernels of a variant on X (computed once per run by ``run``; never cached across
+    runs, so a fault injected into theory/ by the selftest takes effect)."""
     act, depth, bias = parse_variant(variant)
     return A.mlp_kernels(inputs(config).numpy(), P.get(config.param), depth, act, bias=bias, method=config.method)
 
@@ -186,12 +185,12 @@ def analytic(config: Config, variant: str) -> A.Kernels:
 def _network(config: Config, pname: str, variant: str, width: int, seed: int):
     act, depth, bias = parse_variant(variant)
     # independent networks per variant: the seed stream is keyed by the variant's name
-    s = derive(config.seed_offset + seed, zlib.crc32(f"{pname}:{variant}".encode()))
+    s = derive(seed, zlib.crc32(f"{pname}:{variant}".encode()))
     return build("mlp", width, pname, seed=s, dtype=DTYPE, d_in=config.d_in, d_out=1, depth=depth, activation=act,
                  bias=bias)
 
 
-def compute_point(config: Config, variant: str, width: int, seed: int) -> dict:
+def compute_point(config: Config, variant: str, width: int, seed: int, kin: A.Kernels | None = None) -> dict:
     """One network at init: e_NTK, e_NNGP, ||eNTK||_F and the normalized deviations' upper triangles.
 
     ``variant`` is one of config.variants (under config.param) or config.control_name (the control
@@ -204,7 +203,7 @@ def compute_point(config: Config, variant: str, width: int, seed: int) -> dict:
         return {"ntk_norm": float(K.norm())}
     if variant not in config.variants:
         raise ValueError(f"unknown variant {variant!r}; expected one of {config.variants} or {config.control_name!r}")
-    kin = analytic(config, variant)
+    kin = analytic(config, variant) if kin is None else kin
     co = A.mlp_coefficients(P.get(config.param), parse_variant(variant)[1], parse_variant(variant)[2])
     model = _network(config, config.param, variant, width, seed)
     params = model.params()
@@ -242,7 +241,7 @@ def mean_gap(devs: list[list[float]]) -> float:
 def _points(config: Config):
     """Every (variant, width, seed), cheapest widths first so an interrupted sweep covers every variant."""
     names = [*config.variants, config.control_name]
-    pts = grid(variant=names, width=config.widths, seed=range(config.seeds))
+    pts = grid(variant=names, width=config.widths, seed=config.seed_range())
     return sorted(pts, key=lambda p: (p["width"], p["seed"], names.index(p["variant"])))
 
 
@@ -252,8 +251,9 @@ def run(config: Config, store) -> list[Claim]:
 
 
 def _run(config: Config, store) -> list[Claim]:
-    rows = sweep(store, _points(config), lambda pt: compute_point(config, pt["variant"], pt["width"], pt["seed"]),
-                 desc="ntk_convergence")
+    kins = {v: analytic(config, v) for v in config.variants}
+    rows = sweep(store, _points(config), lambda pt: compute_point(config, pt["variant"], pt["width"], pt["seed"],
+                                                                  kins.get(pt["variant"])), desc="ntk_convergence")
     store.write_measurements([{k: v for k, v in r.items() if not k.endswith("_dev")} for r in rows])
     nmax = max(config.widths)
     claims, fits, gaps = [], {}, {}
@@ -307,6 +307,51 @@ def _plot(config: Config, rows, store) -> None:
                   suptitle="Jacot et al. 2018: eNTK and NNGP at init converge to the analytic kernels like n^-1/2")
 
 
+def _bias_var_as_lr(original):
+    """neural-tangents' convention for a bias that starts at zero: it adds sigma_b^2 to the NNGP too."""
+    def coefficients(param, depth, bias, **kw):
+        co = original(param, depth, bias, **kw)
+        return dataclasses.replace(co, bias_var=co.bias_lr)
+    return coefficients
+
+
+def _no_bias_gradient(original):
+    def coefficients(param, depth, bias, **kw):
+        co = original(param, depth, bias, **kw)
+        return dataclasses.replace(co, bias_lr=tuple(0.0 for _ in co.bias_lr))
+    return coefficients
+
+
+def _relu_derivative_times(factor: float):
+    def patch(table):
+        relu = table["relu"]
+
+        def dual(a, b, c):
+            e_phi, e_dphi = relu(a, b, c)
+            return e_phi, factor * e_dphi
+        return dict(table, relu=dual)
+    return patch
+
+
+def _sp_networks(original):
+    """The networks built in SP while the theory side still says NTK (a parametrization swapped by mistake)."""
+    def build_sp(arch, width, param, **kw):
+        return original(arch, width, "SP" if param == "NTK" else param, **kw)
+    return build_sp
+
+
+FAULTS = (
+    Fault("nngp_gets_bias_variance", "zero-initialized biases given neural-tangents' sigma_b^2 in the NNGP as well",
+          "ntkcheck.theory.ntk_analytic:mlp_coefficients", _bias_var_as_lr),
+    Fault("ntk_without_bias_gradient", "the bias tensors' gradients left out of the analytic NTK",
+          "ntkcheck.theory.ntk_analytic:mlp_coefficients", _no_bias_gradient),
+    Fault("relu_derivative_constant", "a wrong constant (x1.8) in ReLU's derivative kernel E[phi'(u) phi'(v)]",
+          "ntkcheck.theory.ntk_analytic:_CLOSED", _relu_derivative_times(1.8)),
+    Fault("networks_built_in_sp", "the measured networks built in the standard parametrization, the theory in NTK",
+          "ntkcheck.checks.ntk_convergence:build", _sp_networks),
+)
+
+
 def memory_bytes(config: Config) -> int:
     """Peak bytes of the largest point: the deepest, widest MLP and its per-example kernel factors."""
     depth = max(parse_variant(v)[1] for v in (*config.variants, config.control))
@@ -314,5 +359,6 @@ def memory_bytes(config: Config) -> int:
 
 
 SPEC = CheckSpec(name="ntk_convergence", order=15, config_cls=Config, run=run, version=1, memory=memory_bytes,
+                 faults=FAULTS,
                  summary="Jacot et al. 2018 Thm 1: eNTK and NNGP at init -> analytic infinite-width kernels like "
                          "n^-1/2; SP control's eNTK grows like n")

@@ -2,8 +2,9 @@
 
 A check module holds a docstring stating its claim (paper, equation), a frozen
 ``Config`` dataclass (defaults = full mode, sweep axes marked with
-``checks.config.axis``; ``Config.quick()`` = the reduced sweep), and
-``run(config, store) -> list[Claim]``. Discovery imports modules but runs nothing.
+``checks.config.axis``; ``Config.quick()`` = the reduced sweep),
+``run(config, store) -> list[Claim]``, and ``FAULTS``, the bugs it must catch
+(checks.faults). Discovery imports modules but runs nothing.
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ class CheckSpec:
     version: int = 1
     #: config -> estimated peak bytes of the sweep's largest point, checked before anything runs
     memory: Callable | None = None
+    #: the plausible bugs this check must catch (checks.faults.Fault), run by ``ntkcheck selftest``
+    faults: tuple = ()
 
     def default_config(self, quick: bool = False):
         return self.config_cls.quick() if quick else self.config_cls()

@@ -284,7 +284,7 @@ def run(config: Config, store) -> list[Claim]:
 
 
 def _run(config: Config, store) -> list[Claim]:
-    points = grid(width=config.widths, seed=range(config.seeds))
+    points = grid(width=config.widths, seed=config.seed_range())
     rows = sweep(store, points, lambda pt: compute_point(config, pt["width"], pt["seed"]), desc="signgd_kernel")
     store.write_measurements(rows)
     nmax = max(config.widths)

@@ -168,7 +168,7 @@ def _measure(fwd, theta_pt, thetas, tasks, m) -> dict:
 
 def run(config: Config, store) -> list[Claim]:
     with limit_threads(1):
-        rows = sweep(store, grid(width=config.widths, seed=range(config.seeds)),
+        rows = sweep(store, grid(width=config.widths, seed=config.seed_range()),
                      lambda p: _point(config, p["width"], p["seed"]), desc="task_arithmetic")
     store.write_measurements(rows)
     orth, shared = select(rows, setting="orthogonal"), select(rows, setting="shared")

@@ -144,7 +144,7 @@ def run(config: Config, store) -> list[Claim]:
     points = []
     for arch, opt, p in variants:
         widths = config.widths if arch == "mlp" else config.attn_widths
-        points += grid(arch=[arch], optimizer=[opt], param=[p], width=widths, seed=range(config.seeds))
+        points += grid(arch=[arch], optimizer=[opt], param=[p], width=widths, seed=config.seed_range())
     rows = sweep(store, points, lambda pt: measure_point(config, pt["arch"], pt["optimizer"], pt["param"],
                                                          pt["width"], pt["seed"]))
     store.write_measurements(rows)

@@ -61,6 +61,18 @@ def _positive_int(flag: str):
     return parse
 
 
+def _nonneg_int(flag: str):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise UserError(f"invalid {flag} {text!r}: expected an integer >= 0") from None
+        if v < 0:
+            raise UserError(f"invalid {flag} {text!r}: expected an integer >= 0")
+        return v
+    return parse
+
+
 def _float(flag: str, positive: bool = True):
     def parse(text: str) -> float:
         try:
@@ -87,7 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default="ntkcheck-runs", help="run-store folder (default: ntkcheck-runs)")
     run.add_argument("--widths", nargs="+", help="set every width axis, e.g. --widths 64 128 256")
     run.add_argument("--seeds", type=_positive_int("--seeds"), help="number of seeds (every seeds axis)")
+    run.add_argument("--seed-base", type=_nonneg_int("--seed-base"), default=None,
+                     help="shift every seed by N: the same sweep on other draws (default 0)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    st = sub.add_parser("selftest", help="inject each check's listed faults and show that its verdict catches them")
+    st.add_argument("checks", nargs="*", metavar="CHECK")
+    st.add_argument("--quick", action="store_true", help="the quick sweeps (what CI runs)")
+    st.add_argument("--fault", action="append", default=None, metavar="NAME", help="only these faults")
+    st.add_argument("--seed-base", type=_nonneg_int("--seed-base"), default=None)
+    st.add_argument("--out", default="ntkcheck-selftest", help="folder for the runs (default: ntkcheck-selftest)")
     rep = sub.add_parser("report", help="(re)write DIR/report.md from the results in DIR (checks and lm)")
     rep.add_argument("dir")
     coord = sub.add_parser("coord", help="coordinate check of your own model: FILE_OR_MODULE:FUNCTION(width)")
@@ -143,8 +163,8 @@ def _cmd_run(args) -> int:
         if skipped:
             print(f"ntkcheck: {flag} does not apply to {', '.join(skipped)} (no {kind} axis); "
                   "they run with their own", file=sys.stderr)
-    configs = [with_overrides(s.default_config(args.quick), widths=widths, seeds=args.seeds, sets=args.set)
-               for s in specs]
+    configs = [with_overrides(s.default_config(args.quick), widths=widths, seeds=args.seeds,
+                              seed_base=args.seed_base, sets=args.set) for s in specs]
     out = ensure_writable(args.out)
     for spec, config in zip(specs, configs):
         print(f"== {spec.name}: {spec.summary}", flush=True)
@@ -152,6 +172,49 @@ def _cmd_run(args) -> int:
         print_result(result, out / spec.name)
     print(f"report: {write_report(out)}")
     return 0
+
+
+def _cmd_selftest(args) -> int:
+    from ntkcheck.checks import all_checks, get
+    from ntkcheck.checks.config import with_overrides
+    from ntkcheck.checks.faults import selftest, table
+    from ntkcheck.store import atomic_write_text, ensure_writable
+
+    specs = [get(n) for n in args.checks] if args.checks else list(all_checks().values())
+    known = {f.name for s in specs for f in s.faults}
+    unknown = [f for f in (args.fault or []) if f not in known]
+    if unknown:
+        raise UserError(f"--fault {unknown[0]!r}: no such fault; faults: {', '.join(sorted(known))}")
+    out = ensure_writable(args.out)
+    rows, clean_bad = [], []
+    for spec in specs:
+        if not spec.faults:
+            print(f"== {spec.name}: no faults listed")
+            continue
+        if args.fault and not any(f.name in args.fault for f in spec.faults):
+            continue
+        config = with_overrides(spec.default_config(args.quick), seed_base=args.seed_base)
+        print(f"== {spec.name}: clean run, then {len(spec.faults)} faults", flush=True)
+        clean, outcomes = selftest(spec, quick=args.quick, out=out / spec.name, faults=args.fault, config=config)
+        if clean.verdict != "pass":
+            clean_bad.append(spec.name)
+        print(f"  clean verdict: {clean.verdict}")
+        for o in outcomes:
+            mark = "SURVIVED" if o.survived else ("caught" if o.observed != "pass" else "not caught (by design)")
+            print(f"  {o.fault:36s} expected {o.expected:5s} observed {o.observed:12s} {mark}  ({o.seconds:.0f} s)",
+                  flush=True)
+        rows += outcomes
+    text = table(rows)
+    atomic_write_text(out / "selftest.md", "# ntkcheck selftest\n\n" + text + "\n")
+    survived = [f"{o.check}:{o.fault}" for o in rows if o.survived]
+    print(f"{len(rows)} faults, {sum(o.observed != 'pass' for o in rows)} caught, {len(survived)} survived, "
+          f"{sum(not o.caught_by_design for o in rows)} not caught by design -> {out / 'selftest.md'}")
+    if clean_bad:
+        print(f"ntkcheck: the clean run of {', '.join(clean_bad)} did not pass; its faults prove nothing",
+              file=sys.stderr)
+    if survived:
+        print(f"ntkcheck: faults survived: {', '.join(survived)}", file=sys.stderr)
+    return 1 if (survived or clean_bad) else 0
 
 
 def _cmd_coord(args) -> int:
@@ -189,6 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_run(args)
         if args.command == "coord":
             return _cmd_coord(args)
+        if args.command == "selftest":
+            return _cmd_selftest(args)
         if args.command == "report":
             from ntkcheck.report import write_report
 

@@ -6,12 +6,18 @@ tolerance, which together define an acceptance band for the measurement:
     '==': [p - t, p + t]     '<=': (-inf, p + t]     '>=': [p - t, +inf)
     '<' : (-inf, p - t)      '>' : (p + t, +inf)
 
+A claim holds when its confidence interval lies inside the band, fails when the
+interval lies outside it, and is inconclusive when the interval straddles an
+edge (the data cannot tell): a point estimate at the edge of a tolerance never
+decides a verdict. A claim measured without an interval (an identity, a
+maximum over points) is judged by its value. A NaN measurement fails.
+
 A claim with no prediction (``predicted`` None, ``relation`` None) is a plain
 measurement: it is reported, never judged (state "measured"). A control claim
 predicts the effect's absence and must hold too. A result's verdict is "pass"
-iff it has judged claims and every one holds, "fail" if any fails, and
-"measured" when it holds only measurements (an LM measurement where the papers
-make no claim).
+iff it has judged claims and every one holds, "fail" if any fails,
+"inconclusive" if none fails but one is inconclusive, and "measured" when it
+holds only measurements (an LM measurement where the papers make no claim).
 
 Every claim has a stable ``id`` (dotted, e.g. "mlp_ntk.e_lin.bound") that code
 and tests refer to, and a display ``name`` that may change; the relation is a
@@ -53,9 +59,25 @@ def inside(value: float, band: tuple[float, float, bool]) -> bool:
     return lo < value < hi if strict else lo <= value <= hi
 
 
-def judge(relation: str, predicted: float, tolerance: float, measured: float) -> str:
-    """'holds' iff the measured point estimate lies in the acceptance band, else 'fails' (NaN never holds)."""
-    return "holds" if inside(float(measured), acceptance_band(relation, predicted, tolerance)) else "fails"
+def judge(relation: str, predicted: float, tolerance: float, measured: float,
+          ci: Sequence[float] | None = None) -> str:
+    """'holds' when the CI lies inside the acceptance band, 'fails' when it lies outside, 'inconclusive'
+    when it straddles an edge; without a CI (or with a degenerate one) the measured value decides."""
+    band = acceptance_band(relation, predicted, tolerance)
+    m = float(measured)
+    if math.isnan(m):
+        return "fails"
+    if ci is None or any(math.isnan(float(c)) for c in ci) or float(ci[0]) == float(ci[1]):
+        return "holds" if inside(m, band) else "fails"
+    lo, hi = sorted((float(ci[0]), float(ci[1])))
+    lo_in, hi_in = inside(lo, band), inside(hi, band)
+    if lo_in and hi_in:
+        return "holds"
+    b_lo, b_hi, strict = band
+    # outside: the whole interval beyond one edge
+    below = hi < b_lo or (strict and hi <= b_lo)
+    above = lo > b_hi or (strict and lo >= b_hi)
+    return "fails" if (below or above) else "inconclusive"
 
 
 def _num(v: Any) -> float | None:
@@ -122,7 +144,7 @@ def claim(id: str, name: str, *, predicted: float, measured: float, relation: st
     m = float(measured)
     ci_t = (float(ci[0]), float(ci[1])) if ci is not None else (m, m)
     return Claim(id=id, name=name, measured=m, relation=relation, predicted=float(predicted),
-                 tolerance=float(tolerance), ci=ci_t, state=judge(relation, predicted, tolerance, m),
+                 tolerance=float(tolerance), ci=ci_t, state=judge(relation, predicted, tolerance, m, ci_t),
                  control=control, source=source)
 
 
