@@ -14,6 +14,23 @@ and a union bound over the N^2 pairs of a data set gives ([KV] Thm D.2, D.5)
 with c' = c for IntrinsicDimension (c bounds the kernel's diagonal) and
 c' = c^2 for one LoRA layer (c bounds ||dh||^2 and ||x||^2).
 
+How sharp the bound is. For a Gaussian projection the worst pair is a
+diagonal entry at the largest norm, u = v with ||u||^2 = c: its deviation
+|<P u, P u> - ||u||^2| / c = |chi2_k / k - 1| exactly (``chi2_deviation_tail``).
+Its upper tail decays at Cramer's rate (``cramer_rate``)
+
+    I(eps) = (eps - log(1 + eps)) / 2 = eps^2/4 - eps^3/6 + eps^4/8 - ...,
+
+(the lower tail's rate (-eps - log(1 - eps)) / 2 is larger), with Bahadur and
+Rao's prefactor: Pr[chi2_k / k >= 1 + eps] ~ exp(-k I) / (eps sqrt(pi k))
+(``bahadur_rao_tail``). The JL exponent (eps^2 - eps^3)/4 lies below I by
+~eps^3/12: it is Cramer's rate to second order in eps (I / r = 1.04, 1.10, 1.20
+at eps = 0.1, 0.2, 0.3). An off-diagonal pair (||u||^2, ||v||^2 <= c) has a
+rate >= I: <P u, P v> - <u, v> splits into independent chi-squares of weights
+(1 + rho)/2 and -(1 - rho)/2, whose log-MGF is at most chi2's by convexity. So
+the max over the N^2 entries decays at rate I in k, and Lemma D.3's factor 4
+and the union's N^2 are the bound's only slack in its prefactor.
+
 Pure math on floats and numpy arrays; no torch.
 """
 from __future__ import annotations
@@ -21,6 +38,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import stats
 
 
 def _check_eps(eps: float) -> None:
@@ -64,6 +82,20 @@ def jl_tail_bound_layers(n_samples: int, k: float, eps: float, n_layers: int, fo
     if form == "union":
         return n_layers * jl_tail_bound(n_samples, k, eps)
     raise ValueError(f"unknown form {form!r}; expected 'paper' or 'union'")
+
+
+def remark_d6_failure(n_samples: int, eps: float) -> float:
+    """The failure probability Remark D.6's rank buys, in closed form: 4 N^(-3 + 5 eps).
+
+    At k = 20 log N / eps^2 (c = 1) the exponent of Thm D.5 is (eps^2 - eps^3) k / 4
+    = 5 (1 - eps) log N, so 4 N^2 exp(-.) = 4 N^(2 - 5 (1 - eps)): polynomially small in N
+    for eps < 3/5 - log(4) / (5 log N). Written out, not through ``jl_tail_bound``, so the
+    remark's promise does not move with the bound's implementation.
+    """
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    _check_eps(eps)
+    return 4.0 * float(n_samples) ** (-3.0 + 5.0 * eps)
 
 
 def remark_d6_rank(n_samples: int, eps: float, c: float = 1.0) -> float:
@@ -112,3 +144,58 @@ def empirical_exceedance(deviations: np.ndarray, eps: float | np.ndarray) -> np.
     e = np.atleast_1d(np.asarray(eps, dtype=float)).reshape(1, -1)
     out = (d >= e).mean(axis=0)
     return out.reshape(np.shape(eps))
+
+
+def cramer_rate(eps: float | np.ndarray) -> float | np.ndarray:
+    """Cramer's rate of the chi-square upper tail: I(eps) = (eps - log(1 + eps)) / 2, eps > 0.
+
+    -log Pr[chi2_k / k >= 1 + eps] / k -> I(eps) as k -> infinity (the Legendre transform of
+    chi2_1's log-MGF -log(1 - 2 t) / 2 - t at 1 + eps). I >= (eps^2 - eps^3) / 4 on (0, 1):
+    the JL exponent is a lower bound on it, equal to second order at small eps.
+    """
+    e = np.asarray(eps, dtype=float)
+    if np.any(e <= 0):
+        raise ValueError(f"eps must be positive, got {eps}")
+    out = (e - np.log1p(e)) / 2.0
+    return float(out) if np.ndim(out) == 0 else out
+
+
+def chi2_deviation_tail(k: float | np.ndarray, eps: float) -> float | np.ndarray:
+    """Pr[|chi2_k / k - 1| >= eps] = Pr[chi2_k >= k (1 + eps)] + Pr[chi2_k <= k (1 - eps)], exactly.
+
+    The tail of the worst pair of Lemma D.3 under a Gaussian N(0, 1/k) projection: u = v with
+    ||u||^2 = c, whose normalized deviation |(||P u||^2 - ||u||^2)| / c is |chi2_k / k - 1|.
+    k may be an array; the lower term is 0 for eps >= 1.
+    """
+    if eps <= 0:
+        raise ValueError(f"eps must be positive, got {eps}")
+    k = np.asarray(k, dtype=float)
+    if np.any(k <= 0):
+        raise ValueError(f"k must be positive, got {k}")
+    lower = stats.chi2.cdf(k * (1.0 - eps), k) if eps < 1 else np.zeros_like(k)
+    out = stats.chi2.sf(k * (1.0 + eps), k) + lower
+    return float(out) if np.ndim(out) == 0 else out
+
+
+def bahadur_rao_tail(k: float | np.ndarray, eps: float) -> float | np.ndarray:
+    """exp(-k I(eps)) / (eps sqrt(pi k)): Bahadur-Rao's asymptotic of Pr[chi2_k / k >= 1 + eps].
+
+    The tilt theta = eps / (2 (1 + eps)) and the tilted variance 2 (1 + eps)^2 of chi2_1 give the
+    prefactor 1 / (theta sigma sqrt(2 pi k)) = 1 / (eps sqrt(pi k)); the ratio to the exact tail is
+    1 + O(1 / k). So log(Pr * sqrt(k)) falls linearly in k at Cramer's rate: the model of a rate fit.
+    """
+    k = np.asarray(k, dtype=float)
+    out = np.exp(-k * cramer_rate(eps)) / (eps * np.sqrt(np.pi * k))
+    return float(out) if np.ndim(out) == 0 else out
+
+
+def cramer_pair_bound(k: float | np.ndarray, eps: float) -> float | np.ndarray:
+    """4 exp(-k I(eps)): Lemma D.3's form with Cramer's rate in place of (eps^2 - eps^3) / 4.
+
+    The reference a sharp per-pair bound is held to: its slack over the worst pair's exact tail,
+    4 exp(-k I) / ``chi2_deviation_tail``, is what Lemma D.3's constant 4 and the Chernoff step cost;
+    the JL bound adds k (I - (eps^2 - eps^3) / 4) ~ k eps^3 / 12 on top.
+    """
+    k = np.asarray(k, dtype=float)
+    out = 4.0 * np.exp(-k * cramer_rate(eps))
+    return float(out) if np.ndim(out) == 0 else out
