@@ -83,15 +83,6 @@ def mse(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((a - b) ** 2).mean())
 
 
-def seed_mean(rows, key: str, x: str = "width", **where) -> dict:
-    """{x value: mean of key over the rows matching where} (one mean per width, over seeds)."""
-    acc: dict = {}
-    for r in rows:
-        if all(r.get(k) == v for k, v in where.items()):
-            acc.setdefault(r[x], []).append(float(r[key]))
-    return {w: sum(v) / len(v) for w, v in sorted(acc.items())}
-
-
 def series(rows, key: str, x: str = "width", **where):
     """(x, |y|) lists of the rows matching where, for checks.plots.loglog_panels."""
     sel = [r for r in rows if all(r.get(k) == v for k, v in where.items())]
@@ -173,6 +164,8 @@ def finetune_kernel_behavior(f, p_start, optimizer, x, y, x_test, y_test, x_kern
     frac = (L0 - Llin) / (L0 - L1)
     delta = {k: p_ft[k] - p_start[k] for k in p_start}
     return {"e_lin": rms(f1 - f_lin), "e_lin_rel": float((f1 - f_lin).norm() / (f1 - f0).norm()),
-            "ft_change": rms(f1 - f0), "drift": max(drifts), "table6": kernel_distance(K0, K1),
+            "ft_change": rms(f1 - f0), "drift": max(drifts),
+            # eps: a saturated network (a diverged run) can have exactly zero kernel entries
+            "table6": kernel_distance(K0, K1, eps=1e-12 * float(K0.abs().max())),
             "movement": (sq_norm(delta) / sq_norm(p_start)) ** 0.5, "lin_frac": frac, "lin_gap": abs(1.0 - frac),
             "loss_start": L0, "loss_ft": L1, "loss_lin": Llin}

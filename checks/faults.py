@@ -83,8 +83,9 @@ class Outcome:
 
     @property
     def survived(self) -> bool:
-        """A fault the check should catch, that left the verdict at pass."""
-        return self.caught_by_design and self.observed == "pass"
+        """A fault the check should catch, that left the verdict at pass (or merely inconclusive: a fault
+        must make some claim fail, or break the run loudly, to count as caught)."""
+        return self.caught_by_design and self.observed in ("pass", "inconclusive")
 
 
 def selftest(spec, *, quick: bool = True, out: str | Path | None = None, faults: list[str] | None = None,
@@ -105,13 +106,18 @@ def selftest(spec, *, quick: bool = True, out: str | Path | None = None, faults:
             shutil.rmtree(where, ignore_errors=True)
             shutil.copytree(root / "clean" / spec.name / "points", where / spec.name / "points")
         t0 = time.time()
-        with inject(fault):
-            res = run_check(spec, config, where)
-        after = {c.id: c.state for c in res.claims}
-        flipped = [f"{i}: {before.get(i, 'absent')} -> {s}" for i, s in after.items() if before.get(i) != s]
-        flipped += [f"{i}: {s} -> absent" for i, s in before.items() if i not in after]
+        try:
+            with inject(fault):
+                res = run_check(spec, config, where)
+        except Exception as e:  # the fault broke the run itself: loud, so caught, and reported as such
+            observed, flipped = "error", [f"the run raised {type(e).__name__}: {str(e).splitlines()[0][:120]}"]
+        else:
+            after = {c.id: c.state for c in res.claims}
+            observed = res.verdict
+            flipped = [f"{i}: {before.get(i, 'absent')} -> {s}" for i, s in after.items() if before.get(i) != s]
+            flipped += [f"{i}: {s} -> absent" for i, s in before.items() if i not in after]
         outcomes.append(Outcome(spec.name, fault.name, fault.bug, "fail" if fault.caught else "pass (not caught "
-                                "by design)", res.verdict, flipped, time.time() - t0, fault.caught, fault.reason))
+                                "by design)", observed, flipped, time.time() - t0, fault.caught, fault.reason))
     return clean, outcomes
 
 

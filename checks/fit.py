@@ -90,6 +90,27 @@ def fit_rows(rows: Sequence[dict], x: str, y: str, where: dict | None = None, se
     return fit_exponent([r[x] for r in sel], [r[y] for r in sel], [r.get(seed_key, 0) for r in sel], **kw)
 
 
+def mean_ci(values: Sequence[float], level: float = 0.95, *, log: bool = False) -> tuple[float, tuple[float, float]]:
+    """(mean, Student-t interval of the mean) over seeds; the interval is (nan, nan) with fewer than two
+    values (and then a claim on it is judged by the mean alone). With ``log`` (positive quantities spread
+    over scales, such as relative errors): the geometric mean and the exponentiated interval of log values."""
+    from scipy import stats
+
+    v = np.asarray([x for x in values if x == x], dtype=float)
+    if log:
+        if len(v) == 0 or (v <= 0).any():
+            return float("nan"), (float("nan"), float("nan"))
+        m, (lo, hi) = mean_ci(np.log(v), level)
+        return float(np.exp(m)), (float(np.exp(lo)), float(np.exp(hi)))
+    if len(v) == 0:
+        return float("nan"), (float("nan"), float("nan"))
+    m = float(v.mean())
+    if len(v) < 2:
+        return m, (float("nan"), float("nan"))
+    half = float(stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+    return m, (m - half, m + half)
+
+
 def slope_claim(id: str, name: str, fit: ExponentFit, *, predicted: float, relation: str, tolerance: float = 0.0,
                 control: bool = False, source: str = "", x_name: str = "width") -> Claim:
     """The claim 'fitted slope (relation) predicted' with the fit's CI; a failed fit's points are named."""

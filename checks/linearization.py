@@ -35,11 +35,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ntkcheck.checks._common import mlp_params, network_bytes, transformer_params
-from ntkcheck.checks._common import (DTYPE, Teacher, finetune_kernel_behavior, limit_threads, seed_mean, series,
-                                     sphere_inputs)
+from ntkcheck.checks._common import (DTYPE, Teacher, finetune_kernel_behavior, limit_threads, mlp_params,
+                                     network_bytes, series, sphere_inputs, transformer_params)
 from ntkcheck.checks.config import CheckConfig, axis, setting
-from ntkcheck.checks.fit import fit_rows
+from ntkcheck.checks.faults import Fault
+from ntkcheck.checks.fit import fit_rows, mean_ci, slope_claim
 from ntkcheck.checks.plots import loglog_panels
 from ntkcheck.checks.registry import CheckSpec
 from ntkcheck.checks.sweep import grid, sweep
@@ -185,31 +185,27 @@ def _run(config: Config, store) -> list[Claim]:
         if role == "claim":
             for key, eq in (("e_lin", "[ES] Lemma 1 eq. 14"), ("drift", "[ES] eq. 17, 99")):
                 fit = fits[f"{v}:{key}"]
-                claims.append(claim(f"{v}.{key}.bound", f"{v}: slope of {key} (bound)", predicted=-0.5,
-                                    measured=fit.slope, relation="<=", tolerance=config.bound_tol, ci=fit.ci,
-                                    source=eq))
-                claims.append(claim(f"{v}.{key}.sharp", f"{v}: slope of {key} (sharp finite-width exponent)",
-                                    predicted=-1.0, measured=fit.slope, relation="==", tolerance=config.sharp_tol,
-                                    ci=fit.ci, source="Dyer & Gur-Ari 2019; Huang & Yau 2020"))
-            fit = fits[f"{v}:init_fluct"]
-            claims.append(claim(f"{v}.init_fluct.slope", f"{v}: slope of the eNTK's seed-to-seed fluctuation at init "
-                                "(not the drift)", predicted=-0.5, measured=fit.slope, relation="==",
-                                tolerance=config.fluct_tol, ci=fit.ci, source="CLT over n neurons (NTK4A)"))
-            fit = fits[f"{v}:movement"]
-            claims.append(claim(f"{v}.movement.bound", f"{v}: slope of relative parameter movement", predicted=-0.5,
-                                measured=fit.slope, relation="<=", tolerance=config.bound_tol, ci=fit.ci,
-                                source="[ES] eq. 98"))
+                claims.append(slope_claim(f"{v}.{key}.bound", f"{v}: slope of {key} (bound)", fit, predicted=-0.5,
+                                          relation="<=", tolerance=config.bound_tol, source=eq))
+                claims.append(slope_claim(f"{v}.{key}.sharp", f"{v}: slope of {key} (sharp finite-width exponent)",
+                                          fit, predicted=-1.0, relation="==", tolerance=config.sharp_tol,
+                                          source="Dyer & Gur-Ari 2019; Huang & Yau 2020"))
+            claims.append(slope_claim(f"{v}.init_fluct.slope", f"{v}: slope of the eNTK's seed-to-seed fluctuation "
+                                      "at init (not the drift)", fits[f"{v}:init_fluct"], predicted=-0.5,
+                                      relation="==", tolerance=config.fluct_tol, source="CLT over n neurons (NTK4A)"))
+            claims.append(slope_claim(f"{v}.movement.bound", f"{v}: slope of relative parameter movement",
+                                      fits[f"{v}:movement"], predicted=-0.5, relation="<=",
+                                      tolerance=config.bound_tol, source="[ES] eq. 98"))
             widths = config.widths if arch == "mlp" else config.attn_widths
-            frac = seed_mean(rows, "lin_frac", variant=v)[max(widths)]
+            frac, frac_ci = mean_ci([r["lin_frac"] for r in rows if r["variant"] == v and r["width"] == max(widths)])
             claims.append(claim(f"{v}.table1", f"{v}: [KV] Table 1 fraction of FT gain recovered by f_lin at "
-                                f"n={max(widths)}", predicted=config.table1_threshold, measured=frac, relation=">=",
-                                source="[KV] Table 1"))
+                                f"n={max(widths)}", predicted=config.table1_threshold, measured=frac, ci=frac_ci,
+                                relation=">=", source="[KV] Table 1"))
         else:
             for key in ("e_lin", "drift"):
-                fit = fits[f"{v}:{key}"]
-                claims.append(claim(f"control.{v}.{key}.flat", f"control {v}: slope of {key} (feature learning: "
-                                    "no decay)", predicted=0.0, measured=fit.slope, relation=">=",
-                                    tolerance=config.control_tol, ci=fit.ci, control=True, source="[KV] Table 10"))
+                claims.append(slope_claim(f"control.{v}.{key}.flat", f"control {v}: slope of {key} (feature learning: "
+                                          "no decay)", fits[f"{v}:{key}"], predicted=0.0, relation=">=",
+                                          tolerance=config.control_tol, control=True, source="[KV] Table 10"))
     store.write_json("fits.json", {k: f.to_json() for k, f in fits.items()})
     _plot(rows, store)
     return claims
@@ -220,9 +216,67 @@ def _plot(rows, store) -> None:
               "table6": "[KV] Table 6 element-wise kernel distance", "movement": "relative parameter movement",
               "lin_gap": "|1 - Table 1 fraction recovered by f_lin|",
               "init_fluct": "eNTK seed-to-seed fluctuation at init (not drift)"}
-    panels = [{"title": titles[k], "series": [(v, *series(rows, k, variant=v)) for v in VARIANTS]} for k in METRICS]
+    #: the predicted slope drawn beside each series: the sharp exponent where it is claimed, else the bound's
+    predicted = {"e_lin": -1.0, "drift": -1.0, "init_fluct": -0.5, "movement": -1.0, "table6": -1.0, "lin_gap": None}
+    panels = []
+    for arch in ("mlp", "transformer"):
+        for k in METRICS:
+            ser = []
+            for v, (a, _, _, role) in VARIANTS.items():
+                if a != arch:
+                    continue
+                slope = (0.0 if k in ("e_lin", "drift") else None) if role == "control" else predicted[k]
+                ser.append((v, *series(rows, k, variant=v)) + ((slope,) if slope is not None else ()))
+            panels.append({"title": f"{arch}: {titles[k]}", "series": ser, "ylabel": k})
     loglog_panels(store.path("linearization.png"), panels,
                   suptitle="[ES] Lemma 1 / Thm 5: kernel behavior of fine-tuning vs width (NTK, SP lr/n; muP control)")
+
+
+def _linearize_sign_flipped(original):
+    def linearize(f, params0):
+        f_lin = original(f, params0)
+        p0 = {k: v.detach().clone() for k, v in params0.items()}
+
+        def flipped(params, x):
+            base = f(p0, x)
+            return base - (f_lin(params, x) - base)
+        return flipped
+    return linearize
+
+
+def _mup_control_as_ntk(variants):
+    return dict(variants, mlp_mup_scratch=("mlp", "NTK", False, "control"))
+
+
+def _sp_lr_as_sp(presets):
+    import dataclasses
+
+    return dict(presets, SP_LR=dataclasses.replace(presets["SP"], name="SP_LR"))
+
+
+def _kernel_distance_zero(original):
+    return lambda K0, K1, **kw: 0.0
+
+
+def _no_pretraining(original):
+    return lambda f, params, optimizer, data, steps, **kw: dict(params)
+
+
+FAULTS = (
+    Fault("linearize_sign_flipped", "f_lin = f_PT - <grad f_PT, theta - theta_PT> (the jvp's sign flipped)",
+          "ntkcheck.models.functional:linearize", _linearize_sign_flipped),
+    Fault("mup_control_built_as_ntk", "the muP control built in NTK parametrization (the control copies the claim)",
+          "ntkcheck.checks.linearization:VARIANTS", _mup_control_as_ntk),
+    Fault("sp_lr_without_lr_scaling", "SP_LR's learning rate not divided by the width (SP's exponents)",
+          "ntkcheck.theory.parametrization:PRESETS", _sp_lr_as_sp),
+    Fault("drift_against_itself", "the kernel drift measured as a distance that is always 0",
+          "ntkcheck.models.kernels:kernel_distance", _kernel_distance_zero),
+    Fault("no_pretraining", "fine-tuning starts from the random init instead of the pretrained parameters",
+          "ntkcheck.checks.linearization:train", _no_pretraining, caught=False,
+          reason="in the kernel regime fine-tuning from a random init is linearizable too: the bound holds "
+                 "around any init, so skipping pretraining changes no claim (it is the papers' setting, "
+                 "not a premise the measurement can detect)"),
+)
 
 
 def memory_bytes(config: Config) -> int:
@@ -232,5 +286,6 @@ def memory_bytes(config: Config) -> int:
 
 
 SPEC = CheckSpec(name="linearization", order=30, config_cls=Config, run=run, version=2, memory=memory_bytes,
+                 faults=FAULTS,
                  summary="[ES] Lemma 1/Thm 5: e_lin, kernel drift, Table 6 distance fall like n^-1/2 or faster; "
                  "muP control flat")

@@ -1,31 +1,43 @@
-"""Shared log-log plotting (matplotlib imported lazily, Agg backend)."""
+"""Shared log-log plotting (matplotlib imported lazily; the caller's backend is never switched).
+
+A panel is a dict {title, ylabel, xlabel?, series}; a series is (label, x, y) or
+(label, x, y, predicted_slope). With a predicted slope the panel also draws the
+prediction: the line y = C x^s with s the predicted slope and C the intercept
+that fits the data best for that slope (exp of the mean of log y - s log x), dashed,
+in the series' colour, so the data can be read against the theory.
+"""
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 
+def figure(rows: int, cols: int, size: tuple[float, float]):
+    """A figure that never touches pyplot's global state (and so never switches the caller's backend)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    return fig, axes
+
+
 def loglog_panels(path: Path, panels: Sequence[dict], suptitle: str = "", xlabel: str = "width n") -> Path:
-    """One log-log panel per dict {title, series: [(label, x, y)], ylabel?}; y averaged per x with min/max band.
-
-    Each series' x, y may repeat x values (one per seed): the line is the
-    geometric mean over repeats, the band spans min to max.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """One log-log panel per dict; y averaged per x (geometric mean) with a min/max band over repeats."""
     k = len(panels)
     cols = min(k, 3)
     rows = (k + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    fig, axes = figure(rows, cols, (4.6 * cols, 3.8 * rows + 0.6))
     for ax, panel in zip(axes.flat, panels):
-        for label, xs, ys in panel["series"]:
+        for series in panel["series"]:
+            label, xs, ys = series[:3]
+            predicted = series[3] if len(series) > 3 else None
             xs, ys = np.asarray(xs, float), np.asarray(ys, float)
-            ok = np.isfinite(ys) & (ys > 0)
+            ok = np.isfinite(ys) & (ys > 0) & np.isfinite(xs) & (xs > 0)
             xs, ys = xs[ok], ys[ok]
             if len(xs) == 0:
                 continue
@@ -35,22 +47,30 @@ def loglog_panels(path: Path, panels: Sequence[dict], suptitle: str = "", xlabel
             hi = np.array([ys[xs == u].max() for u in ux])
             (line,) = ax.plot(ux, mean, marker="o", ms=3, label=label)
             ax.fill_between(ux, lo, hi, color=line.get_color(), alpha=0.2)
+            if predicted is not None and len(ux) >= 2:
+                c = float(np.mean(np.log(ys) - predicted * np.log(xs)))
+                ax.plot(ux, np.exp(c) * ux ** predicted, ls="--", lw=1, color=line.get_color(),
+                        label=f"predicted slope {predicted:+.2g}")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_title(panel.get("title", ""), fontsize=9)
-        ax.set_xlabel(panel.get("xlabel", xlabel))
-        ax.set_ylabel(panel.get("ylabel", ""))
+        ax.set_title("\n".join(textwrap.wrap(panel.get("title", ""), 48)), fontsize=8)
+        ax.set_xlabel(panel.get("xlabel", xlabel), fontsize=8)
+        ax.set_ylabel(panel.get("ylabel") or "value", fontsize=8)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6)
     for ax in list(axes.flat)[k:]:
         ax.axis("off")
     if suptitle:
-        fig.suptitle(suptitle, fontsize=10)
+        fig.suptitle("\n".join(textwrap.wrap(suptitle, 110)), fontsize=10)
     fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: Path, dpi: int = 110) -> Path:
+    """Write ``fig`` to ``path`` atomically (a temporary file, then a rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    fig.savefig(tmp, dpi=dpi)
     tmp.replace(path)
     return path

@@ -31,19 +31,30 @@ whole-trajectory error ||(f_T - f_0) - sum_t pred_t|| / ||f_T - f_0||, and rms d
 Controls (must hold): (1) the SGD kernel with its best scalar rescaling predicts
 SignGD steps with an error that does not fall with n (SignGD is not a rescaled
 SGD); (2) a muP run with [KV] Table 10's SignGD rates (feature learning, r = 0)
-keeps a non-vanishing error. Also reported: how closely early full-batch Adam
-with a small learning rate tracks SignGD ([KV] Sec. 4).
+keeps a non-vanishing error; (3) eps-sign is told apart from sign: the exact-sign
+analog predicting the eps-sign run's steps keeps an error that does not fall.
+Also reported: how closely early full-batch Adam with a small learning rate
+tracks SignGD ([KV] Sec. 4).
+
+The predictions are computed from the theorem's formula (``analog_direction``),
+independently of ntkcheck.models.optim, which the networks train with: a bug
+there shows as a prediction error. Faults it must catch (FAULTS): the A-SignGD
+predictor built from the SGD kernel, SignGD applying the raw gradient, eps
+dropped from eps-sign's update, width-independent SignGD rates, Adam without
+bias correction.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
-from ntkcheck.checks._common import mlp_params, network_bytes
-from ntkcheck.checks._common import DTYPE, Teacher, limit_threads, rel_err, rms, seed_mean, series, sphere_inputs
+from ntkcheck.checks._common import (DTYPE, Teacher, limit_threads, mlp_params, network_bytes, rel_err, rms, series,
+                                     sphere_inputs)
 from ntkcheck.checks.config import CheckConfig, axis, setting
-from ntkcheck.checks.fit import fit_rows
+from ntkcheck.checks.faults import Fault
+from ntkcheck.checks.fit import fit_rows, mean_ci, slope_claim
 from ntkcheck.checks.plots import loglog_panels
 from ntkcheck.checks.registry import CheckSpec
 from ntkcheck.checks.sweep import grid, sweep
@@ -156,6 +167,20 @@ def update_rule(rule: str, lrs, eps=None) -> optim.Optimizer:
     raise ValueError(f"unknown update rule {rule!r}")
 
 
+def analog_direction(grads, lrs, rule: str, eps=None) -> dict:
+    """The kernel analog's parameter direction -eta_M phi(g_M) of [KV] Thm 4.3 / C.4, written from the theorem
+    and deliberately not through ntkcheck.models.optim (the update code the networks train with), so a bug
+    in the optimizers shows as a prediction error instead of being mirrored by the prediction:
+    phi = id ('sgd'), sign ('sign'), g / (|g| + eps_M) ('eps_sign', [KV] Assumption C.2g)."""
+    if rule == "sgd":
+        return {k: -lrs[k] * g for k, g in grads.items()}
+    if rule == "sign":
+        return {k: -lrs[k] * torch.sign(g) for k, g in grads.items()}
+    if rule == "eps_sign":
+        return {k: -lrs[k] * g / (g.abs() + eps[k]) for k, g in grads.items()}
+    raise ValueError(f"unknown update rule {rule!r}")
+
+
 def predicted_step(f, params0, lrs, rule, x_batch, chi, x_eval, eps=None) -> torch.Tensor:
     """The kernel analog's df on x_eval: <grad f_0(x_eval), -eta_M rule(grad_M L_t(theta_0))>, [N_eval, C].
 
@@ -164,9 +189,7 @@ def predicted_step(f, params0, lrs, rule, x_batch, chi, x_eval, eps=None) -> tor
     -(eta chi_t) K^(SGD)(x_eval, x_t) ([KV] Def. 3.4).
     """
     g0 = pullback(f, params0, x_batch, chi / x_batch.shape[0])
-    opt = update_rule(rule, lrs, eps)
-    direction, _ = opt.update(g0, opt.init(params0), params0)
-    return pushforward(f, params0, direction, x_eval)
+    return pushforward(f, params0, analog_direction(g0, lrs, rule, eps), x_eval)
 
 
 def kernel_predictor(K: torch.Tensor, rule: str, B: int):
@@ -258,12 +281,17 @@ def compute_point(config: Config, width: int, seed: int) -> list[dict]:
         if name == "signgd_b1":
             K_sgd = empirical_kernel(f, p0, xt, xp, kind="sgd")
             predictors["sgd_kernel"] = kernel_predictor(K_sgd, "sgd", B)
+        if rule == "eps_sign":   # eps-sign told apart from sign: the exact-sign analog of the same steps
+            predictors["sign_analog"] = matrix_free_predictor(f, p0, lrs, "sign", xp, xt)
         f0, fT, acts, preds = run_trajectory(f, p0, lrs, rule, xp, yp, xt, schedule, predictors, eps)
         rows.append(dict(variant=name, batch=B, **trajectory_metrics(f0, fT, acts, preds["kernel"])))
         if name == "signgd_b1":
             rows.append(dict(variant="sgd_kernel_for_signgd", batch=B,
                              step_err=best_scalar_err(acts, preds["sgd_kernel"]),
                              traj_err=float("nan"), df_rms=rms(torch.cat(acts))))
+        if rule == "eps_sign":
+            rows.append(dict(variant="sign_analog_for_epssign", batch=B,
+                             **trajectory_metrics(f0, fT, acts, preds["sign_analog"])))
     # early Adam vs SignGD: full batch over the pool, the same per-tensor rates scaled down
     model = models["NTK"]
     f, p0 = model.apply, model.params()
@@ -292,46 +320,101 @@ def _run(config: Config, store) -> list[Claim]:
     fits = {}
     for v in KERNEL_VARIANTS:
         for key in ("step_err", "traj_err"):
-            fit = fit_rows(rows, "width", key, {"variant": v})
-            fits[(v, key)] = fit
-            claims.append(claim(f"{v}.{key}.decays", f"{v}: slope of {key} vs n (kernel analog error vanishes)",
-                                predicted=0.0, measured=fit.slope, relation="<", tolerance=config.decay_margin,
-                                ci=fit.ci, source=SOURCE))
+            fit = fits[(v, key)] = fit_rows(rows, "width", key, {"variant": v})
+            claims.append(slope_claim(f"{v}.{key}.decays", f"{v}: slope of {key} vs n (kernel analog error "
+                                      "vanishes)", fit, predicted=0.0, relation="<", tolerance=config.decay_margin,
+                                      source=SOURCE))
     fit = fit_rows(rows, "width", "df_rms", {"variant": "signgd_b1"})
-    claims.append(claim("signgd_b1.df_rms.flat", "signgd_b1: slope of rms df per step (lr scaling keeps steps "
-                        "Theta(1))", predicted=0.0, measured=fit.slope, relation="==", tolerance=config.flat_tol,
-                        ci=fit.ci, source="[KV] Assumption C.2h, Table 10"))
+    claims.append(slope_claim("signgd_b1.df_rms.flat", "signgd_b1: slope of rms df per step (lr scaling keeps steps "
+                              "Theta(1))", fit, predicted=0.0, relation="==", tolerance=config.flat_tol,
+                              source="[KV] Assumption C.2h, Table 10"))
     for v, what in (("sgd_kernel_for_signgd", "SGD kernel, best scalar, predicting SignGD"),
-                    ("mup_signgd_b1", "muP SignGD (feature learning), A-SignGD kernel")):
-        fit = fit_rows(rows, "width", "step_err", {"variant": v})
-        fits[(v, "step_err")] = fit
-        claims.append(claim(f"control.{v}.step_err.flat", f"control {what}: slope of step error", predicted=0.0,
-                            measured=fit.slope, relation=">=", tolerance=config.control_slope_tol, ci=fit.ci,
+                    ("mup_signgd_b1", "muP SignGD (feature learning), A-SignGD kernel"),
+                    ("sign_analog_for_epssign", "the exact-sign analog predicting eps-sign steps")):
+        fit = fits[(v, "step_err")] = fit_rows(rows, "width", "step_err", {"variant": v})
+        claims.append(slope_claim(f"control.{v}.step_err.flat", f"control {what}: slope of step error", fit,
+                                  predicted=0.0, relation=">=", tolerance=config.control_slope_tol, control=True,
+                                  source=SOURCE if v != "sign_analog_for_epssign" else "[KV] Assumption C.2g"))
+        level, level_ci = mean_ci([r["step_err"] for r in rows if r["variant"] == v and r["width"] == nmax], log=True)
+        claims.append(claim(f"control.{v}.step_err.floor", f"control {what}: step error at n={nmax} (geometric mean "
+                            "over seeds) stays above floor", predicted=config.control_floor, measured=level, ci=level_ci, relation=">=",
                             control=True, source=SOURCE))
-        level = seed_mean(rows, "step_err", variant=v)[nmax]
-        claims.append(claim(f"control.{v}.step_err.floor", f"control {what}: step error at n={nmax} stays above "
-                            "floor", predicted=config.control_floor, measured=level, relation=">=", control=True,
-                            source=SOURCE))
-    adam = seed_mean(rows, "step_err", variant="adam_vs_signgd")
-    claims.append(claim("adam_vs_signgd.gap", f"early Adam vs SignGD: relative trajectory gap at n={nmax}",
-                        predicted=0.0, measured=adam[nmax], relation="<=", tolerance=config.adam_tol,
+    adam, adam_ci = mean_ci([r["step_err"] for r in rows if r["variant"] == "adam_vs_signgd" and r["width"] == nmax],
+                            log=True)
+    claims.append(claim("adam_vs_signgd.gap", f"early Adam vs SignGD: relative trajectory gap at n={nmax} "
+                        "(geometric mean over seeds)",
+                        predicted=0.0, measured=adam, ci=adam_ci, relation="<=", tolerance=config.adam_tol,
                         source="[KV] Sec. 4"))
-    fit = fit_rows(rows, "width", "step_err", {"variant": "adam_vs_signgd"})
-    fits[("adam_vs_signgd", "step_err")] = fit
+    fits[("adam_vs_signgd", "step_err")] = fit_rows(rows, "width", "step_err", {"variant": "adam_vs_signgd"})
     store.write_json("fits.json", {f"{v}:{k}": f.to_json() for (v, k), f in fits.items()})
     _plot(rows, store)
     return claims
 
 
+def _kernel_kind_sgd(original):
+    def kernel(*args, **kw):
+        return original(*args, **dict(kw, kind="sgd"))
+    return kernel
+
+
+def _signgd_is_sgd(original):
+    from ntkcheck.models import optim as O
+
+    return lambda lrs, eps=0.0, schedule=None: O.sgd(lrs, schedule=schedule)
+
+
+def _eps_ignored(original):
+    return lambda g, eps: torch.sign(g)
+
+
+def _sign_rates_width_free(original):
+    def learning_rate(self, n, optimizer, n0=1.0):
+        return self.lr if optimizer != "sgd" else original(self, n, optimizer, n0)
+    return learning_rate
+
+
+def _adam_without_bias_correction(original):
+    def adam(lrs, betas=(0.9, 0.999), eps=1e-8, schedule=None):
+        opt = original(lrs, betas=betas, eps=eps, schedule=schedule)
+        b1, b2 = betas
+
+        def update(grads, state, params=None):
+            out, new = opt.update(grads, state, params)
+            t = new["step"]
+            fix = (1 - b1 ** t) / (1 - b2 ** t) ** 0.5   # undo the bias correction
+            return {k: u * fix for k, u in out.items()}, new
+        return dataclasses.replace(opt, update=update)
+    return adam
+
+
+FAULTS = (
+    Fault("asym_kernel_is_sgd", "the A-SignGD predictor built from the SGD kernel (kind 'sgd' for 'asym_signgd')",
+          "ntkcheck.checks.signgd_kernel:empirical_kernel", _kernel_kind_sgd),
+    Fault("signgd_trains_as_sgd", "the SignGD optimizer applies the raw gradient (the sign dropped)",
+          "ntkcheck.models.optim:signgd", _signgd_is_sgd),
+    Fault("eps_ignored_in_update", "eps-sign trains with the exact sign (eps dropped in the update)",
+          "ntkcheck.models.optim:eps_sign", _eps_ignored),
+    Fault("sign_rates_width_free", "SignGD/Adam learning rates not scaled with width ([KV] Table 10 ignored)",
+          "ntkcheck.theory.parametrization:RoleScaling.learning_rate", _sign_rates_width_free),
+    Fault("adam_without_bias_correction", "Adam without its bias correction (first steps 3x too large)",
+          "ntkcheck.models.optim:adam", _adam_without_bias_correction),
+)
+
+
 def _plot(rows, store) -> None:
+    """The kernel variants against n^-1 (the rate measured here and predicted by finite-width theory; the
+    theorem itself gives none), the controls against flat lines."""
+    controls = ("sgd_kernel_for_signgd", "mup_signgd_b1", "sign_analog_for_epssign")
     panels = [
-        {"title": "per-step kernel prediction error", "ylabel": "relative error",
-         "series": [(v, *series(rows, "step_err", variant=v)) for v in
-                    KERNEL_VARIANTS + ("sgd_kernel_for_signgd", "mup_signgd_b1")]},
+        {"title": "per-step kernel prediction error (kernel regime)", "ylabel": "relative error",
+         "series": [(v, *series(rows, "step_err", variant=v), -1.0) for v in KERNEL_VARIANTS]},
+        {"title": "per-step prediction error (controls: no decay)", "ylabel": "relative error",
+         "series": [(v, *series(rows, "step_err", variant=v), 0.0) for v in controls]},
         {"title": "whole-trajectory prediction error", "ylabel": "relative error",
-         "series": [(v, *series(rows, "traj_err", variant=v)) for v in KERNEL_VARIANTS + ("mup_signgd_b1",)]},
-        {"title": "rms output change per step; Adam-SignGD gap", "ylabel": "rms df / relative gap",
-         "series": [(v, *series(rows, "df_rms", variant=v)) for v in ("signgd_b1", "sgd_b1", "mup_signgd_b1")]
+         "series": [(v, *series(rows, "traj_err", variant=v), -1.0) for v in KERNEL_VARIANTS]},
+        {"title": "rms output change per step (Theta(1)); Adam-SignGD gap", "ylabel": "rms df / relative gap",
+         "series": [("signgd_b1", *series(rows, "df_rms", variant="signgd_b1"), 0.0)]
+         + [(v, *series(rows, "df_rms", variant=v)) for v in ("sgd_b1", "mup_signgd_b1")]
          + [("Adam vs SignGD gap", *series(rows, "step_err", variant="adam_vs_signgd"))]},
     ]
     loglog_panels(store.path("signgd_kernel.png"), panels, suptitle="[KV] Thm 4.3: SignGD kernel analog vs width")
@@ -342,5 +425,6 @@ def memory_bytes(config: Config) -> int:
     return network_bytes(mlp_params(max(config.widths), config.d_in, config.depth))
 
 
-SPEC = CheckSpec(name="signgd_kernel", order=20, config_cls=Config, run=run, version=2, memory=memory_bytes,
+SPEC = CheckSpec(name="signgd_kernel", order=20, config_cls=Config, run=run, version=3, memory=memory_bytes,
+                 faults=FAULTS,
                  summary="[KV] Thm 4.3/C.4: A-SignGD kernel predicts SignGD steps (and K_SGD SGD) with error -> 0 in n")

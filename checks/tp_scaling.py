@@ -22,15 +22,25 @@ are made at step 1, where even the unstable SP has definite exponents
 
 Control: SP with a width-independent lr (negative r) must show features that
 grow with n, and growth at its own derived step-1 exponent.
+
+The predictions come from theory/abc.py applied to the preset values; what each
+named preset is, is pinned separately by the paper's numbers as data (PAPER_R:
+r of [KV] App. C.3 for muP, NTK, SP with lr ~ 1/n and SP; PAPER_TABLE10: [KV]
+Table 10's muP scales), so a preset given another preset's exponents fails even
+though theory would follow it. Faults it must catch (FAULTS): SP or muP given
+another preset's exponents, the learning-rate exponent's sign flipped, Adam's
+effective rate computed with SGD's 2a + c, the layer multiplier left out.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
 from ntkcheck.checks._common import mlp_params, network_bytes, transformer_params
 from ntkcheck.checks.config import CheckConfig, axis, setting
+from ntkcheck.checks.faults import Fault
 from ntkcheck.checks.fit import fit_rows
 from ntkcheck.checks.plots import loglog_panels
 from ntkcheck.checks.registry import CheckSpec
@@ -40,9 +50,14 @@ from ntkcheck.models.activations import ACTIVATIONS
 from ntkcheck.result import Claim, claim
 from ntkcheck.seeding import generator
 from ntkcheck.theory import parametrization as P
-from ntkcheck.theory.abc import analyze
+from ntkcheck.theory.abc import analyze, table10
 
 ARCHS = ("mlp", "transformer")
+#: [KV] App. C.3 as data: r of each named preset (feature updates of size n^-r), not derived here
+PAPER_R = {"MUP": 0.0, "NTK": 0.5, "SP_LR": 0.5, "SP": -1.0}
+#: [KV] Table 10 as data: muP's coordinate scales n^-e in pre-training, e for (U, W, V)
+PAPER_TABLE10 = {"init": (0.0, 0.5, 1.0), "update": (0.0, 1.0, 1.0), "lr_sgd": (-1.0, 0.0, 1.0),
+                 "lr_signgd": (0.0, 1.0, 1.0)}
 
 
 @dataclass(frozen=True)
@@ -179,13 +194,73 @@ def run(config: Config, store) -> list[Claim]:
             series = []
             for layer in sorted({r["layer"] for r in select(rows, **where)}):
                 sel = select(rows, arch=arch, optimizer=opt, param=p, step=step, layer=layer)
+                # the step-1 predictions of the claims, drawn beside the data
+                pred = ({last: dh_pred, "out": df_pred}.get(layer)
+                        if step == 1 and (not control or opt == "sgd") else None)
                 series.append((f"d{layer}" if layer != "out" else "df", [r["width"] for r in sel],
-                               [r["rms_dh"] for r in sel]))
+                               [r["rms_dh"] for r in sel]) + ((pred,) if pred is not None else ()))
             if step in (1, config.steps):
                 panels.append({"title": f"{tag} step {step}", "series": series, "ylabel": "rms of update"})
+    for p in sorted({p for _, _, p in variants}):
+        if p in PAPER_R:
+            r_theory = float(analyze(P.get(p), config.depth, "sgd").r)
+            claims.append(claim(f"preset.{p}.r", f"the preset {p}: r from theory/abc against [KV] App. C.3's value",
+                                predicted=PAPER_R[p], measured=r_theory, relation="==", source="[KV] App. C.3"))
+    if "MUP" in {p for _, _, p in variants}:
+        t10 = table10(P.get("MUP"))
+        worst = max(abs(float(t10[row][m]) - PAPER_TABLE10[row][i]) for row in PAPER_TABLE10
+                    for i, m in enumerate(("U", "W", "V")))
+        claims.append(claim("preset.MUP.table10", "the preset MUP: max |exponent - [KV] Table 10| over init, update "
+                            "and learning-rate scales of U, W, V", predicted=0.0, measured=worst, relation="==",
+                            source="[KV] Table 10"))
     loglog_panels(store.path("coordinate_check.png"), panels,
                   suptitle="tp_scaling: feature/output update size vs width (one line per layer)")
     return claims
+
+
+def _preset_as(name: str, other: str):
+    def patch(presets):
+        return dict(presets, **{name: dataclasses.replace(presets[other], name=name)})
+    return patch
+
+
+def _lr_exponent_sign_flipped(original):
+    def learning_rate(self, n, optimizer, n0=1.0):
+        return self.lr * (n / n0) ** float(self.c(optimizer))
+    return learning_rate
+
+
+def _adam_effective_rate_as_sgd(original):
+    def effective_exponents(param, optimizer="sgd"):
+        out = original(param, "sgd")
+        if optimizer == "sgd":
+            return out
+        import sympy
+
+        return {role: (B, sympy.Rational(str(2 * param.role(role).a + param.role(role).c(optimizer))))
+                for role, (B, _) in out.items()}
+    return effective_exponents
+
+
+def _multiplier_left_out(original):
+    def call(self, weight, bias, x):
+        y = torch.nn.functional.linear(x, weight)
+        return y + bias * self.bias_mult if bias is not None else y
+    return call
+
+
+FAULTS = (
+    Fault("sp_with_ntk_exponents", "the SP preset given the NTK preset's exponents",
+          "ntkcheck.theory.parametrization:PRESETS", _preset_as("SP", "NTK")),
+    Fault("mup_with_sp_lr_exponents", "the MUP preset given SP_LR's exponents",
+          "ntkcheck.theory.parametrization:PRESETS", _preset_as("MUP", "SP_LR")),
+    Fault("lr_exponent_sign_flipped", "learning rates eta n^+c instead of eta n^-c",
+          "ntkcheck.theory.parametrization:RoleScaling.learning_rate", _lr_exponent_sign_flipped),
+    Fault("adam_rate_as_sgd", "Adam's effective rate exponent computed as SGD's 2a + c instead of a + c",
+          "ntkcheck.theory.abc:effective_exponents", _adam_effective_rate_as_sgd, scope="claims"),
+    Fault("multiplier_left_out", "the layer multiplier n^-a not applied in the forward pass",
+          "ntkcheck.models.layers:ParamLinear.call", _multiplier_left_out),
+)
 
 
 def memory_bytes(config: Config) -> int:
@@ -197,4 +272,5 @@ def memory_bytes(config: Config) -> int:
 
 
 SPEC = CheckSpec(name="tp_scaling", summary="abc-parametrization scaling: muP r=0, NTK/SP_LR r=1/2, SP unstable",
+                 faults=FAULTS,
                  config_cls=Config, run=run, order=10, version=2, memory=memory_bytes)

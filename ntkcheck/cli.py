@@ -200,14 +200,18 @@ def _cmd_selftest(args) -> int:
             clean_bad.append(spec.name)
         print(f"  clean verdict: {clean.verdict}")
         for o in outcomes:
-            mark = "SURVIVED" if o.survived else ("caught" if o.observed != "pass" else "not caught (by design)")
+            if not o.caught_by_design:
+                mark = "not caught (by design)" if o.observed in ("pass", "inconclusive") else "caught anyway"
+            else:
+                mark = "SURVIVED" if o.survived else "caught"
             print(f"  {o.fault:36s} expected {o.expected:5s} observed {o.observed:12s} {mark}  ({o.seconds:.0f} s)",
                   flush=True)
         rows += outcomes
     text = table(rows)
     atomic_write_text(out / "selftest.md", "# ntkcheck selftest\n\n" + text + "\n")
     survived = [f"{o.check}:{o.fault}" for o in rows if o.survived]
-    print(f"{len(rows)} faults, {sum(o.observed != 'pass' for o in rows)} caught, {len(survived)} survived, "
+    caught = sum(o.caught_by_design and not o.survived for o in rows)
+    print(f"{len(rows)} faults, {caught} caught, {len(survived)} survived, "
           f"{sum(not o.caught_by_design for o in rows)} not caught by design -> {out / 'selftest.md'}")
     if clean_bad:
         print(f"ntkcheck: the clean run of {', '.join(clean_bad)} did not pass; its faults prove nothing",

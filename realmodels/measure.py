@@ -17,7 +17,6 @@ measurements (predicted null), each with its CI over seeds where there are seeds
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -28,9 +27,10 @@ import torch
 
 from ntkcheck.errors import UserError
 from ntkcheck.provenance import now_iso, provenance
-from ntkcheck.realmodels.experiment import (KINDS, LMConfig, Session, _load_tensor, _save_tensor, iter_sessions,
+from ntkcheck.realmodels.experiment import (LMConfig, Session, _load_tensor, _save_tensor, iter_sessions,
                                             load_bundle, model_slug, validate_lm_config)
-from ntkcheck.realmodels.metrics import METHOD_LABELS, TASK_LABELS, mean_ci, mean_std, score, table2
+from ntkcheck.checks.fit import mean_ci
+from ntkcheck.realmodels.metrics import METHOD_LABELS, TASK_LABELS, mean_std, score, table2
 from ntkcheck.result import Claim, Result, measurement
 from ntkcheck.store import ResultStore, atomic_write_text
 
@@ -106,13 +106,10 @@ def kernel_cmd(cfg: LMConfig) -> dict:
 
 
 def _plot_kernel(sess: Session, kinds: Sequence[str]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ntkcheck.checks.plots import figure, save_figure
 
     seed = sess.splits[0].seed
-    fig, axes = plt.subplots(1, len(kinds), figsize=(4 * len(kinds), 3.6), squeeze=False)
+    fig, axes = figure(1, len(kinds), (4 * len(kinds), 3.6))
     for ax, kind in zip(axes[0], kinds):
         K = sess.block(sess.kernel(kind, progress=False), seed, "train")
         n, C = K.shape[:2]
@@ -120,11 +117,7 @@ def _plot_kernel(sess: Session, kinds: Sequence[str]) -> None:
         ax.set_title(f"{kind}: K(train, train), seed {seed}", fontsize=8)
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    path = sess.store.path("kernels.png")
-    tmp = path.with_name(".kernels.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, sess.store.path("kernels.png"), dpi=100)
 
 
 # ------------------------------------------------------------------ solve
@@ -160,25 +153,18 @@ def _task_name(cfg: LMConfig) -> str:
 
 
 def _plot_bars(path: Path, summary: dict, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ntkcheck.realmodels.metrics import METHOD_LABELS
+    from ntkcheck.checks.plots import figure, save_figure
 
     names = list(summary)
-    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(names), 3.2))
+    fig, axes = figure(1, 1, (1.2 + 1.1 * len(names), 3.2))
+    ax = axes[0, 0]
     ax.bar(range(len(names)), [summary[n]["mean"] for n in names], yerr=[summary[n]["std"] for n in names],
            color="tab:blue", alpha=0.8, capsize=3)
     ax.set_xticks(range(len(names)), [METHOD_LABELS.get(n, n) for n in names], rotation=30, fontsize=8)
     ax.set_ylabel("test metric (%)")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=100)
 
 
 # ------------------------------------------------------------------ finetune
@@ -418,12 +404,10 @@ def taskvec_cmd(cfg: LMConfig, ft, tasks: Sequence[str], *, scale: float = 1.0) 
 
 
 def _plot_heatmap(path: Path, M: np.ndarray, names: Sequence[str]) -> None:
-    import matplotlib
+    from ntkcheck.checks.plots import figure, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(1.5 + 0.9 * len(names), 1.2 + 0.9 * len(names)))
+    fig, axes = figure(1, 1, (1.5 + 0.9 * len(names), 1.2 + 0.9 * len(names)))
+    ax = axes[0, 0]
     im = ax.imshow(M, cmap="RdBu_r", vmin=-1, vmax=1)
     ax.set_xticks(range(len(names)), names, rotation=30)
     ax.set_yticks(range(len(names)), names)
@@ -433,7 +417,4 @@ def _plot_heatmap(path: Path, M: np.ndarray, names: Sequence[str]) -> None:
     ax.set_title("task-vector cosine similarity", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=100)

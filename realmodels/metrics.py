@@ -34,20 +34,6 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return (float(v.mean()), float(v.std())) if len(v) else (float("nan"), float("nan"))
 
 
-def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, tuple[float, float]]:
-    """(mean, Student-t CI of the mean) over seeds; the CI is (nan, nan) with fewer than two values."""
-    from scipy import stats
-
-    v = np.asarray([x for x in values if x == x], dtype=float)
-    if len(v) == 0:
-        return float("nan"), (float("nan"), float("nan"))
-    m = float(v.mean())
-    if len(v) < 2:
-        return m, (float("nan"), float("nan"))
-    half = float(stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
-    return m, (m - half, m + half)
-
-
 METHOD_LABELS = {"zero_shot": "zero-shot f0", "linear_probe": "linear probe f0", "sgd": "K(SGD)", "signgd": "K(SignGD)",
                  "asym_signgd": "K(A-SignGD)", "ft_sgd": "SGD-FT", "ft_adam": "Adam-FT",
                  "lin_sgd": "Lin. (SGD-FT)", "lin_adam": "Lin. (Adam-FT)"}

@@ -20,6 +20,12 @@ from __future__ import annotations
 import numpy as np
 
 
+def natural_shift(width: int, d: float) -> float:
+    """n^-d: the size of the downstream task's departure from the pretrained model, y = f_PT + n^-d g,
+    for which chi_max = Theta(n^-d) ([KV] Def. 5.3: a natural task has chi_max -> 0)."""
+    return float(width) ** (-float(d))
+
+
 def linear3_forward(U: np.ndarray, W: np.ndarray, V: np.ndarray, xi: np.ndarray) -> float:
     """f(xi) = V^T W U xi."""
     return float(V @ (W @ (U @ xi)))

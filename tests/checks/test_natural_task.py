@@ -27,6 +27,8 @@ def test_quick_verdict_passes_with_controls(result):
 def test_prompt_improves_and_head_does_not(result):
     assert result.claim("prompt.e_lin_rel.decays").measured < -0.3
     assert result.claim("control.head.e_lin_rel.flat").measured > -0.15
+    assert result.claim("c5.coefficient.flat").holds and result.claim("control.c5.ntk.coefficient").holds
+    assert result.claim("c5.natural.ratio.slope").state == "measured"
 
 
 # ---------------------------------------------------------------- C.5 closed forms
@@ -89,5 +91,11 @@ def test_linear3_point_ratio_shrinks_like_chi_with_width():
     small = N.linear3_point(cfg, 64, 0, 64 ** -0.5)
     large = N.linear3_point(cfg, 4096, 0, 4096 ** -0.5)
     assert small["c5_identity"] < 1e-12 and large["c5_identity"] < 1e-12
+    assert small["c5_engine"] < 1e-12 and large["c5_engine"] < 1e-12   # closed-form K is the engine's eNTK
     slope = math.log(large["c5_ratio"] / small["c5_ratio"]) / math.log(64)
     assert -0.75 < slope < -0.25
+    # the coefficient per unit chi is flat under muP and falls like 1/n under NTK
+    mup = math.log(N.linear3_point(cfg, 4096, 0, 1.0)["c5_coef"] / N.linear3_point(cfg, 64, 0, 1.0)["c5_coef"])
+    ntk = math.log(N.linear3_point(cfg, 4096, 0, 1.0, "NTK")["c5_coef"]
+                   / N.linear3_point(cfg, 64, 0, 1.0, "NTK")["c5_coef"])
+    assert abs(mup / math.log(64)) < 0.15 and -1.3 < ntk / math.log(64) < -0.7

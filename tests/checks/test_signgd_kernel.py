@@ -21,7 +21,7 @@ def test_quick_verdict_passes_with_controls(result):
     failed = [c.name for c in result.claims if not c.holds]
     assert result.verdict == "pass", failed
     controls = [c for c in result.claims if c.control]
-    assert len(controls) == 4 and all(c.holds for c in controls)
+    assert len(controls) == 6 and all(c.holds for c in controls)
 
 
 def test_kernel_errors_decay_and_controls_stay_flat(result):

@@ -3,12 +3,10 @@ IntrinsicDimension kernels against their definitions ([KV] Lemma D.3, D.4, Def. 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
