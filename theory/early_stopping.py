@@ -34,8 +34,11 @@ problem gives scale = R, while [ES] eq. 11 writes C_H^2 (equal at C_H = 1).
 Data-dependent stopping time (RWY eq. 7):
     T = min{ t : R(1/sqrt(eta_t)) > 1 / (2 e sigma eta_t) } - 1   (with the same scale),
 i.e. the last t with eta_t <= 1 / rho^2; RWY Thm 1: ||f_T - f*||_N^2 <= 12 rho^2 w.h.p.
-Rate ([ES] eq. 29-30): eigen-decay lam_k ~ k^-2beta gives rho^2 ~ N^(-2beta/(2beta+1)).
+Rate ([ES] eq. 29-30): eigen-decay lam_k ~ k^-2beta gives rho^2 ~ N^(-2beta/(2beta+1)),
+with the constant in closed form (power_law_critical_radius), so the rule's time
+eta_T ~ 1/rho^2 grows like N^(2beta/(2beta+1)) (rule_time_exponent).
 Beta fit ([ES] eq. 31-32): least squares of log(lam_k / lam_1) on log k, slope -2 beta.
+Risk of a spectral estimator f = A (weights * (z + sigma xi)), xi ~ N(0, I): expected_sq_error.
 
 Pure numpy; shapes are stated per function.
 """
@@ -119,6 +122,34 @@ def stopping_time(eigs: np.ndarray, sigma: float, step: float, scale: float = 1.
     return t
 
 
+def power_law_critical_radius(n: int, beta: float, sigma: float, scale: float = 1.0, c: float = 1.0,
+                              multiplicity: int = 1) -> float:
+    """rho_N^2 of [ES] eq. 11 for eigenvalues lam = c k^-2beta (k >= 1, each ``multiplicity`` times), N -> inf.
+
+    With k* = (c / rho^2)^(1/(2beta)) levels above rho^2 and the tail sum replaced by its integral,
+
+        R(rho)^2 = (m/N) [rho^2 k* + sum_{k > k*} c k^-2beta] = (m/N) c^(1/(2beta)) rho^(2 - 1/beta) 2beta/(2beta-1),
+
+    and R(rho) = a rho^2 (a = scale / (2 e sigma), eq. 11) solves to
+
+        rho_N^2 = [2 beta m c^(1/(2beta)) / ((2beta - 1) N a^2)]^(2beta/(2beta+1)).
+
+    The exponent is eq. 30's; the constant is what pins the rule's 1/(2 e sigma): the stopping time
+    of RWY eq. 7 is eta_T = 1/rho_N^2 up to one step. For a one-sided spectrum (k >= 1) the sum
+    differs from its integral by a relative O(1/k*); for a spectrum over k in Z (multiplicity 2 for
+    +-k and c itself at k = 0, the periodic Sobolev kernel's) Poisson summation leaves only the kinks
+    at +-k*: within 5% once k* > 3, 20% at any k* >= 1. Needs beta > 1/2 ([ES] eq. 29).
+    """
+    if beta <= 0.5:
+        raise ValueError(f"power_law_critical_radius needs beta > 1/2 ([ES] eq. 29), got {beta}")
+    if sigma <= 0 or scale <= 0 or c <= 0 or n < 1 or multiplicity < 1:
+        raise ValueError(f"need n, multiplicity >= 1 and sigma, scale, c > 0; got n={n}, m={multiplicity}, "
+                         f"sigma={sigma}, scale={scale}, c={c}")
+    a2 = (scale / (2.0 * math.e * sigma)) ** 2
+    base = 2.0 * beta * multiplicity * c ** (1.0 / (2.0 * beta)) / ((2.0 * beta - 1.0) * n * a2)
+    return float(base ** (2.0 * beta / (2.0 * beta + 1.0)))
+
+
 def rwy_error_bound(rho: float) -> float:
     """RWY Thm 1: ||f_T - f*||_N^2 <= 12 rho^2 at the stopping time (with high probability)."""
     return 12.0 * rho**2
@@ -172,6 +203,21 @@ def interpolation_weights(eigs: np.ndarray, rcond: float = 1e-13) -> np.ndarray:
     return out
 
 
+def expected_sq_error(A: np.ndarray, z: np.ndarray, f: np.ndarray, weights: np.ndarray, sigma: float) -> float:
+    """E_xi mean_m (A (weights * (z + sigma xi)) - f)_m^2 for xi ~ N(0, I_N), exactly:
+
+        = mean_m (A (weights * z) - f)_m^2  +  sigma^2 / M sum_j w_j^2 sum_m A_mj^2     (bias^2 + variance).
+
+    For a spectral estimator, A = K(X_test, X) U / N, z = U^T f*(X) and f = f*(X_test): U^T of white
+    noise is white, so this is the test error averaged over the label noise y = f*(X) + sigma xi,
+    given X. A: [M, N], z: [N], f: [M], weights: [N].
+    """
+    A = np.asarray(A, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    bias = A @ (w * np.asarray(z, dtype=np.float64)) - np.asarray(f, dtype=np.float64)
+    return float(np.mean(bias**2) + sigma**2 * float((A**2).sum(axis=0) @ w**2) / A.shape[0])
+
+
 def spectral_coefficients(U: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """c = U diag(weights) U^T y, so that f(.) = K(., X) c / N. U: [N, N], y: [N], weights: [N] -> [N]."""
     return U @ (weights * (U.T @ np.asarray(y, dtype=np.float64)))
@@ -201,6 +247,35 @@ def oracle_rate_exponent(beta: float, delta: float) -> float:
 def radius_exponent(beta: float) -> float:
     """rho_N^2 ~ N^(-2beta/(2beta+1)): the exponent of the squared critical radius (RWY Cor. 3)."""
     return rate_exponent(beta)
+
+
+def rule_time_exponent(beta: float) -> float:
+    """eta_T ~ 1/rho_N^2 ~ N^(2beta/(2beta+1)): the exponent of the rule's time (RWY eq. 7, [ES] eq. 10-11)."""
+    return -radius_exponent(beta)
+
+
+def oracle_time_exponent(beta: float, delta: float) -> float:
+    """eta_oracle ~ N^(2beta/(2beta+1+delta)) for coefficients c_k^2 = lam_k k^-(1+delta) (oracle_rate_exponent's
+    setting): the oracle keeps K ~ N^(1/(2beta+1+delta)) modes, and GD fits mode k once eta lam_k ~ 1,
+    so eta_oracle ~ K^(2beta). Below rule_time_exponent for delta > 0: the rule, calibrated to the
+    worst case of the ball, does not adapt to a smoother target."""
+    return 2.0 * beta / (2.0 * beta + 1.0 + delta)
+
+
+def stopping_cost(r: float | np.ndarray, beta: float, delta: float) -> float | np.ndarray:
+    """err(r eta_o) / err(eta_o): the cost of stopping at r times the oracle's time, in the bias-variance model
+
+        err(eta) = B (eta/eta_o)^-p + V (eta/eta_o)^q,   p = (2beta+delta)/(2beta),  q = 1/(2beta),
+
+    (bias of coefficients c_k^2 = lam_k k^-(1+delta) left after modes k <= eta^(1/(2beta)) are fit;
+    variance ~ the number of modes fit / N), optimal at eta_o where p B = q V, so
+
+        F(r) = (q r^-p + p r^q) / (p + q)      (F(1) = 1 is the minimum; F grows as r leaves 1).
+    """
+    p, q = (2.0 * beta + delta) / (2.0 * beta), 1.0 / (2.0 * beta)
+    r = np.asarray(r, dtype=np.float64)
+    out = (q * r ** (-p) + p * r**q) / (p + q)
+    return float(out) if out.ndim == 0 else out
 
 
 @dataclass(frozen=True)

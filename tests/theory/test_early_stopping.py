@@ -114,3 +114,139 @@ def test_rate_exponents():
     assert es.rate_exponent(1.0) == -2 / 3
     assert math.isclose(es.oracle_rate_exponent(1.0, 0.0), -2 / 3)
     assert es.oracle_rate_exponent(1.0, 0.5) < es.rate_exponent(1.0)
+
+
+# ------------------------------------------- the rule's time in closed form, the oracle, the noise average
+def _two_sided_spectrum(n, beta):
+    """1, then |k|^-2beta for k = +-1, +-2, ...: the periodic Sobolev kernel's Mercer spectrum, N entries."""
+    k = np.arange(1, n // 2 + 1, dtype=float)
+    return np.concatenate([[1.0], np.repeat(k ** (-2 * beta), 2)])[:n]
+
+
+@given(beta=st.floats(1.0, 2.5), log2n=st.floats(8, 14), sigma=st.floats(0.1, 1.0), scale=st.floats(0.5, 2.0))
+@settings(max_examples=40, deadline=None)
+def test_power_law_radius_matches_two_sided_spectrum(beta, log2n, sigma, scale):
+    """Over k in Z the sum of min(lam, rho^2) is its integral up to the kinks at +-k* (Poisson summation):
+    the closed form holds to 5% once k* > 3, and to 20% at any k* >= 1."""
+    n = int(2**log2n)
+    rho2 = es.critical_radius(_two_sided_spectrum(n, beta), sigma, scale) ** 2
+    pred = es.power_law_critical_radius(n, beta, sigma, scale, multiplicity=2)
+    k_star = rho2 ** (-1 / (2 * beta))
+    assert abs(math.log(rho2 / pred)) <= (0.05 if k_star > 3 else 0.2)
+
+
+@given(beta=st.floats(0.75, 3.0), sigma=st.floats(0.1, 1.0), c=st.floats(0.1, 3.0))
+@settings(max_examples=15, deadline=None)
+def test_power_law_radius_is_the_limit_of_one_sided_spectra(beta, sigma, c):
+    """For lam_k = c k^-2beta (k >= 1) the closed form is the N -> inf limit: the error is O(1/k*) and falls."""
+    gaps = []
+    for n in (2**10, 2**13, 2**16):
+        lam = c * np.arange(1, n + 1, dtype=float) ** (-2 * beta)
+        gaps.append(abs(math.log(es.critical_radius(lam, sigma) ** 2 / es.power_law_critical_radius(n, beta, sigma,
+                                                                                                   c=c))))
+    assert gaps[-1] < gaps[0] + 1e-9 and gaps[-1] < 0.2
+
+
+@given(beta=st.floats(0.6, 4.0), n=st.integers(1, 10**7), sigma=st.floats(0.01, 5.0), scale=st.floats(0.1, 5.0),
+       c=st.floats(0.01, 10.0))
+def test_power_law_radius_scaling(beta, n, sigma, scale, c):
+    """Only m c^(1/(2beta)) / (N a^2) enters: m = 2 is m = 1 with c 2^(2beta); N x 4 with a / 2 changes nothing;
+    and rho^2 falls like N^(-2beta/(2beta+1)) exactly."""
+    r = es.power_law_critical_radius(n, beta, sigma, scale, c=c, multiplicity=2)
+    assert math.isclose(r, es.power_law_critical_radius(n, beta, sigma, scale, c=c * 2 ** (2 * beta)), rel_tol=1e-9)
+    assert math.isclose(r, es.power_law_critical_radius(4 * n, beta, sigma * 2, scale, c=c, multiplicity=2),
+                        rel_tol=1e-9)
+    r8 = es.power_law_critical_radius(8 * n, beta, sigma, scale, c=c, multiplicity=2)
+    assert math.isclose(math.log(r8 / r) / math.log(8), es.rate_exponent(beta), rel_tol=1e-9)
+
+
+def test_power_law_radius_refuses_beta_at_most_half():
+    import pytest
+
+    with pytest.raises(ValueError):
+        es.power_law_critical_radius(100, 0.5, 1.0)
+
+
+@given(beta=st.sampled_from([1, 2]), log2n=st.integers(7, 12), sigma=st.floats(0.2, 1.0))
+@settings(max_examples=12, deadline=None)
+def test_stopping_time_is_the_closed_form_time(beta, log2n, sigma):
+    """RWY eq. 7 on the kernel's spectrum stops at eta_T = 1/rho_N^2 of the closed form, to the closed form's
+    accuracy (5% once k* > 3, 20% at any k*) and one step."""
+    n = 2**log2n
+    lam = _two_sided_spectrum(n, beta)
+    step = 0.1 / lam[0]
+    eta = step * es.stopping_time(lam, sigma, step)
+    pred = 1 / es.power_law_critical_radius(n, beta, sigma, multiplicity=2)
+    tol = math.exp(0.05 if pred ** (1 / (2 * beta)) > 3 else 0.2)
+    assert pred / tol - step <= eta <= pred * tol
+
+
+def test_time_exponents():
+    for beta in (0.75, 1.0, 2.0):
+        assert math.isclose(es.rule_time_exponent(beta), 2 * beta / (2 * beta + 1))
+        assert math.isclose(es.oracle_time_exponent(beta, 0.0), es.rule_time_exponent(beta))
+        assert es.oracle_time_exponent(beta, 0.5) < es.rule_time_exponent(beta)
+
+
+def _model_error(log_eta, n, beta, delta, k):
+    """Population bias^2 + variance of gradient flow at eta for c_k^2 = k^-(2beta+1+delta), lam_k = k^-2beta."""
+    lam, eta = k ** (-2 * beta), math.exp(log_eta)
+    return float((k ** (-(2 * beta + 1 + delta)) * np.exp(-2 * eta * lam)).sum()
+                 + ((-np.expm1(-eta * lam)) ** 2).sum() / n)
+
+
+@given(beta=st.sampled_from([1.0, 1.5, 2.0]), delta=st.sampled_from([0.0, 0.5, 1.0]))
+@settings(max_examples=6, deadline=None)
+def test_oracle_exponents_and_stopping_cost_from_sums(beta, delta):
+    """The bias-variance sums themselves: the best eta grows like N^oracle_time_exponent, the best error falls
+    like N^oracle_rate_exponent, and err(r eta_o) / err(eta_o) is stopping_cost(r)."""
+    from scipy.optimize import minimize_scalar
+
+    k = np.arange(1, 200_001, dtype=float)
+    ns = np.array([1e6, 1e8, 1e10])
+    best = [minimize_scalar(lambda le: _model_error(le, n, beta, delta, k), bounds=(0, 40), method="bounded",
+                            options={"xatol": 1e-8}) for n in ns]
+    t_slope = np.polyfit(np.log(ns), [b.x for b in best], 1)[0]
+    e_slope = np.polyfit(np.log(ns), np.log([b.fun for b in best]), 1)[0]
+    assert abs(t_slope - es.oracle_time_exponent(beta, delta)) < 0.01
+    assert abs(e_slope - es.oracle_rate_exponent(beta, delta)) < 0.01
+    b = best[1]
+    for r in (0.2, 0.5, 2.0, 5.0):
+        ratio = _model_error(b.x + math.log(r), ns[1], beta, delta, k) / b.fun
+        assert math.isclose(ratio, es.stopping_cost(r, beta, delta), rel_tol=0.02)
+
+
+@given(r=st.floats(1e-3, 1e3), beta=st.floats(0.6, 4.0), delta=st.floats(0.0, 2.0))
+def test_stopping_cost_is_least_at_the_oracle(r, beta, delta):
+    assert math.isclose(es.stopping_cost(1.0, beta, delta), 1.0)
+    assert es.stopping_cost(r, beta, delta) >= 1.0 - 1e-12
+    # farther from the oracle costs more, on either side
+    if r < 1:
+        assert es.stopping_cost(r / 2, beta, delta) > es.stopping_cost(r, beta, delta)
+    else:
+        assert es.stopping_cost(2 * r, beta, delta) > es.stopping_cost(r, beta, delta)
+
+
+@given(m=st.integers(1, 12), n=st.integers(1, 8), seed=st.integers(0, 10**6), sigma=st.floats(0.0, 3.0))
+@settings(max_examples=20, deadline=None)
+def test_expected_sq_error_is_bias_plus_variance(m, n, seed, sigma):
+    """The closed form against the exact expectation: E over xi of a quadratic, by its mean and covariance
+    (xi -> A diag(w) xi has covariance A diag(w^2) A^T)."""
+    rng = np.random.default_rng(seed)
+    A, z, f, w = rng.standard_normal((m, n)), rng.standard_normal(n), rng.standard_normal(m), rng.standard_normal(n)
+    bias = A @ (w * z) - f
+    cov = A @ np.diag(w**2) @ A.T
+    exact = float(bias @ bias + sigma**2 * np.trace(cov)) / m
+    assert math.isclose(es.expected_sq_error(A, z, f, w, sigma), exact, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def test_expected_sq_error_matches_monte_carlo():
+    """Averaging the squared error over label-noise draws converges to expected_sq_error (5 standard errors)."""
+    rng = np.random.default_rng(7)
+    m, n, sigma = 30, 12, 0.7
+    A, z, f = rng.standard_normal((m, n)) / n, rng.standard_normal(n), rng.standard_normal(m) * 0.1
+    w = rng.uniform(0, 2, n)
+    xi = rng.standard_normal((20_000, n))
+    draws = (((z + sigma * xi) * w) @ A.T - f) ** 2
+    per = draws.mean(axis=1)
+    assert abs(per.mean() - es.expected_sq_error(A, z, f, w, sigma)) < 5 * per.std() / math.sqrt(len(per))
