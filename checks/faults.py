@@ -88,9 +88,26 @@ class Outcome:
         return self.caught_by_design and self.observed in ("pass", "inconclusive")
 
 
+def _run_fault(check: str, fault_name: str, config: Any, where: Path) -> tuple[str, dict | None, str, float]:
+    """(verdict or 'error', {claim id: state}, error text, seconds) of one check run under one fault."""
+    from ntkcheck.checks.api import run_check
+    from ntkcheck.checks.registry import get
+
+    spec = get(check)
+    fault = next(f for f in spec.faults if f.name == fault_name)
+    t0 = time.time()
+    try:
+        with inject(fault):
+            res = run_check(spec, config, where)
+    except Exception as e:  # the fault broke the run itself: loud, so caught, and reported as such
+        return "error", None, f"the run raised {type(e).__name__}: {str(e).splitlines()[0][:120]}", time.time() - t0
+    return res.verdict, {c.id: c.state for c in res.claims}, "", time.time() - t0
+
+
 def selftest(spec, *, quick: bool = True, out: str | Path | None = None, faults: list[str] | None = None,
-             config: Any = None) -> tuple[Any, list[Outcome]]:
-    """(clean Result, one Outcome per fault) of ``spec``: see the module docstring."""
+             config: Any = None, jobs: int = 1) -> tuple[Any, list[Outcome]]:
+    """(clean Result, one Outcome per fault) of ``spec``: see the module docstring. With ``jobs`` > 1 the
+    fault runs go to that many worker processes (each single-threaded, as the checks run)."""
     from ntkcheck.checks.api import run_check
 
     config = spec.default_config(quick) if config is None else config
@@ -98,26 +115,31 @@ def selftest(spec, *, quick: bool = True, out: str | Path | None = None, faults:
     root = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="ntkcheck-selftest-"))
     clean = run_check(spec, config, root / "clean")
     before = {c.id: c.state for c in clean.claims}
-    outcomes = []
+    places = {}
     for fault in chosen:
-        where = root / "faults" / fault.name
+        where = places[fault.name] = root / "faults" / fault.name
+        shutil.rmtree(where, ignore_errors=True)
         if fault.scope == "claims":
             # the fault changes predictions only: reuse the clean run's finished points
-            shutil.rmtree(where, ignore_errors=True)
             shutil.copytree(root / "clean" / spec.name / "points", where / spec.name / "points")
-        t0 = time.time()
-        try:
-            with inject(fault):
-                res = run_check(spec, config, where)
-        except Exception as e:  # the fault broke the run itself: loud, so caught, and reported as such
-            observed, flipped = "error", [f"the run raised {type(e).__name__}: {str(e).splitlines()[0][:120]}"]
+    if jobs > 1 and len(chosen) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+            futures = [pool.submit(_run_fault, spec.name, f.name, config, places[f.name]) for f in chosen]
+            runs = [fu.result() for fu in futures]
+    else:
+        runs = [_run_fault(spec.name, f.name, config, places[f.name]) for f in chosen]
+    outcomes = []
+    for fault, (observed, after, error, seconds) in zip(chosen, runs):
+        if after is None:
+            flipped = [error]
         else:
-            after = {c.id: c.state for c in res.claims}
-            observed = res.verdict
             flipped = [f"{i}: {before.get(i, 'absent')} -> {s}" for i, s in after.items() if before.get(i) != s]
             flipped += [f"{i}: {s} -> absent" for i, s in before.items() if i not in after]
         outcomes.append(Outcome(spec.name, fault.name, fault.bug, "fail" if fault.caught else "pass (not caught "
-                                "by design)", observed, flipped, time.time() - t0, fault.caught, fault.reason))
+                                "by design)", observed, flipped, seconds, fault.caught, fault.reason))
     return clean, outcomes
 
 

@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--quick", action="store_true", help="the quick sweeps (what CI runs)")
     st.add_argument("--fault", action="append", default=None, metavar="NAME", help="only these faults")
     st.add_argument("--seed-base", type=_nonneg_int("--seed-base"), default=None)
+    st.add_argument("--jobs", type=_positive_int("--jobs"), default=1,
+                    help="fault runs in this many processes at once (default 1; one per core is the most)")
     st.add_argument("--out", default="ntkcheck-selftest", help="folder for the runs (default: ntkcheck-selftest)")
     rep = sub.add_parser("report", help="(re)write DIR/report.md from the results in DIR (checks and lm)")
     rep.add_argument("dir")
@@ -195,7 +197,8 @@ def _cmd_selftest(args) -> int:
             continue
         config = with_overrides(spec.default_config(args.quick), seed_base=args.seed_base)
         print(f"== {spec.name}: clean run, then {len(spec.faults)} faults", flush=True)
-        clean, outcomes = selftest(spec, quick=args.quick, out=out / spec.name, faults=args.fault, config=config)
+        clean, outcomes = selftest(spec, quick=args.quick, out=out / spec.name, faults=args.fault, config=config,
+                                   jobs=args.jobs)
         if clean.verdict != "pass":
             clean_bad.append(spec.name)
         print(f"  clean verdict: {clean.verdict}")
