@@ -298,12 +298,14 @@ def run(config: Config, store) -> list[Claim]:
                                       source="[ES] Sec. 6.3", x_name="N"))
         ns = [r["N"] for r in sel]
         panels.append({"title": f"synthetic kernel, beta={beta} (rate {rate:.3f})", "ylabel": "E L2 error^2",
-                       "xlabel": "N", "series": [(lab, ns, [r[k] for r in sel]) for lab, k in
-                                                 (("stopping rule", "err_rule"), ("oracle t", "err_oracle"),
-                                                  ("fixed t", "err_fixed"), ("ridge 1/eta_T", "err_ridge_rule"),
-                                                  ("interpolation", "err_interp"), ("rho_N^2", "rho2"))]})
+                       "xlabel": "N", "series": [(lab, ns, [r[k] for r in sel]) + ((pred,) if pred is not None else ())
+                                                 for lab, k, pred in
+                                                 (("stopping rule", "err_rule", rate), ("oracle t", "err_oracle", None),
+                                                  ("fixed t", "err_fixed", None),
+                                                  ("ridge 1/eta_T", "err_ridge_rule", None),
+                                                  ("interpolation", "err_interp", None), ("rho_N^2", "rho2", rate))]})
         panels.append({"title": f"beta={beta}: stopping times (rule ~ N^{t_rule:.3f})", "ylabel": "eta = step t",
-                       "xlabel": "N", "series": [("rule eta_T", ns, [r["eta_rule"] for r in sel]),
+                       "xlabel": "N", "series": [("rule eta_T", ns, [r["eta_rule"] for r in sel], t_rule),
                                                  ("1/rho_N^2 closed form", ns, [1 / r["rho2_pred"] for r in sel]),
                                                  ("oracle", ns, [r["eta_oracle"] for r in sel]),
                                                  ("fixed", ns, [r["eta_fixed"] for r in sel])]})
@@ -320,7 +322,7 @@ def run(config: Config, store) -> list[Claim]:
                               relation="<=", tolerance=config.tol_mlp, source="[ES] Sec. 6.2, 7.1", x_name="N"))
     panels.append({"title": f"NTK MLP, beta_hat={beta_mlp:.2f} (rate {rate_mlp:.3f})", "ylabel": "L2 error^2",
                    "xlabel": "N", "series": [("hold-out stop", [r["N"] for r in mrows],
-                                              [r["err_holdout"] for r in mrows]),
+                                              [r["err_holdout"] for r in mrows], rate_mlp),
                                              ("last step", [r["N"] for r in mrows], [r["err_last"] for r in mrows])]})
     loglog_panels(store.path("rates.png"), panels, suptitle="early stopping: error and stopping time vs N",
                   xlabel="N")

@@ -432,7 +432,7 @@ def run(config: Config, store) -> list[Claim]:
                                       fit, predicted=-0.5, relation="==", tolerance=config.tol_slope,
                                       source=f"{src}, Lemma D.3", x_name="rank k"))
         panels.append({"title": label, "xlabel": "rank k", "ylabel": "max |K_sub - K| / c'",
-                       "series": [("measured", [r["k"] for r in jrows], [r[f"dev_{key}"] for r in jrows]),
+                       "series": [("measured", [r["k"] for r in jrows], [r[f"dev_{key}"] for r in jrows], -0.5),
                                   ("sqrt(log N / k)", [r["k"] for r in jrows],
                                    [jl.deviation_scale(n, r["k"]) for r in jrows])]})
     # the bound where it is informative, then its sharpness at the worst pair
@@ -494,7 +494,7 @@ def run(config: Config, store) -> list[Claim]:
     ]
     panels.append({"title": "LoRA-FT vs FT trajectory gap", "xlabel": "rank k", "ylabel": "relative gap",
                    "series": [("||f_LoRA - f_FT|| / ||f_FT - f_PT||", [r["k"] for r in table],
-                               [r["traj_gap"] for r in table])]})
+                               [r["traj_gap"] for r in table], -0.5)]})
     loglog_panels(store.path("jl_subspace.png"), panels, suptitle="JL: subspace FT preserves the kernel",
                   xlabel="rank k")
     store.write_json("fits.json", fits)

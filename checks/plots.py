@@ -50,7 +50,7 @@ def loglog_panels(path: Path, panels: Sequence[dict], suptitle: str = "", xlabel
             if predicted is not None and len(ux) >= 2:
                 c = float(np.mean(np.log(ys) - predicted * np.log(xs)))
                 ax.plot(ux, np.exp(c) * ux ** predicted, ls="--", lw=1, color=line.get_color(),
-                        label=f"predicted slope {predicted:+.2g}")
+                        label=f"predicted slope {float(predicted) + 0.0:+.2g}")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_title("\n".join(textwrap.wrap(panel.get("title", ""), 48)), fontsize=8)
@@ -61,8 +61,13 @@ def loglog_panels(path: Path, panels: Sequence[dict], suptitle: str = "", xlabel
     for ax in list(axes.flat)[k:]:
         ax.axis("off")
     if suptitle:
-        fig.suptitle("\n".join(textwrap.wrap(suptitle, 110)), fontsize=10)
-    fig.tight_layout()
+        lines = textwrap.wrap(suptitle, 110)
+        fig.suptitle("\n".join(lines), fontsize=10)
+        # keep the suptitle's lines clear of the first row's titles
+        top = 1.0 - (0.3 + 0.2 * len(lines)) / fig.get_size_inches()[1]
+        fig.tight_layout(rect=(0, 0, 1, top))
+    else:
+        fig.tight_layout()
     return save_figure(fig, path)
 
 
