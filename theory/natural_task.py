@@ -11,6 +11,9 @@ and because f is bilinear in (W, U) the change of f on any input xi is exactly
                       = -chi K(xi, xi_1),
     second-order term = eta_U eta_W chi^2 ||V||^2 <xi_1, xi> f_0(xi_1).
 
+([KV] App. C.5 prints the second-order term with f_{t-1}(xi), the evaluated input; expanding
+V^T dW dU xi gives f_0 at the step's own input xi_1, which the natural_task check confirms:
+autograd steps of the network match kernel + second to 1e-13.)
 So |second / kernel| = Theta(chi) when f_0 and K are Theta(1): Theta(1) in pretraining
 (feature learning) and o(1) in fine-tuning on a natural task (chi -> 0, Def. 5.3).
 Pure numpy; shapes: U [n, d], W [n, n], V [n], xi [d].
