@@ -100,7 +100,7 @@ class Config(CheckConfig):
 
     @classmethod
     def quick(cls) -> "Config":
-        return cls(widths=(64, 128, 256, 512, 1024), seeds=3)
+        return cls(widths=(64, 128, 256, 512, 1024), seeds=5)
 
 
 def task_inputs(n: int, d_in: int, sub: int, g: torch.Generator) -> torch.Tensor:
