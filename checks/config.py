@@ -103,8 +103,9 @@ def validate(config: Any) -> None:
 class CheckConfig:
     """Base of every check's Config: validates every field when built (subclasses' __post_init__ call super).
 
-    ``seed_base`` shifts every seed of the run (``--seed-base N``): the same sweep on other draws, so a
-    verdict can be checked not to depend on the draw. Checks take their seeds from ``seed_range``.
+    ``seed_base`` moves the run to other seeds (``--seed-base N``): the same sweep on draws disjoint from
+    every other base's, so a verdict can be checked not to depend on the draw. Checks take their seeds
+    from ``seed_range``.
     """
 
     seed_base: int = setting(0, ge=0)
@@ -113,9 +114,10 @@ class CheckConfig:
         validate(self)
 
     def seed_range(self, n: int | None = None) -> range:
-        """The run's seeds: seed_base, ..., seed_base + n - 1 (n defaults to the ``seeds`` field)."""
+        """The run's seeds: n consecutive seeds from seed_base * n (n defaults to the ``seeds`` field), so
+        base 0 is 0..n-1 and the bases' seed sets are disjoint (base b and b+1 share no draw)."""
         n = getattr(self, "seeds") if n is None else n
-        return range(self.seed_base, self.seed_base + n)
+        return range(self.seed_base * n, (self.seed_base + 1) * n)
 
 
 def axes(config_cls_or_obj: Any, kind: str | None = None) -> tuple[str, ...]:
