@@ -111,6 +111,26 @@ def mean_ci(values: Sequence[float], level: float = 0.95, *, log: bool = False) 
     return m, (m - half, m + half)
 
 
+def ratio_ci(numerators: Sequence[float], denominators: Sequence[float], level: float = 0.95, *,
+             n_boot: int = 2000, rng_seed: int = 0) -> tuple[float, tuple[float, float]]:
+    """(sum num / sum den, percentile bootstrap interval over seeds): the ratio estimator of
+    E[num] / E[den], one (num, den) pair per seed. Unlike the mean of per-seed ratios it is not thrown
+    by a seed whose denominator is near zero (there an absolute remainder becomes a large relative one)."""
+    num = np.asarray(numerators, dtype=float)
+    den = np.asarray(denominators, dtype=float)
+    if len(num) == 0 or len(num) != len(den) or not (np.isfinite(num).all() and np.isfinite(den).all()) \
+            or den.sum() == 0:
+        return float("nan"), (float("nan"), float("nan"))
+    r = float(num.sum() / den.sum())
+    if len(num) < 2:
+        return r, (float("nan"), float("nan"))
+    idx = np.random.default_rng(rng_seed).integers(0, len(num), (n_boot, len(num)))
+    dsum = den[idx].sum(axis=1)
+    boots = num[idx].sum(axis=1)[dsum != 0] / dsum[dsum != 0]
+    alpha = (1 - level) / 2
+    return r, (float(np.quantile(boots, alpha)), float(np.quantile(boots, 1 - alpha)))
+
+
 def slope_claim(id: str, name: str, fit: ExponentFit, *, predicted: float, relation: str, tolerance: float = 0.0,
                 control: bool = False, source: str = "", x_name: str = "width") -> Claim:
     """The claim 'fitted slope (relation) predicted' with the fit's CI; a failed fit's points are named."""

@@ -33,7 +33,9 @@ delta = <grad f_PT, tau_1>, f_FT = f_PT + delta + O(n^-1/2) and f_neg = f_PT - d
 O(n^-1/2), so MSE(f_neg) - MSE(f_FT) = 4 E[delta (y - f_PT)] + O(n^-1/2) (eq. 103; the
 corollary's 4 E[delta^2] is the case y - f_PT = delta of a task fitted exactly). The
 ratio measured / 4 E[delta (y - f_PT)] tends to 1: no negation (theta_PT) gives about
-1/4 to 1/2, a doubled task vector about 2.
+1/4 to 1/2, a doubled task vector about 2. Over seeds the claim takes the ratio of the
+summed effects (checks.fit.ratio_ci): a seed whose effect is near zero has an
+ill-conditioned ratio of its own.
 
 Claims: slope I(n) <= -1/2 + tol and slope A(n) <= -1/2 + tol (the bound);
 slope A(n) == -1 (sharp, reported separately); |cos| at the widest width small;
@@ -51,7 +53,7 @@ import torch
 from ntkcheck.checks._common import DTYPE, limit_threads, mlp_params, network_bytes
 from ntkcheck.checks.config import CheckConfig, axis, setting
 from ntkcheck.checks.faults import Fault
-from ntkcheck.checks.fit import fit_rows, mean_ci, slope_claim
+from ntkcheck.checks.fit import fit_rows, mean_ci, ratio_ci, slope_claim
 from ntkcheck.checks.plots import loglog_panels
 from ntkcheck.checks.registry import CheckSpec
 from ntkcheck.checks.sweep import grid, select, sweep
@@ -73,7 +75,9 @@ class Config(CheckConfig):
     lr: float = setting(1.0, gt=0)
     pretrain_steps: int = setting(50, ge=0)
     finetune_steps: int = 50
-    #: Cor. 2 proves O~(n^-1/2); 0.15 covers the bootstrap CI (about +-0.1 with 6 seeds)
+    #: Cor. 2 proves O~(n^-1/2) (the tilde is a sqrt(log n): the bound's own slope over n = 64..1024 is
+    #: -1/2 + 0.09); the interference sits at the bound (slope -0.505 over 36 seeds, per-seed sd 0.14),
+    #: so the quick sweep takes 16 seeds to keep the CI (+-0.07) inside -1/2 + 0.15
     tol_bound: float = 0.15
     #: the sharp exponent -1 of a second-order term; finite widths bend it by ~0.15
     tol_sharp: float = 0.25
@@ -100,7 +104,7 @@ class Config(CheckConfig):
 
     @classmethod
     def quick(cls) -> "Config":
-        return cls(widths=(64, 128, 256, 512, 1024), seeds=5)
+        return cls(widths=(64, 128, 256, 512, 1024), seeds=16)
 
 
 def task_inputs(n: int, d_in: int, sub: int, g: torch.Generator) -> torch.Tensor:
@@ -224,7 +228,9 @@ def run(config: Config, store) -> list[Claim]:
     fn = fit_rows(orth, "width", "neg_effect_gap")
     wmax = max(config.widths)
     top = select(orth, width=wmax)
-    neg, neg_ci = mean_ci([r["neg_effect_ratio"] for r in top])
+    # the ratio of summed effects over seeds: a seed whose first-order effect is near zero makes its own
+    # ratio ill-conditioned (quick, seed 20: effect 0.032, remainder 0.004, ratio 0.87), not the sum
+    neg, neg_ci = ratio_ci([r["neg_effect"] for r in top], [r["neg_effect_pred"] for r in top])
     cos, cos_ci = mean_ci([r["abs_cos"] for r in top])
     acc, acc_ci = mean_ci([r["norm_acc"] for r in top])
     claims = [
@@ -237,9 +243,9 @@ def run(config: Config, store) -> list[Claim]:
                     source="second-order Taylor term, O(1/n)"),
         claim("cosine.small", f"mean |cos(tau_1, tau_2)| at n={wmax}", predicted=0.0, measured=cos, ci=cos_ci,
               relation="<=", tolerance=config.cos_max, source="[ES] Assumption 5.1"),
-        claim("negation.effect", f"negation: (MSE(theta_PT - tau_1) - MSE(f_FT_1)) / 4 E[<grad f_PT, tau_1> "
-              f"(y - f_PT)] on task 1 at n={wmax}", predicted=1.0, measured=neg, ci=neg_ci, relation="==",
-              tolerance=config.tol_negation, source="[ES] Cor. 1, eq. 103"),
+        claim("negation.effect", f"negation: sum over seeds of (MSE(theta_PT - tau_1) - MSE(f_FT_1)) / sum of "
+              f"4 E[<grad f_PT, tau_1> (y - f_PT)] on task 1 at n={wmax}", predicted=1.0, measured=neg, ci=neg_ci,
+              relation="==", tolerance=config.tol_negation, source="[ES] Cor. 1, eq. 103"),
         slope_claim("negation.effect.bound", "slope of |1 - that ratio| vs n (the remainder is O(n^-1/2))", fn,
                     predicted=-0.5, relation="<=", tolerance=config.tol_bound, source="[ES] Cor. 1"),
         claim("sum.normalized_accuracy", f"normalized accuracy of the sum at n={wmax}", predicted=1.0,

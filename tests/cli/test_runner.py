@@ -4,7 +4,7 @@ import json
 import pytest
 
 from ntkcheck.checks.config import with_overrides
-from ntkcheck.checks.fit import fit_exponent
+from ntkcheck.checks.fit import fit_exponent, ratio_ci
 from ntkcheck.checks.sweep import grid, sweep
 from ntkcheck.cli import main
 from ntkcheck.result import Result, claim, measurement
@@ -111,6 +111,20 @@ def test_exponent_fit_recovers_power_law_and_ci_covers():
     assert fit.ci[0] < -0.5 < fit.ci[1] and fit.ci[1] - fit.ci[0] < 0.1
     exact = fit_exponent([1, 2, 4, 8], [5, 10, 20, 40])
     assert exact.slope == pytest.approx(1.0, abs=1e-12)
+
+
+def test_ratio_ci_is_the_ratio_of_sums_and_ignores_a_near_zero_denominator():
+    import numpy as np
+
+    r, (lo, hi) = ratio_ci([2.0, 4.0, 6.0], [1.0, 2.0, 3.0])
+    assert r == 2.0 and lo == pytest.approx(2.0, abs=1e-12) and hi == pytest.approx(2.0, abs=1e-12)
+    # effects 1 - O(remainder) with one seed's effect near zero (the task_arithmetic negation case):
+    # its own ratio is 0.87, the mean of ratios 0.97 with a wide interval, the ratio of sums 0.995
+    num, den = [0.028, 0.221, 1.915, 3.536, 0.541], [0.032, 0.221, 1.922, 3.555, 0.542]
+    r, (lo, hi) = ratio_ci(num, den)
+    assert r == pytest.approx(sum(num) / sum(den), rel=1e-12) and lo <= r <= hi and 0.98 < lo and hi < 1.0
+    assert np.mean(np.divide(num, den)) < 0.975
+    assert all(np.isnan(v) for v in (ratio_ci([], [])[0], *ratio_ci([1.0], [1.0])[1], ratio_ci([1.0], [0.0])[0]))
 
 
 def test_cli_run_writes_contract_and_reruns_fast(tmp_path, capsys):
