@@ -21,7 +21,8 @@ are made at step 1, where even the unstable SP has definite exponents
 (dh ~ n^+1/2, df ~ n^+1 for SGD); later steps are recorded, not claimed.
 
 Control: SP with a width-independent lr (negative r) must show features that
-grow with n, and growth at its own derived step-1 exponent.
+grow with n, and for the MLP under SGD at its own derived step-1 exponent (under
+Adam, and through the transformer's attention, the control claims growth only).
 
 The predictions come from theory/abc.py applied to the preset values; what each
 named preset is, is pinned separately by the paper's numbers as data (PAPER_R:
@@ -76,6 +77,10 @@ class Config(CheckConfig):
     #: factor, which the MLP abc-analysis used for the prediction does not model (with it on,
     #: the NTK slope measured here drifts from -0.53 to -0.38 at widths 64..512).
     layernorm: bool = False
+    #: attention logits scaled by d^-attn_logit; 1 (the 1/d of [ES] Sec. 3.2 and muP) for every preset: with
+    #: the presets' 1/sqrt(d) the softmax adds a width dependence of its own that the MLP abc analysis does
+    #: not model (quick SGD slopes of SP_LR / SP drifted by ~0.1 and scattered by 0.2 over seed bases)
+    attn_logit: float = setting(1.0, gt=0)
     n_heads: int = 2
     seq_len: int = 4
     d_in: int = 8
@@ -100,7 +105,7 @@ class Config(CheckConfig):
 
     @classmethod
     def quick(cls) -> "Config":
-        return cls(widths=(64, 128, 256, 512, 1024, 2048), attn_widths=(64, 128, 256, 512), seeds=3, steps=1)
+        return cls(widths=(64, 128, 256, 512, 1024, 2048), attn_widths=(64, 128, 256, 512, 1024), seeds=4, steps=1)
 
 
 def _build(config: Config, arch: str, width: int, param, seed: int):
@@ -114,7 +119,7 @@ def _build(config: Config, arch: str, width: int, param, seed: int):
         x = torch.randn(config.batch, config.d_in, generator=data, dtype=torch.float64)
     else:
         model = build("transformer", width, param, depth=config.attn_blocks, n_heads=config.n_heads,
-                      layernorm=config.layernorm, **common)
+                      layernorm=config.layernorm, attn_logit=config.attn_logit, **common)
         x = torch.randn(config.batch, config.seq_len, config.d_in, generator=data, dtype=torch.float64)
     y = torch.randn(config.batch, 1, generator=data, dtype=torch.float64)
     return model, x, y
@@ -178,8 +183,12 @@ def run(config: Config, store) -> list[Claim]:
         key = f"{arch}.{opt}.{p}"
         # An unstable run's exponents are derived for SGD's first step only (checks.md); under
         # sign updates the preactivations jump by n^+1 and tanh saturates, so for Adam the
-        # control claims growth, not an exponent.
-        if not control or opt == "sgd":
+        # control claims growth, not an exponent. The same for the transformer: the MLP abc
+        # analysis predicts its stable presets, but SP's first step through attention grows more
+        # slowly than the MLP exponent (dh slope 0.41-0.45 against 1/2 at n = 64..1024, over
+        # disjoint seed sets), so its control claims growth.
+        exponents = not control or (opt == "sgd" and arch == "mlp")
+        if exponents:
             claims.append(claim(f"{key}.dh_slope", f"{tag}: last-layer dh slope at step 1", predicted=dh_pred,
                                 measured=fit_dh.slope, relation="==", tolerance=config.tolerance, ci=fit_dh.ci,
                                 control=control, source=src))
@@ -195,8 +204,7 @@ def run(config: Config, store) -> list[Claim]:
             for layer in sorted({r["layer"] for r in select(rows, **where)}):
                 sel = select(rows, arch=arch, optimizer=opt, param=p, step=step, layer=layer)
                 # the step-1 predictions of the claims, drawn beside the data
-                pred = ({last: dh_pred, "out": df_pred}.get(layer)
-                        if step == 1 and (not control or opt == "sgd") else None)
+                pred = {last: dh_pred, "out": df_pred}.get(layer) if step == 1 and exponents else None
                 series.append((f"d{layer}" if layer != "out" else "df", [r["width"] for r in sel],
                                [r["rms_dh"] for r in sel]) + ((pred,) if pred is not None else ()))
             if step in (1, config.steps):
@@ -273,4 +281,4 @@ def memory_bytes(config: Config) -> int:
 
 SPEC = CheckSpec(name="tp_scaling", summary="abc-parametrization scaling: muP r=0, NTK/SP_LR r=1/2, SP unstable",
                  faults=FAULTS,
-                 config_cls=Config, run=run, order=10, version=2, memory=memory_bytes)
+                 config_cls=Config, run=run, order=10, version=3, memory=memory_bytes)
