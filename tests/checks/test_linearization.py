@@ -22,7 +22,7 @@ def test_quick_verdict_passes_with_controls(result):
 
 def test_bound_and_sharp_claims_are_separate(result):
     for v in ("mlp_ntk", "mlp_sp_lr", "transformer_ntk", "transformer_sp_lr"):
-        bound, sharp = result.claim(f"{v}.e_lin.bound"), result.claim(f"{v}.e_lin.sharp")
+        bound, sharp = result.claim(f"{v}.e_lin.bound"), result.claim(f"{v}.e_lin_rel.sharp")
         assert (bound.relation, bound.predicted) == ("<=", -0.5)
         assert (sharp.relation, sharp.predicted) == ("==", -1.0)
 
