@@ -4,14 +4,19 @@ faults (serially and in a process pool alike), and seed bases draw disjoint seed
 The toy check measures math.e and claims it equals exp(1): a fault on math.e makes the claim fail, a
 fault that changes nothing survives, a fault that breaks the run counts as caught ("error").
 """
-import dataclasses
 import math
 
 import pytest
 
-from ntkcheck.checks import registry
-from ntkcheck.checks.config import CheckConfig, axis
 from ntkcheck.checks.faults import Fault, inject, selftest
+
+
+TOY_MODULE = '''
+import dataclasses
+import math
+
+from ntkcheck.checks.config import CheckConfig, axis
+from ntkcheck.checks.faults import Fault
 from ntkcheck.checks.registry import CheckSpec
 from ntkcheck.result import claim
 
@@ -25,8 +30,13 @@ class ToyConfig(CheckConfig):
         return cls(seeds=2)
 
 
-def _toy_run(config, store):
-    measured = math.e * math.sqrt(1.0)
+def run(config, store):
+    import torch
+
+    # torch work in every run: the clean run starts torch's thread pool in the parent before the fault
+    # runs go to workers (a forked worker would hang here; the harness spawns them)
+    ones = torch.ones(512, 512, dtype=torch.float64)
+    measured = math.e * math.sqrt(float((ones @ ones).mean()) / 512)
     return [claim("e", "math.e equals exp(1)", predicted=math.exp(1.0), measured=measured, relation="==",
                   tolerance=1e-12)]
 
@@ -38,22 +48,33 @@ FAULTS = (
           reason="pi is not measured"),
     Fault("crash", "an operation that raises", "math:sqrt", lambda f: (lambda x: 1 / 0)),
 )
-TOY = CheckSpec(name="toy", summary="toy", config_cls=ToyConfig, run=_toy_run, faults=FAULTS)
+TOY = CheckSpec(name="toy", summary="toy", config_cls=ToyConfig, run=run, faults=FAULTS)
+'''
 
 
-@pytest.fixture
-def toy_registered(monkeypatch):
-    real_get = registry.get
-    monkeypatch.setattr(registry, "get", lambda name: TOY if name == "toy" else real_get(name))
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """The toy check as an importable module (worker processes import it by name, as they do real checks)."""
+    import importlib
+    import sys
+
+    where = tmp_path_factory.mktemp("toycheck")
+    (where / "ntkcheck_toy_check.py").write_text(TOY_MODULE)
+    sys.path.insert(0, str(where))
+    try:
+        yield importlib.import_module("ntkcheck_toy_check")
+    finally:
+        sys.path.remove(str(where))
+        sys.modules.pop("ntkcheck_toy_check", None)
 
 
-def test_inject_replaces_and_restores_even_on_error():
+def test_inject_replaces_and_restores_even_on_error(toy):
     e = math.e
-    with inject(FAULTS[0]):
+    with inject(toy.FAULTS[0]):
         assert math.e == pytest.approx(e * 1.01, rel=1e-15)
     assert math.e == e
     with pytest.raises(RuntimeError):
-        with inject(FAULTS[0]):
+        with inject(toy.FAULTS[0]):
             raise RuntimeError("inside")
     assert math.e == e
 
@@ -68,11 +89,11 @@ def test_fault_declaration_is_validated():
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
-def test_selftest_tells_caught_from_surviving(toy_registered, tmp_path, jobs):
-    clean, outcomes = selftest(TOY, out=tmp_path, jobs=jobs)
+def test_selftest_tells_caught_from_surviving(toy, tmp_path, jobs):
+    clean, outcomes = selftest(toy.TOY, out=tmp_path, jobs=jobs)
     assert clean.verdict == "pass"
     by_name = {o.fault: o for o in outcomes}
-    assert [o.fault for o in outcomes] == [f.name for f in FAULTS]
+    assert [o.fault for o in outcomes] == [f.name for f in toy.FAULTS]
     assert by_name["e_off"].observed == "fail" and not by_name["e_off"].survived
     assert by_name["e_off"].flipped == ["e: holds -> fails"]
     assert by_name["no_op"].observed == "pass" and by_name["no_op"].survived
@@ -82,7 +103,8 @@ def test_selftest_tells_caught_from_surviving(toy_registered, tmp_path, jobs):
     assert math.e == math.exp(1.0) and math.sqrt(4.0) == 2.0   # nothing leaks out of the harness
 
 
-def test_seed_bases_draw_disjoint_seeds():
+def test_seed_bases_draw_disjoint_seeds(toy):
+    ToyConfig = toy.ToyConfig
     bases = [ToyConfig(seeds=3, seed_base=b).seed_range() for b in range(4)]
     assert list(bases[0]) == [0, 1, 2] and list(bases[1]) == [3, 4, 5]
     seen = [s for r in bases for s in r]
