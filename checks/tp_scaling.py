@@ -16,8 +16,12 @@ Measurement: rms coordinate size of h^l, of dh^l = h^l_t - h^l_0 and of
 df = f_t - f_0 on the training batch after t = 1..steps steps of full-batch SGD
 or Adam, for widths n and seeds, for the MLP and the transformer block. The
 regression target is shifted by the initial output (y' = y + f_0), so the first
-residual is exactly -y and init noise does not enter the first update. Claims
-are made at step 1, where even the unstable SP has definite exponents
+residual is exactly -y and init noise does not enter the first update. For the
+MLP the hidden weights' update entries, Delta W = n^-a Delta w, are measured too
+and claimed at their exponent (the analysis's weight_update, [KV] Table 10's
+"update" row): under Adam its effective rate a + c differs from SGD's 2a + c
+wherever a != 0 (NTK), a difference the feature exponents never show because
+the input layer sets r. Claims are made at step 1, where even the unstable SP has definite exponents
 (dh ~ n^+1/2, df ~ n^+1 for SGD); later steps are recorded, not claimed.
 
 Control: SP with a width-independent lr (negative r) must show features that
@@ -130,7 +134,8 @@ def _rms(t: torch.Tensor) -> float:
 
 
 def measure_point(config: Config, arch: str, optimizer: str, param_name: str, width: int, seed: int) -> list[dict]:
-    """Rows {step, layer, rms_h, rms_dh} for t = 1..steps; layer 'out' holds f and df."""
+    """Rows {step, layer, rms_h, rms_dh} for t = 1..steps; layer 'out' holds f and df, layers 'W2'..'W<depth>'
+    (MLP only) the hidden weights W = n^-a w and their update."""
     model, x, y = _build(config, arch, width, P.get(param_name), seed)
     base_lr = config.lr_sgd if optimizer == "sgd" else config.lr_adam
     opt = optim.make(optimizer, model.learning_rates(optimizer, base_lr))
@@ -138,6 +143,12 @@ def measure_point(config: Config, arch: str, optimizer: str, param_name: str, wi
     with torch.no_grad():
         h0 = model.apply(params, x, all_layers=True)
     names = [f"h{l + 1}" for l in range(len(h0) - 1)] + ["out"]
+    # the MLP's hidden weights as the forward pass uses them, W = n^-a w (multiplier included), as rows
+    # "W<l>" for network layer l = 2..depth (layer 1 is the input layer): [KV] Table 10's "update" row
+    hidden = {}
+    if arch == "mlp":
+        names_w = [k for k, role in model.roles().items() if role == "hidden" and k.endswith("weight")]
+        hidden = {k: (f"W{j + 2}", model.get_submodule(k.rsplit(".", 1)[0]).mult) for j, k in enumerate(names_w)}
     rows = []
 
     def record(step):
@@ -145,16 +156,22 @@ def measure_point(config: Config, arch: str, optimizer: str, param_name: str, wi
             ht = model.apply(step.params, x, all_layers=True)
         for name, a, b in zip(names, h0, ht):
             rows.append({"step": step.t, "layer": name, "rms_h": _rms(b), "rms_dh": _rms(b - a)})
+        for k, (layer, mult) in hidden.items():
+            rows.append({"step": step.t, "layer": layer, "rms_h": _rms(mult * step.params[k]),
+                         "rms_dh": _rms(mult * (step.params[k] - params[k]))})
 
     # target shifted by the initial output, so the first residual is exactly -y
     train(model.apply, params, opt, (x, y + h0[-1]), config.steps, callback=record)
     return rows
 
 
-def _predicted(param_name: str, optimizer: str, depth: int) -> tuple[float, float]:
-    """(slope of the last hidden layer's dh, slope of df) at step 1 = -(exponent e of n^-e)."""
+def _predicted(param_name: str, optimizer: str, depth: int) -> tuple[float, float, float]:
+    """(slope of the last hidden layer's dh, slope of df at step 1, slope of the last hidden weight's
+    update entries) = -(exponent e of n^-e). The weight update's exponent is the analysis's steady one
+    (C_l + min(B_out, C_out) for SGD), which is step 1's wherever B_out <= C_out: every stable preset."""
     a = analyze(P.get(param_name), depth, "sgd" if optimizer == "sgd" else "adam")
-    return -float(a.layers[depth - 1].feature_update), -float(a.output_update_step1)
+    return (-float(a.layers[depth - 1].feature_update), -float(a.output_update_step1),
+            -float(a.layers[depth - 1].weight_update))
 
 
 def run(config: Config, store) -> list[Claim]:
@@ -174,7 +191,7 @@ def run(config: Config, store) -> list[Claim]:
     for arch, opt, p in variants:
         depth = config.depth if arch == "mlp" else 1 + config.attn_blocks
         last = f"h{depth}"
-        dh_pred, df_pred = _predicted(p, opt, depth)
+        dh_pred, df_pred, dw_pred = _predicted(p, opt, depth)
         where = dict(arch=arch, optimizer=opt, param=p, step=1)
         fit_dh = fit_rows(rows, "width", "rms_dh", dict(where, layer=last))
         fit_df = fit_rows(rows, "width", "rms_dh", dict(where, layer="out"))
@@ -195,6 +212,13 @@ def run(config: Config, store) -> list[Claim]:
             claims.append(claim(f"{key}.df_slope", f"{tag}: df slope at step 1", predicted=df_pred,
                                 measured=fit_df.slope, relation="==", tolerance=config.tolerance, ci=fit_df.ci,
                                 control=control, source=src))
+        if arch == "mlp" and not control and depth >= 2:
+            # [KV] Table 10's update row measured: it sees the effective rate a + c (Adam) vs 2a + c (SGD)
+            # where a != 0 (NTK), which the feature and output exponents do not (the input layer sets r)
+            fit_dw = fit_rows(rows, "width", "rms_dh", dict(where, layer=f"W{depth}"))
+            claims.append(claim(f"{key}.dW_slope", f"{tag}: last hidden weight's update slope at step 1",
+                                predicted=dw_pred, measured=fit_dw.slope, relation="==", tolerance=config.tolerance,
+                                ci=fit_dw.ci, source="[KV] Table 10 (update row), Lemma C.6"))
         if control:
             claims.append(claim(f"{key}.dh_grows", f"{tag}: last-layer dh grows with width (r < 0)", predicted=0.0,
                                 measured=fit_dh.slope, relation=">", tolerance=config.control_margin, ci=fit_dh.ci,
@@ -204,7 +228,8 @@ def run(config: Config, store) -> list[Claim]:
             for layer in sorted({r["layer"] for r in select(rows, **where)}):
                 sel = select(rows, arch=arch, optimizer=opt, param=p, step=step, layer=layer)
                 # the step-1 predictions of the claims, drawn beside the data
-                pred = {last: dh_pred, "out": df_pred}.get(layer) if step == 1 and exponents else None
+                preds = {last: dh_pred, "out": df_pred, **({f"W{depth}": dw_pred} if not control else {})}
+                pred = preds.get(layer) if step == 1 and exponents else None
                 series.append((f"d{layer}" if layer != "out" else "df", [r["width"] for r in sel],
                                [r["rms_dh"] for r in sel]) + ((pred,) if pred is not None else ()))
             if step in (1, config.steps):
@@ -281,4 +306,4 @@ def memory_bytes(config: Config) -> int:
 
 SPEC = CheckSpec(name="tp_scaling", summary="abc-parametrization scaling: muP r=0, NTK/SP_LR r=1/2, SP unstable",
                  faults=FAULTS,
-                 config_cls=Config, run=run, order=10, version=3, memory=memory_bytes)
+                 config_cls=Config, run=run, order=10, version=4, memory=memory_bytes)

@@ -196,7 +196,8 @@ def _cmd_selftest(args) -> int:
         if args.fault and not any(f.name in args.fault for f in spec.faults):
             continue
         config = with_overrides(spec.default_config(args.quick), seed_base=args.seed_base)
-        print(f"== {spec.name}: clean run, then {len(spec.faults)} faults", flush=True)
+        n_faults = sum(1 for f in spec.faults if args.fault is None or f.name in args.fault)
+        print(f"== {spec.name}: clean run, then {n_faults} faults", flush=True)
         clean, outcomes = selftest(spec, quick=args.quick, out=out / spec.name, faults=args.fault, config=config,
                                    jobs=args.jobs)
         if clean.verdict != "pass":
