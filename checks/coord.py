@@ -206,7 +206,7 @@ def coord_point(factory, width: int, seed: int, *, optimizer: str, lr: float, st
 
 # ---------------------------------------------------------------- the check
 def coord_check(factory: Callable[[int], nn.Module], widths: Sequence[int], *, optimizer: str = "adam",
-                lr: float | None = None, steps: int = 4, seeds: int = 3, batch=None, batch_size: int = 32,
+                lr: float | None = None, steps: int = 4, seeds: int = 6, batch=None, batch_size: int = 32,
                 tolerance: float = 0.15, out: str | Path = "ntkcheck-runs", name: str = "coord",
                 source: str = "") -> Result:
     """Run the coordinate check of ``factory`` and write DIR/<name>/ (result.json, measurements.csv, plots).

@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     coord.add_argument("--optimizer", default="adam", choices=["sgd", "adam"])
     coord.add_argument("--lr", type=_float("--lr"), default=None, help="learning rate (default: sgd 0.1, adam 0.01)")
     coord.add_argument("--steps", type=_positive_int("--steps"), default=4, help="training steps (default 4)")
-    coord.add_argument("--seeds", type=_positive_int("--seeds"), default=3, help="seeds per width (default 3)")
+    coord.add_argument("--seeds", type=_positive_int("--seeds"), default=6, help="seeds per width (default 6: with 3 the bootstrap CI of a flat muP readout straddles the tolerance)")
     coord.add_argument("--batch", type=_positive_int("--batch"), default=32, help="batch size of the default data")
     coord.add_argument("--tolerance", type=_float("--tolerance"), default=0.15,
                        help="largest slope vs width a layer may show and still count as not growing (default 0.15)")
