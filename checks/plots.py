@@ -57,7 +57,11 @@ def loglog_panels(path: Path, panels: Sequence[dict], suptitle: str = "", xlabel
         ax.set_xlabel(panel.get("xlabel", xlabel), fontsize=8)
         ax.set_ylabel(panel.get("ylabel") or "value", fontsize=8)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=6)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
+        else:  # every value zero, negative or not finite (a run under a fault, a quantity that vanished)
+            ax.text(0.5, 0.5, "no positive finite values", ha="center", va="center", fontsize=7,
+                    transform=ax.transAxes)
     for ax in list(axes.flat)[k:]:
         ax.axis("off")
     if suptitle:
