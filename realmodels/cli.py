@@ -1,6 +1,6 @@
 """`ntkcheck lm ...`: the LM measurements from the command line.
 
-    ntkcheck lm make-tiny DIR --arch roberta|gpt-neo|bert [--data DATA]
+    ntkcheck lm make-tiny DIR --arch roberta|gpt-neo|bert|llama [--data DATA]
     ntkcheck lm tasks | weights
     ntkcheck lm kernel   --model PATH --task sst2 --data DATA --k 16 [--kinds sgd,signgd,asym_signgd]
     ntkcheck lm solve    --model PATH --task sst2 --data DATA --k 16 [--kinds ...]
@@ -17,6 +17,7 @@ import argparse
 import math
 
 from ntkcheck.errors import UserError
+from ntkcheck.realmodels.tiny import ARCHS
 
 
 def _floats(flag: str):
@@ -267,7 +268,7 @@ def add_lm_parser(subparsers) -> None:
 
     p = sub.add_parser("make-tiny", help="write a tiny random model folder (offline; for tests and CI)")
     p.add_argument("dir")
-    p.add_argument("--arch", default="roberta", choices=["roberta", "gpt-neo", "bert"])
+    p.add_argument("--arch", default="roberta", choices=list(ARCHS))
     p.add_argument("--data", default=None, help="add the most frequent words of this data folder to the vocabulary")
     p.add_argument("--hidden", type=_int("--hidden"), default=32)
     p.add_argument("--layers", type=_int("--layers"), default=2)

@@ -20,7 +20,7 @@ import torch
 from ntkcheck.errors import UserError
 from ntkcheck.realmodels.tasks import TASKS
 
-ARCHS = ("roberta", "gpt-neo", "bert")
+ARCHS = ("roberta", "gpt-neo", "bert", "llama")
 _SPECIALS_MLM = ["<pad>", "<s>", "</s>", "<unk>", "<mask>"]
 _SPECIALS_CAUSAL = ["<pad>", "<|endoftext|>", "<unk>"]
 _BASE_WORDS = ("the a an and of to is it was this that in on for with as not no yes maybe very good bad "
@@ -79,7 +79,8 @@ def build_tokenizer(words: list[str], arch: str):
 
 def build_model(arch: str, vocab_size: int, *, hidden: int = 32, layers: int = 2, heads: int = 2,
                 max_positions: int = 256, seed: int = 0, pad_token_id: int = 0):
-    """A randomly initialized (seeded) tiny RobertaForMaskedLM / BertForMaskedLM / GPTNeoForCausalLM, eager attention."""
+    """A randomly initialized (seeded) tiny RobertaForMaskedLM / BertForMaskedLM / GPTNeoForCausalLM /
+    LlamaForCausalLM, eager attention."""
     import transformers as tr
 
     torch.manual_seed(seed)
@@ -101,6 +102,13 @@ def build_model(arch: str, vocab_size: int, *, hidden: int = 32, layers: int = 2
                               max_position_embeddings=max_positions, bos_token_id=1, eos_token_id=1,
                               intermediate_size=4 * hidden)
         cls = tr.GPTNeoForCausalLM
+    elif arch == "llama":
+        # SmolLM2's shape in small: RMSNorm, SwiGLU, rotary positions, grouped-query attention, tied embeddings
+        cfg = tr.LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                             num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
+                             intermediate_size=3 * hidden, max_position_embeddings=max_positions,
+                             tie_word_embeddings=True, bos_token_id=1, eos_token_id=1, pad_token_id=pad_token_id)
+        cls = tr.LlamaForCausalLM
     else:
         raise UserError(f"--arch {arch!r}: expected one of {', '.join(ARCHS)}")
     # Unit-scale init (std 1/sqrt(n), not transformers' 0.02) so a random tiny model's outputs and

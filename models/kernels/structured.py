@@ -14,8 +14,11 @@ g = df/dz and a = x exactly, whatever the multiplier):
 
 Vector tensors are captured too and their per-example gradients formed
 directly: a linear's bias (sum_t g_t), a LayerNorm's weight and bias
-(sum_t g_t * xhat_t, sum_t g_t), and a bias added as ``z + m * b`` with a
-scalar m (ParamLinear): m sum_t g_t. Embedding tables (F.embedding) are
+(sum_t g_t * xhat_t, sum_t g_t), an elementwise scale ``w * x`` (RMSNorm's
+weight in Llama-style models: sum_t g_t * x_t), and a bias added as
+``z + m * b`` with a scalar m (ParamLinear): m sum_t g_t. Uses that return no
+floating tensor (metadata such as ``w.is_floating_point()``) carry no gradient
+and are ignored. Embedding tables (F.embedding) are
 captured as their nonzero gradient rows (one per distinct id, padding_idx
 excluded): K_E = sum_{t,s} [id_t = id'_s] <phi1(R_t), phi2(R'_s)>, exact for every kind.
 
@@ -147,10 +150,19 @@ class _Mode(TorchFunctionMode):
         elif func in _MUL and len(args) == 2 and not kwargs:
             t, s = (args[0], args[1]) if isinstance(args[0], torch.Tensor) else (args[1], args[0])
             n = self.ids.get(id(t)) if isinstance(t, torch.Tensor) else None
+            if n is None and isinstance(s, torch.Tensor) and self.ids.get(id(s)) is not None:
+                t, s, n = s, t, self.ids[id(s)]
             if n is not None and isinstance(s, (int, float)):
                 out = func(*args)
                 self.derived[id(out)] = (n, float(s), out)
                 return out
+            if (n is not None and t.dim() == 1 and self._batched(s) and s.shape[-1] == t.shape[0]
+                    and self.ids.get(id(s)) is None and id(s) not in self.derived):
+                # an elementwise scale w * x (RMSNorm's weight, T5/Llama): grad_w f = sum_t g_t * x_t
+                y = self._delta(func(*args))
+                self.vrec.append((n, s.detach(), 1.0, len(self.deltas) - 1))
+                self._sign(n, s)
+                return y
         elif func in _ADD and len(args) == 2 and not kwargs:
             src = None
             for i in (0, 1):
@@ -171,8 +183,11 @@ class _Mode(TorchFunctionMode):
                     self.vrec.append((n, None, m, len(self.deltas) - 1))
                     self._sign(n, o)
                     return y
-        self._mark_other(args, kwargs)
-        return func(*args, **kwargs)
+        out = func(*args, **kwargs)
+        if any(isinstance(t, torch.Tensor) and t.is_floating_point() for t in tree_flatten(out)[0]):
+            # only a floating result can carry a gradient: metadata (is_floating_point, size, dtype) cannot
+            self._mark_other(args, kwargs)
+        return out
 
 
 def capture(f: Callable, params: Mapping[str, torch.Tensor], names: list[str], x: torch.Tensor,
@@ -457,9 +472,25 @@ def _structured_part(f, params, x1, x2, c, spec, acc, cover, per_ex, sig):
     # a quarter of the budget for the factors of one chunk of examples
     b = max(1, (spec.budget // 4) // per_ex)
 
+    sigs = {tuple(x1.shape[1:]): sig}
+
+    def expected(x):
+        """The use signatures of inputs shaped like x: the other side may be padded to another length, so
+        its signatures come from a probe of its own, and every covered tensor must be covered there too."""
+        key = tuple(x.shape[1:])
+        if key not in sigs:
+            cov2, _, sig2 = probe(f, params, cover, x, c)
+            lost = [n for n in cover if n not in set(cov2)]
+            if lost:
+                raise ValueError(f"tensors {lost[:4]} are captured for inputs of shape {tuple(x1.shape[1:])} but "
+                                 f"not of shape {key}; use method='jacobian'")
+            sigs[key] = sig2
+        return sigs[key]
+
     def cap(x):
         k = capture(f, params, cover, x, c)
-        lost = [n for n in cover if n not in covered(k, params, [n]) or k.signature.get(n) != sig[n]]
+        want = expected(x)
+        lost = [n for n in cover if n not in covered(k, params, [n]) or k.signature.get(n) != want[n]]
         if lost:
             raise ValueError(f"tensors {lost} were captured on a probe batch but not on a batch of {x.shape[0]}; "
                              "use method='jacobian'")

@@ -149,3 +149,30 @@ def test_cli_make_tiny_and_solve(tmp_path, separable_dir, capsys):
     assert main(["lm", "solve", "--model", str(tmp_path / "nope"), "--data", str(separable_dir),
                  "--out", str(tmp_path / "r")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arch", ["roberta", "bert", "gpt-neo", "llama"])
+def test_structured_covers_every_lm_tensor_and_sides_of_different_lengths(tmp_path, arch):
+    """All parameters, x1 and x2 encoded apart (padded to different lengths): the structured path covers every
+    tensor (RMSNorm weights and the tied embedding / LM head included, nothing falls back to Jacobians) and
+    equals the per-example autograd loop for every kind."""
+    from ntkcheck.models.kernels import empirical_kernel
+    from ntkcheck.models.kernels.structured import probe
+    from ntkcheck.realmodels.adapters import load_pretrained, make_adapter
+    from ntkcheck.realmodels.data import Example
+    from ntkcheck.realmodels.tasks import TASKS
+    from ntkcheck.realmodels.tiny import make_tiny
+
+    model, tok, mode = load_pretrained(make_tiny(tmp_path / arch, arch, hidden=16, layers=2, heads=2, seed=0))
+    ad = make_adapter(model.double(), tok, mode, task=TASKS["sst2"])
+    enc = lambda texts: ad.encode([Example(text=t, label=0) for t in texts])  # noqa: E731
+    x1 = enc(["a great movie", "the story was terrible and not good at all ."])
+    x2 = enc(["bad", "a very good film , it was great", "what a terrible one"])
+    assert x1.shape[-1] != x2.shape[-1]
+    covered, _, _ = probe(ad.f, ad.params, ad.select, x1, ad.num_outputs)
+    assert set(covered) == set(ad.select), sorted(set(ad.select) - set(covered))
+    for kind in ("sgd", "signgd", "asym_signgd"):
+        K = empirical_kernel(ad.f, ad.params, x1, x2, kind=kind, method="structured")
+        ref, slack = _naive(ad, x1, x2, kind, with_slack=True)
+        assert K.shape == ref.shape == (2, 2, 3, 2)
+        assert bool(((K - ref).abs() <= 1e-9 * ref.abs().max() + slack).all()), kind
