@@ -90,8 +90,9 @@ def test_linear3_point_ratio_shrinks_like_chi_with_width():
     cfg = N.Config.quick()
     small = N.linear3_point(cfg, 64, 0, 64 ** -0.5)
     large = N.linear3_point(cfg, 4096, 0, 4096 ** -0.5)
-    assert small["c5_identity"] < 1e-12 and large["c5_identity"] < 1e-12
-    assert small["c5_engine"] < 1e-12 and large["c5_engine"] < 1e-12   # closed-form K is the engine's eNTK
+    # float64 round-off of sums over n^2 terms: 6e-15 at n = 64, up to 2.5e-12 at n = 4096 (seen on CI)
+    assert small["c5_identity"] < 1e-10 and large["c5_identity"] < 1e-10
+    assert small["c5_engine"] < 1e-10 and large["c5_engine"] < 1e-10   # closed-form K is the engine's eNTK
     slope = math.log(large["c5_ratio"] / small["c5_ratio"]) / math.log(64)
     assert -0.75 < slope < -0.25
     # the coefficient per unit chi is flat under muP and falls like 1/n under NTK
