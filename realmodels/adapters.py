@@ -66,9 +66,28 @@ def resolve_device(device: str | None) -> torch.device:
     return dev
 
 
+MODEL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+                "float64": torch.float64}
+
+
+def resolve_model_dtype(name: str, device: torch.device | str | None = None) -> torch.dtype:
+    """--model-dtype NAME -> torch.dtype, after a small matmul and backward pass in it on ``device``:
+    a dtype the device cannot run is a UserError before any model loads."""
+    if name not in MODEL_DTYPES:
+        raise UserError(f"--model-dtype {name!r}: expected one of {', '.join(MODEL_DTYPES)}")
+    dt, dev = MODEL_DTYPES[name], torch.device(device or "cpu")
+    try:
+        a = torch.ones(4, 4, dtype=dt, device=dev, requires_grad=True)
+        (a @ a).sum().backward()
+    except (RuntimeError, TypeError) as e:
+        raise UserError(f"--model-dtype {name!r} is not supported on {dev}: {str(e).splitlines()[0]}") from None
+    return dt
+
+
 def load_pretrained(path: str | Path, *, mode: str = "auto", device: str | torch.device | None = None,
-                    gguf_file: str | None = None):
-    """(model, tokenizer, mode) from a local transformers folder (or a .gguf file), no network access.
+                    gguf_file: str | None = None, dtype: torch.dtype = torch.float32):
+    """(model, tokenizer, mode) from a local transformers folder (or a .gguf file), no network access,
+    its weights in ``dtype`` (--model-dtype; float32 by default).
 
     mode "auto" picks "mlm" when the config is a masked LM, "causal" when it is a
     causal LM, else "head" (an encoder without an LM head, e.g. a sentence-embedding BERT).
@@ -110,7 +129,7 @@ def load_pretrained(path: str | Path, *, mode: str = "auto", device: str | torch
         cls = AutoModelForMaskedLM if any("MaskedLM" in a for a in archs) else (
             AutoModelForCausalLM if any("CausalLM" in a for a in archs) else AutoModel)
     try:
-        model = cls.from_pretrained(path, attn_implementation="eager", dtype=torch.float32, **kw)
+        model = cls.from_pretrained(path, attn_implementation="eager", dtype=dtype, **kw)
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"--model {str(path)!r}: cannot load as {mode} model: {str(e).splitlines()[0]}") \
             from None

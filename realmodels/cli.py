@@ -106,12 +106,15 @@ def _common(p: argparse.ArgumentParser, kinds: bool = True) -> None:
 
         p.add_argument("--kinds", type=_words("--kinds", KINDS), default=("sgd",),
                        help="kernel kinds: sgd,signgd,asym_signgd")
-    p.add_argument("--kernel-dtype", default="float64", choices=["float64", "float32"])
+    p.add_argument("--kernel-dtype", default="float64", choices=["float64", "float32"],
+                   help="dtype kernels are summed and stored in (default float64)")
+    p.add_argument("--model-dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"],
+                   help="dtype the model's weights are loaded and run in (default float32)")
     p.add_argument("--method", default="auto", choices=["auto", "jacobian", "structured", "ntk_vp", "sketch", "packed"],
                    help="kernel engine method (default auto)")
     p.add_argument("--block", type=_int("--block"), default=256, help="kernel rows per cached block")
-    p.add_argument("--memory-gb", type=_positive_float("--memory-gb"), default=2.0,
-                   help="kernel engine memory budget (GiB)")
+    p.add_argument("--memory-gb", type=_positive_float("--memory-gb"), default=None,
+                   help="kernel engine memory budget in GiB (default: 40%% of the memory available on the device)")
     p.add_argument("--out", default="ntkcheck-runs", help="run-store folder")
 
 
@@ -135,7 +138,8 @@ def config_from_args(args):
                     test_max=args.test_max or None, mode=args.mode, template=args.template,
                     label_words=args.label_words, multi_token=args.multi_token, params=args.params,
                     max_length=args.max_length, device=args.device, kinds=tuple(getattr(args, "kinds", ("sgd",))),
-                    kernel_dtype=args.kernel_dtype, method=args.method, block=args.block,
+                    kernel_dtype=args.kernel_dtype, model_dtype=args.model_dtype, method=args.method,
+                    block=args.block,
                     memory_budget_gb=args.memory_gb, holdout=args.holdout, bos=args.bos,
                     gguf_file=args.gguf_file, out=args.out)
 

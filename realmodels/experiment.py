@@ -53,10 +53,11 @@ class LMConfig:
     max_length: int = 128
     device: str = "cpu"
     kinds: tuple[str, ...] = ("sgd",)
-    kernel_dtype: str = "float64"
+    kernel_dtype: str = "float64"  # what kernels are summed and stored in; the model runs in model_dtype
+    model_dtype: str = "float32"
     method: str = "auto"
     block: int = 256
-    memory_budget_gb: float = 2.0
+    memory_budget_gb: float | None = None  # None: the engine's share of the memory free on the device
     holdout: int = 2000
     bos: bool = False
     gguf_file: str | None = None
@@ -140,9 +141,11 @@ class Session:
 
         if kind not in self.kernel_fns:
             cfg, ad = self.config, self.adapter
+            budget = None if cfg.memory_budget_gb is None else int(cfg.memory_budget_gb * 2**30)
+            # the model computes in its own dtype (no float64 copy); K is summed in kernel_dtype
             self.kernel_fns[kind] = make_kernel_fn(ad.f, ad.params, kind=kind, select=ad.select, method=cfg.method,
-                                                   dtype=_dtype(cfg.kernel_dtype), device=ad.device,
-                                                   memory_budget=int(cfg.memory_budget_gb * 2**30))
+                                                   accumulate=_dtype(cfg.kernel_dtype), device=ad.device,
+                                                   memory_budget=budget)
         return self.kernel_fns[kind]
 
     def kernel(self, kind: str, *, progress: bool = True) -> torch.Tensor:
@@ -247,8 +250,7 @@ def open_session(cfg: LMConfig, check: str, *, model_bundle=None, adapter=None) 
               for s in cfg.seeds]
     resolve_device(cfg.device)
     if adapter is None:
-        model, tok, mode = model_bundle or load_pretrained(cfg.model, mode=cfg.mode, device=cfg.device,
-                                                           gguf_file=cfg.gguf_file)
+        model, tok, mode = model_bundle or load_bundle(cfg)
         adapter = make_adapter(model, tok, mode, task=task, multi_token=cfg.multi_token, params=cfg.params,
                                max_length=cfg.max_length, bos=cfg.bos)
         if mode == "head":
@@ -294,15 +296,16 @@ def validate_lm_config(cfg: LMConfig, tasks: Sequence[str] = ()) -> None:
     import re
 
     from ntkcheck.models.kernels.common import KernelMethod
-    from ntkcheck.realmodels.adapters import MODES, resolve_device
+    from ntkcheck.realmodels.adapters import MODES, resolve_device, resolve_model_dtype
 
     resolve_device(cfg.device)
     if cfg.method not in [m.value for m in KernelMethod]:
         raise UserError(f"--method {cfg.method!r}: expected one of {', '.join(m.value for m in KernelMethod)}")
-    if not (isinstance(cfg.memory_budget_gb, (int, float)) and math.isfinite(cfg.memory_budget_gb)
-            and cfg.memory_budget_gb > 0):
+    if cfg.memory_budget_gb is not None and not (isinstance(cfg.memory_budget_gb, (int, float))
+                                                 and math.isfinite(cfg.memory_budget_gb) and cfg.memory_budget_gb > 0):
         raise UserError(f"--memory-gb {cfg.memory_budget_gb!r}: must be a positive number of GiB")
     _dtype(cfg.kernel_dtype)
+    resolve_model_dtype(cfg.model_dtype, cfg.device)
     if cfg.mode not in MODES + ("auto",):
         raise UserError(f"--mode {cfg.mode!r}: expected auto, {', '.join(MODES)}")
     if cfg.k < 1 or cfg.block < 1 or cfg.max_length < 4:
@@ -326,8 +329,11 @@ def load_bundle(cfg: LMConfig):
     """(model, tokenizer, mode) of ``cfg`` (loaded once, shared by sessions), after validating every value."""
     from ntkcheck.realmodels.adapters import load_pretrained
 
+    from ntkcheck.realmodels.adapters import MODEL_DTYPES
+
     validate_lm_config(cfg)
-    return load_pretrained(cfg.model, mode=cfg.mode, device=cfg.device, gguf_file=cfg.gguf_file)
+    return load_pretrained(cfg.model, mode=cfg.mode, device=cfg.device, gguf_file=cfg.gguf_file,
+                           dtype=MODEL_DTYPES[cfg.model_dtype])
 
 
 def iter_sessions(cfg: LMConfig, check: str, bundle=None):

@@ -145,8 +145,12 @@ _DOC_KEYWORDS = """
       per-tensor-lr kernel of [KV] Thm. C.4; every selected tensor needs an entry.
     decompose: None (one kernel), "tensor" or "module": a dict {tensor or module
       name: its kernel}, whose values sum to the full kernel.
-    memory_budget: bytes for intermediate Jacobians (default 2 GiB); dtype / device:
-      where and in which precision params, float inputs and K live.
+    memory_budget: bytes for intermediates: Jacobians, captured factors, held columns (default 40% of
+      the memory available on the device when the function is made: CUDA's free memory, or the
+      CPU's MemAvailable; ntkcheck.models.kernels.memory.default_budget); dtype / device:
+      where and in which precision params, float inputs and K live (dtype None: the params' own,
+      so a float32 model is never copied to float64); accumulate: the dtype K is summed and
+      returned in (e.g. torch.float64 over a float32 model; None: dtype).
     sketch_dim, sketch ("gaussian" | "sparse_sign"), seed: for method "sketch".
     sign_storage ("bits" | "int8"): for method "packed".
 
@@ -177,16 +181,22 @@ class KernelFn:
                  decompose: str | None = None, memory_budget: int | None = None,
                  dtype: torch.dtype | None = None, device: str | torch.device | None = None,
                  sketch_dim: int | None = None, sketch: str = "gaussian", seed: int = 0,
-                 sign_storage: str = "bits"):
+                 sign_storage: str = "bits", accumulate: torch.dtype | None = None):
         self.kind = parse_kind(kind)
         self.method = parse_method(method)
         if decompose not in _DECOMPOSE:
             raise ValueError(f"decompose must be one of {_DECOMPOSE}, got {decompose!r}")
-        budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
-        if not isinstance(budget, (int, float)) or isinstance(budget, bool) or budget <= 0:
-            raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
         if not isinstance(params, Mapping) or not params:
             raise ValueError("params must be a non-empty {name: tensor} mapping")
+        if memory_budget is None:
+            from ntkcheck.models.kernels.memory import default_budget
+
+            dev = torch.device(device) if device is not None else next(iter(params.values())).device
+            budget = default_budget(dev)
+        else:
+            budget = memory_budget
+        if not isinstance(budget, (int, float)) or isinstance(budget, bool) or budget <= 0:
+            raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
         if self.method is KernelMethod.SKETCH and sketch_dim is None:
             raise ValueError("method 'sketch' needs sketch_dim (the projection dimension k), got None")
         self.f = _as_2d(f)
@@ -200,11 +210,15 @@ class KernelFn:
         self.decompose = decompose
         self.budget = int(budget)
         self.extra = {"sketch_dim": sketch_dim, "sketch": sketch, "seed": seed, "sign_storage": sign_storage}
+        if accumulate is not None and (not isinstance(accumulate, torch.dtype) or not accumulate.is_floating_point):
+            raise ValueError(f"accumulate must be a floating torch.dtype, got {accumulate!r}")
+        self.accumulate = accumulate
         self.plans: dict[tuple, Plan] = {}
 
     def spec(self) -> Spec:
         return Spec(kind=self.kind, names=self.names, weights=self.weights, eps={}, dtype=self.dtype,
-                    device=self.device, budget=self.budget, decompose=self.decompose, extra=dict(self.extra))
+                    device=self.device, budget=self.budget, decompose=self.decompose, extra=dict(self.extra),
+                    accumulate=self.accumulate)
 
     def plan(self, params, x1: torch.Tensor, x2: torch.Tensor | None, c: int, spec: Spec) -> Plan:
         """The cached plan of this input signature (AUTO's choice made on the first call)."""
@@ -248,7 +262,7 @@ def make_kernel_fn(f: Callable, params: Mapping[str, torch.Tensor], **keywords) 
     """The configured kernel function of f at params: ``kernel_fn(x1, x2=None, params=None)``.
 
     Keywords (kind, method, select, weights, eps, decompose, memory_budget, dtype, device,
-    sketch_dim, sketch, seed, sign_storage) as for ``empirical_kernel``; they are validated once,
+    accumulate, sketch_dim, sketch, seed, sign_storage) as for ``empirical_kernel``; they are validated once,
     and AUTO's method choice is made once per input signature.
     """
     return KernelFn(f, params, **keywords)

@@ -167,6 +167,13 @@ class Spec:
     budget: int
     decompose: str | None = None
     extra: dict = field(default_factory=dict)
+    #: the dtype K is summed and returned in (None: ``dtype``); float64 over a float32 model keeps the
+    #: model's speed while the sum over tensors and blocks loses nothing further
+    accumulate: torch.dtype | None = None
+
+    @property
+    def out_dtype(self) -> torch.dtype:
+        return self.accumulate or self.dtype
 
     def phi1(self, name: str, g: torch.Tensor) -> torch.Tensor:
         return eps_sign(g, self.eps[name]) if self.kind is KernelKind.SIGNGD else g
@@ -196,18 +203,20 @@ class Accumulator:
         for name in spec.names:
             key = group_key(name, spec.decompose)
             if key not in self.out:
-                self.out[key] = torch.zeros(self.shape, dtype=spec.dtype, device=spec.device)
+                self.out[key] = torch.zeros(self.shape, dtype=spec.out_dtype, device=spec.device)
 
     def add(self, name: str, block: torch.Tensor, rows: slice = slice(None), cols: slice = slice(None)) -> None:
         """K[rows, :, cols, :] += eta_name * block, block: [n_rows, C, n_cols, C]."""
         w = self.spec.weights[name]
         target = self.out[group_key(name, self.spec.decompose)]
+        block = block.to(target.dtype)
         target[rows, :, cols, :] += block if w == 1.0 else w * block
 
     def add_unweighted(self, name: str, block: torch.Tensor, rows: slice = slice(None),
                        cols: slice = slice(None)) -> None:
         """K[rows, :, cols, :] += block, for a block that already carries its eta_M."""
-        self.out[group_key(name, self.spec.decompose)][rows, :, cols, :] += block
+        target = self.out[group_key(name, self.spec.decompose)]
+        target[rows, :, cols, :] += block.to(target.dtype)
 
     def result(self):
         return self.out["total"] if self.spec.decompose is None else self.out

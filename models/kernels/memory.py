@@ -61,3 +61,31 @@ class PeakRSS:
     @property
     def peak_delta(self) -> int:
         return self.peak - self.start
+
+
+#: the share of the memory available on the device that a kernel function takes as its budget by default
+BUDGET_SHARE = 0.4
+MIN_BUDGET = 256 * 2**20
+
+
+def available_bytes(device=None) -> int:
+    """Memory free for new allocations: CUDA's ``mem_get_info`` free bytes on a GPU, /proc/meminfo's
+    MemAvailable on the CPU (free memory plus reclaimable caches; Linux), else physical memory."""
+    import torch
+
+    dev = torch.device(device if device is not None else "cpu")
+    if dev.type == "cuda":
+        return int(torch.cuda.mem_get_info(dev)[0])
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def default_budget(device=None) -> int:
+    """BUDGET_SHARE (40%) of ``available_bytes(device)`` at the time of the call, at least 256 MiB."""
+    return max(MIN_BUDGET, int(BUDGET_SHARE * available_bytes(device)))

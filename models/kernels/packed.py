@@ -150,7 +150,7 @@ def packed_kernel(f: Callable, params: Mapping[str, torch.Tensor], x1: torch.Ten
             for n in group:
                 dot = (packed_dot(S1[n], S2[n], spec.budget // 4) if storage == "bits"
                        else int8_dot(S1[n], S2[n], spec.budget // 4))
-                acc.add(n, dot.to(spec.dtype).reshape(n1, c, n2, c))
+                acc.add(n, dot.to(spec.out_dtype).reshape(n1, c, n2, c))
             continue
         for s in chunks(n1, b):
             J = jacobian_rows(f, params, group, x1[s])

@@ -445,3 +445,38 @@ def test_select_by_regular_expression(mlp):
         empirical_kernel(f, params, x1, select="re:(")
     with pytest.raises(ValueError, match="selects no tensor"):
         empirical_kernel(f, params, x1, select="re:nothing_matches")
+
+
+@pytest.mark.parametrize("method", ["structured", "jacobian"])
+def test_float32_model_accumulates_in_float64_without_a_float64_copy(method):
+    """accumulate=float64: K is summed and returned in float64 while the model runs in its own float32 (no
+    float64 copy); it agrees with the all-float64 kernel to float32 round-off."""
+    model = build("mlp", 64, NTK, seed=0, d_in=5, depth=2, d_out=2)
+    p32 = {k: v.float() for k, v in model.params().items()}
+    x1 = torch.randn(6, 5, generator=torch.Generator().manual_seed(1))
+    x2 = torch.randn(4, 5, generator=torch.Generator().manual_seed(2))
+    seen = []
+
+    def f(p, x):
+        seen.append(next(iter(p.values())).dtype)
+        return model.apply(p, x)
+
+    K = empirical_kernel(f, p32, x1, x2, method=method, accumulate=torch.float64)
+    assert K.dtype == torch.float64 and set(seen) == {torch.float32}
+    ref = empirical_kernel(model.apply, {k: v.double() for k, v in p32.items()}, x1.double(), x2.double(),
+                           method=method)
+    torch.testing.assert_close(K, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+    with pytest.raises(ValueError, match="accumulate"):
+        empirical_kernel(model.apply, p32, x1, accumulate=torch.int64)
+
+
+def test_default_budget_is_a_share_of_available_memory():
+    from ntkcheck.models.kernels import make_kernel_fn
+    from ntkcheck.models.kernels.memory import BUDGET_SHARE, MIN_BUDGET, available_bytes, default_budget
+
+    avail = available_bytes("cpu")
+    assert avail > 0
+    assert MIN_BUDGET <= default_budget("cpu") <= max(MIN_BUDGET, BUDGET_SHARE * avail * 1.5)
+    model = build("mlp", 16, NTK, seed=0, d_in=3, depth=1)
+    fn = make_kernel_fn(model.apply, model.params())
+    assert MIN_BUDGET <= fn.budget <= max(MIN_BUDGET, avail)

@@ -46,7 +46,7 @@ def _naive(ad, x1, x2, kind, with_slack=False):
 @pytest.mark.parametrize("arch", ["roberta", "gpt-neo"])
 def test_session_kernels_equal_naive_loop(tiny_models, separable_dir, tmp_path, arch):
     cfg = LMConfig(model=str(tiny_models[arch]), task="sst2", data=str(separable_dir), k=1, seeds=(13, 21),
-                   test_max=2, out=str(tmp_path), params=r"(layer\.1\.|h\.1\.|ln_f|head\.)", block=3,
+                   model_dtype="float64", test_max=2, out=str(tmp_path), params=r"(layer\.1\.|h\.1\.|ln_f|head\.)", block=3,
                    kinds=("sgd", "signgd", "asym_signgd") if arch == "roberta" else ("sgd", "asym_signgd"))
     sess = next(iter_sessions(cfg, "lm_kernel"))
     assert sess.n_cols <= 4 and len(sess.rows) <= 4 + 4 + 2
