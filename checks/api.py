@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ntkcheck import distributed
 from ntkcheck.checks.config import to_json, without_axes
 from ntkcheck.checks.registry import CheckSpec, get
 from ntkcheck.provenance import now_iso, provenance
@@ -35,5 +36,6 @@ def run_check(check: str | CheckSpec, config: Any = None, out: str | Path = "ntk
     result = Result(spec.name, list(claims), kind="check", config=to_json(config), version=spec.version,
                     provenance=provenance(time.time() - t0, device=str(getattr(config, "device", "cpu")),
                                           started=started))
-    store.write_result(result)
+    if distributed.is_main():   # under torchrun every rank computes, rank 0 writes
+        store.write_result(result)
     return result

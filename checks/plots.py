@@ -8,11 +8,14 @@ in the series' colour, so the data can be read against the theory.
 """
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from ntkcheck import distributed
 
 
 def figure(rows: int, cols: int, size: tuple[float, float]):
@@ -78,8 +81,10 @@ def loglog_panels(path: Path, panels: Sequence[dict], suptitle: str = "", xlabel
 def save_figure(fig, path: Path, dpi: int = 110) -> Path:
     """Write ``fig`` to ``path`` atomically (a temporary file, then a rename)."""
     path = Path(path)
+    if not distributed.is_main():   # under torchrun rank 0 draws; the others' figures are the same
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
     fig.savefig(tmp, dpi=dpi)
     tmp.replace(path)
     return path

@@ -11,6 +11,7 @@ import itertools
 import time
 from typing import Any, Callable, Mapping, Sequence
 
+from ntkcheck import distributed
 from ntkcheck.log import note, progress_bar
 from ntkcheck.store import ResultStore
 
@@ -40,7 +41,8 @@ def sweep(store: ResultStore, points: Sequence[Mapping[str, Any]],
         got = store.load_point(p)
         if got is not None:
             done[i] = got
-    pending = [i for i in range(len(points)) if i not in done]
+    # under torchrun, ranks start on disjoint points and then help with the rest (ntkcheck.distributed)
+    pending = distributed.take_order([i for i in range(len(points)) if i not in done])
     bar = progress_bar(total=len(points), initial=len(done), desc=desc or store.name, unit="pt")
     told = False
     try:

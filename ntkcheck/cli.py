@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from ntkcheck import distributed
 from ntkcheck.errors import UserError
 
 EXIT_BAD_INPUT = 2
@@ -168,11 +169,15 @@ def _cmd_run(args) -> int:
     configs = [with_overrides(s.default_config(args.quick), widths=widths, seeds=args.seeds,
                               seed_base=args.seed_base, sets=args.set) for s in specs]
     out = ensure_writable(args.out)
+    main_rank = distributed.is_main()   # under torchrun rank 0 prints and writes the report
     for spec, config in zip(specs, configs):
-        print(f"== {spec.name}: {spec.summary}", flush=True)
+        if main_rank:
+            print(f"== {spec.name}: {spec.summary}", flush=True)
         result = run_check(spec, config, out)
-        print_result(result, out / spec.name)
-    print(f"report: {write_report(out)}")
+        if main_rank:
+            print_result(result, out / spec.name)
+    if main_rank:
+        print(f"report: {write_report(out)}")
     return 0
 
 
@@ -256,6 +261,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "list":
             return _cmd_list()
+        if args.command in ("run", "lm") and distributed.init(distributed.rank_device(getattr(args, "device", None))):
+            # under torchrun: ranks share the work through the run store; the closing barrier waits for all
+            rc = _cmd_run(args) if args.command == "run" else args.handler(args)
+            distributed.finish()
+            return rc
         if args.command == "run":
             return _cmd_run(args)
         if args.command == "coord":

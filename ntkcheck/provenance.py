@@ -7,6 +7,8 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+from ntkcheck import distributed
+
 
 def git_revision() -> str:
     """The short commit of the checkout ntkcheck runs from, or 'unknown' (an installed wheel has none)."""
@@ -31,10 +33,11 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def provenance(seconds: float, *, device: str = "cpu", world_size: int = 1, started: str | None = None) -> dict:
+def provenance(seconds: float, *, device: str = "cpu", world_size: int | None = None,
+               started: str | None = None) -> dict:
     """The design.md provenance block: versions, git revision, device, world size, wall seconds, start time."""
     import ntkcheck
 
     return {"ntkcheck": ntkcheck.__version__, "git": git_revision(), "python": platform.python_version(),
             "torch": _version("torch"), "transformers": _version("transformers"), "device": str(device),
-            "world_size": int(world_size), "seconds": round(float(seconds), 3), "started": started or now_iso()}
+            "world_size": int(distributed.world_size() if world_size is None else world_size), "seconds": round(float(seconds), 3), "started": started or now_iso()}

@@ -239,7 +239,7 @@ def ensure_writable(out: Path) -> Path:
         raise UserError(f"--out {str(out)!r} is a file, not a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".ntkcheck-write-probe"
+        probe = out / f".ntkcheck-write-probe.{os.getpid()}"
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:

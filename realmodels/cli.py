@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import math
 
+from ntkcheck import distributed
 from ntkcheck.errors import UserError
 from ntkcheck.realmodels.tiny import ARCHS
 
@@ -133,11 +134,15 @@ def config_from_args(args):
     from ntkcheck.realmodels.experiment import LMConfig
     from ntkcheck.store import ensure_writable
 
+    command = getattr(args, "lm_command", None)
+    if distributed.world_size() > 1 and command not in (None, "kernel", "solve"):
+        raise UserError(f"lm {command} runs in one process; under torchrun only lm kernel, lm solve and "
+                        "ntkcheck run share their work over ranks")
     ensure_writable(args.out)
     return LMConfig(model=args.model, task=args.task, data=args.data, k=args.k, seeds=tuple(args.seeds),
                     test_max=args.test_max or None, mode=args.mode, template=args.template,
                     label_words=args.label_words, multi_token=args.multi_token, params=args.params,
-                    max_length=args.max_length, device=args.device, kinds=tuple(getattr(args, "kinds", ("sgd",))),
+                    max_length=args.max_length, device=distributed.rank_device(args.device), kinds=tuple(getattr(args, "kinds", ("sgd",))),
                     kernel_dtype=args.kernel_dtype, model_dtype=args.model_dtype, method=args.method,
                     block=args.block,
                     memory_budget_gb=args.memory_gb, holdout=args.holdout, bos=args.bos,
@@ -195,9 +200,12 @@ def _weights(args) -> int:
 
 def _kernel(args) -> int:
     _need_transformers()
-    from ntkcheck.realmodels.measure import kernel_cmd
+    from ntkcheck.realmodels.measure import kernel_cmd, kernel_share
 
     cfg = config_from_args(args)
+    if not distributed.is_main():   # torchrun: this rank computes kernel blocks; rank 0 writes the result
+        kernel_share(cfg)
+        return 0
     res = kernel_cmd(cfg)
     for kind, items in res.items():
         for it in items:
@@ -208,9 +216,12 @@ def _kernel(args) -> int:
 
 def _solve(args) -> int:
     _need_transformers()
-    from ntkcheck.realmodels.measure import solve_cmd
+    from ntkcheck.realmodels.measure import kernel_share, solve_cmd
 
     cfg = config_from_args(args)
+    if not distributed.is_main():   # torchrun: this rank computes kernel blocks; rank 0 solves
+        kernel_share(cfg)
+        return 0
     res = solve_cmd(cfg, loss=args.loss)
     print(res["table"])
     print(f"-> {res['dir']}")

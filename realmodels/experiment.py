@@ -26,6 +26,7 @@ from typing import Sequence
 
 import torch
 
+from ntkcheck import distributed
 from ntkcheck.errors import UserError
 from ntkcheck.log import note, progress_bar
 from ntkcheck.realmodels.data import SEEDS, Example, Split, k_shot_split, load_task
@@ -162,8 +163,14 @@ class Session:
         bar = progress_bar(total=len(starts), initial=len(starts) - todo, desc=f"kernel {kind} ({R}x{U} examples)",
                            unit="block", disable=not progress)
         told = False
+        world = distributed.world_size()
+        if world > len(starts):
+            raise UserError(f"{world} ranks but only {len(starts)} kernel block(s) of {R} rows at --block {B}: "
+                            f"use at most {len(starts)} ranks or a smaller --block")
+        mine = 0
         try:
-            pending = [i for i, b in enumerate(blocks) if b is None]
+            # ranks start on disjoint blocks and then help with the rest (ntkcheck.distributed)
+            pending = distributed.take_order([i for i, b in enumerate(blocks) if b is None])
             while pending:
                 waiting = []
                 for i in pending:
@@ -177,6 +184,7 @@ class Session:
                                 t0 = time.perf_counter()
                                 got = self.kernel_fn(kind)(self.x_rows[s:s + B], xc).detach().double().cpu()
                                 _save_tensor(path, got)
+                                mine += 1
                                 self.meta.setdefault("kernel_seconds", {}).setdefault(kind, 0.0)
                                 self.meta["kernel_seconds"][kind] += time.perf_counter() - t0
                         finally:
@@ -194,6 +202,8 @@ class Session:
                 pending = waiting
         finally:
             bar.close()
+        if world > 1:
+            note(f"rank {distributed.rank()} of {world}: computed {mine} of {len(starts)} {kind} kernel block(s)")
         return torch.cat(blocks, 0)
 
     def block(self, K: torch.Tensor, seed: int, rows: str, cols: str = "train") -> torch.Tensor:

@@ -74,6 +74,14 @@ def _summaries(rows: Sequence[dict], key: str = "test") -> dict:
 
 
 # ------------------------------------------------------------------ kernel
+def kernel_share(cfg: LMConfig) -> None:
+    """A non-zero rank's part of `lm kernel` / `lm solve` under torchrun: every kind's kernel blocks it can
+    take (its share first, ntkcheck.distributed), written into the shared kernel cache; rank 0 reads them."""
+    for sess in iter_sessions(cfg, "lm_kernel"):
+        for kind in cfg.kinds:
+            sess.kernel(kind, progress=False)
+
+
 def kernel_cmd(cfg: LMConfig) -> dict:
     """Compute (or load) every kind's kernel for the config; measurements: shapes, timings and norms."""
     clock = _Clock()

@@ -517,7 +517,8 @@ def _structured_part(f, params, x1, x2, c, spec, acc, cover, per_ex, sig):
 
     sl1, sl2 = chunks(n1, b), chunks(n2, b)
     hold2 = None
-    if not same and len(sl2) > 1 and n2 * per_ex <= spec.budget // 4:
+    if not same and len(sl1) > 1 and n2 * per_ex <= spec.budget // 4:
+        # the column side is captured once and held (another quarter of the budget), not once per row chunk
         hold2 = [cap(xb[s]) for s in sl2]
     for bi, si in enumerate(sl1):
         c1 = cap(x1[si])

@@ -1,0 +1,62 @@
+"""torchrun with 2 gloo processes on CPU: the same kernels and accuracies as one process, each rank computing
+part of the blocks; a world larger than the number of blocks is one line and exit 2."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.hf
+
+
+def _lm(args, nproc=None, timeout=300):
+    env = dict(os.environ, TQDM_DISABLE="1", NTKCHECK_PROGRESS="0", OMP_NUM_THREADS="1")
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+              "-m", "ntkcheck"] if nproc else [sys.executable, "-m", "ntkcheck"]
+    return subprocess.run(launch + ["lm", *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def _blocks(out: Path) -> dict[str, torch.Tensor]:
+    (kdir,) = (out / "lm_kernels").iterdir()
+    return {p.name: torch.load(p, weights_only=True)["t"] for p in sorted(kdir.glob("*_*.pt"))}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from ntkcheck.realmodels.tiny import make_tiny
+
+    return make_tiny(tmp_path_factory.mktemp("dist") / "tiny", "gpt-neo", hidden=8, layers=1, heads=2, seed=0)
+
+
+def test_two_gloo_ranks_give_the_one_process_kernels_and_accuracies(tiny, data_dir, tmp_path):
+    common = ["solve", "--model", str(tiny), "--task", "sst2", "--data", str(data_dir), "--k", "2",
+              "--seeds", "13,21", "--test-max", "8", "--block", "4", "--kinds", "sgd,asym_signgd"]
+    one = _lm(common + ["--out", str(tmp_path / "one")])
+    assert one.returncode == 0, one.stderr
+    two = _lm(common + ["--out", str(tmp_path / "two")], nproc=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    k1, k2 = _blocks(tmp_path / "one"), _blocks(tmp_path / "two")
+    assert k1.keys() == k2.keys() and len(k1) >= 4
+    for name in k1:
+        torch.testing.assert_close(k2[name], k1[name], rtol=1e-10, atol=1e-12)
+    # every block was computed exactly once over the two ranks (a rank that starts late finds its share
+    # taken, so the split itself depends on timing), and only rank 0 wrote the result
+    for kind in ("sgd", "asym_signgd"):
+        counts = [int(s.split("computed ")[1].split()[0]) for s in two.stderr.splitlines()
+                  if " of 2: computed" in s and f" {kind} kernel" in s]
+        assert len(counts) == 2 and sum(counts) == len(k1) // 2, two.stderr[-2000:]
+    res = [json.loads((tmp_path / d / "lm_solve_sst2_k2_tiny" / "result.json").read_text()) for d in ("one", "two")]
+    acc = [{c["id"]: c["measured"] for c in r["claims"]} for r in res]
+    assert acc[0] == acc[1] and res[1]["provenance"]["world_size"] == 2
+
+
+def test_more_ranks_than_blocks_is_one_line(tiny, separable_dir, tmp_path):
+    bad = _lm(["kernel", "--model", str(tiny), "--task", "sst2", "--data", str(separable_dir), "--k", "1",
+               "--seeds", "13", "--test-max", "2", "--block", "256", "--out", str(tmp_path)], nproc=2)
+    assert bad.returncode != 0
+    assert "ntkcheck: error: 2 ranks but only 1 kernel block(s)" in bad.stderr
+    # torchrun itself reports a failed worker with its own traceback; no frame of ntkcheck's may appear in it
+    assert not [s for s in bad.stderr.splitlines() if s.strip().startswith("File ") and "ntkcheck" in s]
