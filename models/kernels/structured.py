@@ -278,8 +278,35 @@ def _factors(cap: Captured, n: str):
     return a, g  # [B, T, n_in], [B, C, T, n_out]
 
 
-def _weight_block(spec: Spec, n: str, f1, f2) -> torch.Tensor:
-    """K_W block [b1, C, b2, C] from the factors of both sides."""
+class ColumnFeatures:
+    """phi2 of the column side's per-example gradients, kept across row chunks when they fit.
+
+    The sign kinds' multi-token path forms phi2(sum_t g_t a_t^T) for every column example; without this
+    it is formed again for every chunk of rows. Exact signs (eps = 0) are kept as int8 ({-1, 0, 1}, a
+    quarter of float32's bytes), anything else in its own dtype; what does not fit in ``limit`` bytes is
+    recomputed when needed. Hand-rolled: no library caches per-example gradient features.
+    """
+
+    def __init__(self, limit: int):
+        self.limit, self.used = int(limit), 0
+        self.store: dict = {}
+
+    def get(self, key, make, exact_sign: bool) -> torch.Tensor:
+        got = self.store.get(key)
+        if got is not None:
+            return got[0].to(got[1])
+        value = make()
+        kept = value.to(torch.int8) if exact_sign else value
+        size = kept.numel() * kept.element_size()
+        if self.used + size <= self.limit:
+            self.store[key] = (kept, value.dtype)
+            self.used += size
+        return value
+
+
+def _weight_block(spec: Spec, n: str, f1, f2, cols: ColumnFeatures | None = None, key=None) -> torch.Tensor:
+    """K_W block [b1, C, b2, C] from the factors of both sides; ``cols`` keeps the column side's features
+    (under ``key``, which names the column chunk) for the next chunk of rows."""
     (a1, g1), (a2, g2) = f1, f2
     b1, c, t1, n_out = g1.shape
     b2, _, t2, _ = g2.shape
@@ -313,12 +340,15 @@ def _weight_block(spec: Spec, n: str, f1, f2) -> torch.Tensor:
         return torch.bmm(g[s].transpose(2, 3).reshape(b * c, n_out, -1),
                          a[s].unsqueeze(1).expand(b, c, -1, n_in).reshape(b * c, -1, n_in)).reshape(b * c, -1)
 
+    exact = kind is not KernelKind.SGD and eps == 0
     for s in chunks(b1, per):
         raw1 = grads(g1, a1, s)
         P1 = spec.phi1(n, raw1)
         for r in chunks(b2, per):
             if same and r == s:
                 P2 = P1 if spec.kind is KernelKind.SIGNGD else spec.phi2(n, raw1)
+            elif cols is not None:
+                P2 = cols.get((n, key, r.start), lambda r=r: spec.phi2(n, grads(g2, a2, r)), exact)
             else:
                 P2 = spec.phi2(n, grads(g2, a2, r))
             out[s, :, r, :] = (P1 @ P2.T).reshape(s.stop - s.start, c, r.stop - r.start, c)
@@ -377,7 +407,8 @@ def _cross_embedding_linear(e, w) -> torch.Tensor:
     return torch.einsum("iatjs,jbsit->iajb", RA, Gsel)
 
 
-def _tied_block(spec: Spec, n: str, shape, side1, side2) -> torch.Tensor:
+def _tied_block(spec: Spec, n: str, shape, side1, side2, cols: ColumnFeatures | None = None,
+                key=None) -> torch.Tensor:
     """A table used both by F.embedding and by F.linear (tied LM head): D = E + L per example.
 
     sgd: <D_i, D_j> = <E, E'> + <L, L'> + <E, L'> + <L, E'> from the factors. Sign kinds need
@@ -405,10 +436,12 @@ def _tied_block(spec: Spec, n: str, shape, side1, side2) -> torch.Tensor:
     b2 = e2[1].shape[0]
     out = torch.empty(b1, c, b2, c, dtype=spec.dtype, device=spec.device)
     per = max(1, (spec.budget // 8) // max(1, c * V * d * spec.itemsize))
+    exact = spec.eps[n] == 0
     for s in chunks(b1, per):
         P1 = spec.phi1(n, dense(e1, w1, s))
         for r in chunks(b2, per):
-            P2 = spec.phi2(n, dense(e2, w2, r))
+            make = lambda r=r: spec.phi2(n, dense(e2, w2, r))  # noqa: E731
+            P2 = make() if cols is None else cols.get((n, key, r.start), make, exact)
             out[s, :, r, :] = (P1 @ P2.T).reshape(s.stop - s.start, c, r.stop - r.start, c)
     return out
 
@@ -506,13 +539,16 @@ def _structured_part(f, params, x1, x2, c, spec, acc, cover, per_ex, sig):
                 out[n] = ("v", k.vectors[n])
         return out
 
-    def block(n, u, v):
+    # the sign kinds' column features, kept across row chunks in a quarter of the budget
+    cols = ColumnFeatures(spec.budget // 4) if not same and spec.kind is not KernelKind.SGD else None
+
+    def block(n, u, v, bj):
         if u[0] == "w":
-            return _weight_block(spec, n, u[1], v[1])
+            return _weight_block(spec, n, u[1], v[1], cols, bj)
         if u[0] == "e":
             return _embedding_block(spec, n, u[1], v[1])
         if u[0] == "t":
-            return _tied_block(spec, n, params[n].shape, u[1], v[1])
+            return _tied_block(spec, n, params[n].shape, u[1], v[1], cols, bj)
         return _vector_block(spec, n, u[1], v[1])
 
     sl1, sl2 = chunks(n1, b), chunks(n2, b)
@@ -527,7 +563,7 @@ def _structured_part(f, params, x1, x2, c, spec, acc, cover, per_ex, sig):
                 continue
             c2 = c1 if (same and bi == bj) else (hold2[bj] if hold2 is not None else cap(xb[sj]))
             for n in cover:
-                blk = block(n, c1[n], c2[n])
+                blk = block(n, c1[n], c2[n], bj)
                 acc.add(n, blk, si, sj)
                 if same and spec.kind.symmetric and bj > bi:
                     acc.add(n, blk.permute(2, 3, 0, 1), sj, si)

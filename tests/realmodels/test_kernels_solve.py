@@ -172,7 +172,11 @@ def test_structured_covers_every_lm_tensor_and_sides_of_different_lengths(tmp_pa
     covered, _, _ = probe(ad.f, ad.params, ad.select, x1, ad.num_outputs)
     assert set(covered) == set(ad.select), sorted(set(ad.select) - set(covered))
     for kind in ("sgd", "signgd", "asym_signgd"):
-        K = empirical_kernel(ad.f, ad.params, x1, x2, kind=kind, method="structured")
-        ref, slack = _naive(ad, x1, x2, kind, with_slack=True)
-        assert K.shape == ref.shape == (2, 2, 3, 2)
-        assert bool(((K - ref).abs() <= 1e-9 * ref.abs().max() + slack).all()), kind
+        for a, b in ((x1, x2), (x2, x1)):
+            ref, slack = _naive(ad, a, b, kind, with_slack=True)
+            # budgets of a few examples' factors (100-150 kB each here): rows in chunks, columns held or
+            # captured again, column sign features kept (int8) or formed again
+            for budget in (None, 200_000, 1_100_000):
+                K = empirical_kernel(ad.f, ad.params, a, b, kind=kind, method="structured", memory_budget=budget)
+                assert K.shape == ref.shape == (len(a), 2, len(b), 2)
+                assert bool(((K - ref).abs() <= 1e-9 * ref.abs().max() + slack).all()), (kind, budget)
