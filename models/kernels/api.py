@@ -151,7 +151,9 @@ _DOC_KEYWORDS = """
       where and in which precision params, float inputs and K live (dtype None: the params' own,
       so a float32 model is never copied to float64); accumulate: the dtype K is summed and
       returned in (e.g. torch.float64 over a float32 model; None: dtype).
-    sketch_dim, sketch ("gaussian" | "sparse_sign"), seed: for method "sketch".
+    sketch_dim, sketch ("gaussian" | "sparse_sign" | "countsketch"), seed: for method "sketch";
+      countsketch hashes coordinates (never a P x k matrix) and takes the gradients from the
+      structured capture, the one to use for language models.
     sign_storage ("bits" | "int8"): for method "packed".
 
     f(params, x) -> [B, C] must treat examples independently (eval mode, no batch

@@ -10,6 +10,16 @@ N(0, 1/k) ("gaussian") or sqrt(s/k) * {+1, 0, -1} with probabilities
 {1/2s, 1 - 1/s, 1/2s}, s = 3 ("sparse_sign", Achlioptas 2003). [KV] Lemma D.3:
 for ||u||^2, ||v||^2 <= c, Pr[|u.v - h(u).h(v)| >= c eps] <= 4 exp(-(eps^2 - eps^3) k / 4).
 
+"countsketch" (Charikar, Chen and Farach-Colton 2002): Pi_M has one nonzero per
+row, coordinate p of tensor M goes to bucket h_M(p) with sign s_M(p), so
+(Pi^T g)_j = sum_{p: h(p) = j} s(p) g_p and E[<Pi^T u, Pi^T v>] = <u, v>, with
+Var = (||u||^2 ||v||^2 + <u, v>^2 - 2 sum_p u_p^2 v_p^2) / k. h and s are
+multiply-add-shift hashes of the coordinate (``count_hash``), their constants
+drawn per (seed, tensor): nothing of size P x k exists, and the cost is one
+pass over each gradient. The gradients come from the structured capture (per-example
+sum_t g_t a_t^T for linear weights, embedding rows as their nonzero rows),
+so every tensor the capture covers is sketched without per-example Jacobians.
+
 IntrinsicDimension (Def. D.1): theta = theta0 + Pi theta_hat, trained in theta_hat, so
 grad_{theta_hat} f = Pi^T grad_theta f and the kernel of optimizer A is
 <phi1(Pi^T g_i), phi2(Pi^T g_j)> (the sign is taken after projecting).
@@ -32,7 +42,7 @@ from ntkcheck.models.kernels.common import (DEFAULT_MEMORY_BUDGET, Accumulator, 
 from ntkcheck.models.kernels.jacobian import jacobian_rows, plan_groups
 from ntkcheck.models.optim import eps_sign
 
-SKETCHES = ("gaussian", "sparse_sign")
+SKETCHES = ("gaussian", "sparse_sign", "countsketch")
 _SPARSITY = 3.0
 
 
@@ -68,8 +78,61 @@ def projection_block(k: int, rows: int, seed: int, tensor: int, block: int, sket
     return R.to(device=device)
 
 
+def count_hash(coords: torch.Tensor, k: int, seed: int, tensor: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(bucket h(p) in [0, k), sign s(p) in {-1, +1}) of coordinates p (int64, any shape) of tensor ``tensor``.
+
+    Multiply-add-shift hashing (Dietzfelbinger 1996) in 64-bit arithmetic modulo 2^64 (int64 products
+    wrap): with odd a and any b drawn from (seed, tensor), h(p) = floor(k * hi32(a p + b) / 2^32) from the
+    high 32 bits, and s(p) = the top bit of c p + d from an independent (c, d), so pairs of coordinates
+    collide with probability ~1/k and their signs are uncorrelated. (A small-multiplier hash mod a prime
+    is not: for p below 2^61 / a no reduction happens and s(p) follows the parity of p.)"""
+    g = torch.Generator().manual_seed((seed * 1_000_003 + tensor * 10_007 + 77) % (2**63))
+    a, b, c, d = (int(v) for v in torch.randint(-(2**63), 2**63 - 1, (4,), generator=g, dtype=torch.int64))
+    a, c = a | 1, c | 1
+    p = coords.to(torch.int64)
+    hi = torch.bitwise_and(torch.bitwise_right_shift(p * a + b, 32), 0xFFFFFFFF)
+    bucket = torch.bitwise_right_shift(hi * k, 32)
+    sign = torch.bitwise_and(torch.bitwise_right_shift(p * c + d, 63), 1) * 2 - 1
+    return bucket, sign
+
+
+class CountSketch:
+    """Pi_M^T g for every tensor M of one call, hash tables of a tensor's coordinates cached while they fit."""
+
+    def __init__(self, k: int, seed: int, index: Mapping[str, int], dtype, device, cache_bytes: int):
+        self.k, self.seed, self.index, self.dtype, self.device = k, seed, index, dtype, device
+        self.cache_bytes, self.used = cache_bytes, 0
+        self.tables: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def table(self, name: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        got = self.tables.get(name)
+        if got is not None:
+            return got
+        bucket, sign = count_hash(torch.arange(size, device=self.device), self.k, self.seed, self.index[name])
+        got = (bucket, sign.to(self.dtype))
+        nbytes = size * (bucket.element_size() + got[1].element_size())
+        if self.used + nbytes <= self.cache_bytes:
+            self.tables[name] = got
+            self.used += nbytes
+        return got
+
+    def add_dense(self, out: torch.Tensor, name: str, G: torch.Tensor) -> None:
+        """out [R, k] += G [R, |M|] Pi_M."""
+        bucket, sign = self.table(name, G.shape[1])
+        out.index_add_(1, bucket, G * sign)
+
+    def add_sparse(self, out: torch.Tensor, name: str, coords: torch.Tensor, vals: torch.Tensor) -> None:
+        """out [R, k] += the sketch of rows whose nonzeros sit at ``coords`` [R, m] with values ``vals`` [R, m]."""
+        bucket, sign = count_hash(coords, self.k, self.seed, self.index[name])
+        out.scatter_add_(1, bucket, vals * sign.to(vals.dtype))
+
+
 def project(G: torch.Tensor, k: int, seed: int, tensor: int, sketch: str, block_rows: int) -> torch.Tensor:
-    """G @ Pi_M: [R, |M|] -> [R, k], generating Pi_M block by block."""
+    """G @ Pi_M: [R, |M|] -> [R, k], generating Pi_M block by block (for countsketch, its hash)."""
+    if sketch == "countsketch":
+        out = torch.zeros(G.shape[0], k, dtype=G.dtype, device=G.device)
+        bucket, sign = count_hash(torch.arange(G.shape[1], device=G.device), k, seed, tensor)
+        return out.index_add_(1, bucket, G * sign.to(G.dtype))
     out = torch.zeros(G.shape[0], k, dtype=G.dtype, device=G.device)
     for bi, s in enumerate(chunks(G.shape[1], block_rows)):
         out += G[:, s] @ projection_block(k, s.stop - s.start, seed, tensor, bi, sketch, G.dtype, G.device)
@@ -81,6 +144,8 @@ def _check_sketch(k, sketch):
         raise ValueError(f"sketch_dim must be a positive integer, got {k!r}")
     if sketch not in SKETCHES:
         raise ValueError(f"sketch must be one of {SKETCHES}, got {sketch!r}")
+    if sketch == "countsketch" and k >= 2**31:
+        raise ValueError(f"sketch_dim {k} for countsketch must be below 2^31")
 
 
 def _projected(f, params, x, c, names, index, spec: Spec, k, sketch, seed, phi, by_key=True):
@@ -105,6 +170,46 @@ def _projected(f, params, x, c, names, index, spec: Spec, k, sketch, seed, phi, 
     return out
 
 
+def _countsketch_structured(f, params, x, c, cover, probed, spec: Spec, cs: CountSketch, phi, keys) -> dict:
+    """{key: [N C, k]} = sum_{M in key} Pi_M^T phi(grad_M f(x)) for the tensors the structured capture
+    covers: per-example gradients formed from the captured factors a chunk of examples at a time (linear
+    weights by one batched matmul, embedding tables as their nonzero rows), each sketched in one pass."""
+    from ntkcheck.models.kernels.structured import capture, tied_gradients, views, weight_gradients
+
+    n = x.shape[0]
+    per_ex = probed[1]
+    b = max(1, (spec.budget // 4) // per_ex)
+    out: dict[str, torch.Tensor] = {}
+    for s in chunks(n, b):
+        cap = capture(f, params, cover, x[s], c)
+        lost = [m for m in cover if m not in cap.weights and m not in cap.vectors and m not in cap.embeddings]
+        if lost:
+            raise ValueError(f"tensors {lost[:4]} were not captured on a batch of {x[s].shape[0]}")
+        rows = slice(s.start * c, s.stop * c)
+        for m, (form, val) in views(cap, cover).items():
+            key = keys[m]
+            if key not in out:
+                out[key] = torch.zeros(n * c, cs.k, dtype=spec.dtype, device=spec.device)
+            target = out[key][rows]
+            if form == "v":
+                target_add = phi(m, val.reshape(-1, val.shape[-1]))
+                cs.add_dense(target, m, target_add)
+            elif form == "e":
+                ids, R = val  # [b, T], [b, C, T, d]; rows not kept are zero
+                bsz, _, T, d = R.shape
+                coords = (ids[:, None, :, None] * d + torch.arange(d, device=ids.device)).expand(bsz, c, T, d)
+                cs.add_sparse(target, m, coords.reshape(bsz * c, -1), phi(m, R).reshape(bsz * c, -1))
+            else:
+                a, g = val if form == "w" else val[1]
+                size = params[m].numel()
+                # a few examples at a time: their dense [C, |M|] gradients within an eighth of the budget
+                step = max(1, (spec.budget // 8) // max(1, c * size * spec.itemsize))
+                for t in chunks(a.shape[0], step):
+                    G = weight_gradients(g, a, t) if form == "w" else tied_gradients(val[0], val[1], t, params[m].shape)
+                    cs.add_dense(target[t.start * c: t.stop * c], m, phi(m, G))
+    return out
+
+
 def sketch_kernel(f: Callable, params: Mapping[str, torch.Tensor], x1: torch.Tensor, x2: torch.Tensor | None,
                   c: int, spec: Spec, acc: Accumulator, plan=None) -> None:
     """Adds the sketched kernel (module docstring) into ``acc``: an unbiased estimate of the exact one.
@@ -122,16 +227,45 @@ def sketch_kernel(f: Callable, params: Mapping[str, torch.Tensor], x1: torch.Ten
     w2 = {m: math.sqrt(v) if nonneg else 1.0 for m, v in eta.items()}
     phi1 = lambda m, g: w1[m] * spec.phi1(m, g)
     phi2 = lambda m, g: w2[m] * spec.phi2(m, g)
-    S1 = _projected(f, params, x1, c, spec.names, index, spec, k, sketch, seed, phi1)
-    if x2 is None and spec.kind.symmetric and nonneg:
-        S2 = S1
-    else:
-        S2 = _projected(f, params, x1 if x2 is None else x2, c, spec.names, index, spec, k, sketch, seed, phi2)
-    n1 = x1.shape[0]
-    n2 = n1 if x2 is None else x2.shape[0]
     first = {}
     for m in spec.names:
         first.setdefault(group_key(m, spec.decompose), m)
+    keyed = {m: group_key(m, spec.decompose) for m in spec.names}
+    cover, probed = [], None
+    if sketch == "countsketch":
+        from ntkcheck.models.kernels.structured import probe
+
+        try:
+            probed = probe(f, params, spec.names, x1, c)
+            cover = list(probed[0])
+        except (RuntimeError, TypeError, IndexError, NotImplementedError):
+            cover = []
+    rest = [m for m in spec.names if m not in set(cover)]
+    cs = CountSketch(k, seed, index, spec.dtype, spec.device, spec.budget // 4)
+
+    def side(x, phi):
+        out = {}
+        if cover:
+            pr = probed
+            if tuple(x.shape[1:]) != tuple(x1.shape[1:]):   # the other side padded to another length
+                pr = probe(f, params, cover, x, c)
+                lost = [m for m in cover if m not in set(pr[0])]
+                if lost:
+                    raise ValueError(f"tensors {lost[:4]} are captured for inputs of shape {tuple(x1.shape[1:])} "
+                                     f"but not of shape {tuple(x.shape[1:])}; use sketch='gaussian'")
+            out = _countsketch_structured(f, params, x, c, cover, pr, spec, cs, phi, keyed)
+        if rest:
+            for key, v in _projected(f, params, x, c, rest, index, spec, k, sketch, seed, phi).items():
+                out[key] = out[key] + v if key in out else v
+        return out
+
+    S1 = side(x1, phi1)
+    if x2 is None and spec.kind.symmetric and nonneg:
+        S2 = S1
+    else:
+        S2 = side(x1 if x2 is None else x2, phi2)
+    n1 = x1.shape[0]
+    n2 = n1 if x2 is None else x2.shape[0]
     for key, A in S1.items():
         acc.add_unweighted(first[key], (A @ S2[key].T).reshape(n1, c, n2, c))
 

@@ -278,6 +278,28 @@ def _factors(cap: Captured, n: str):
     return a, g  # [B, T, n_in], [B, C, T, n_out]
 
 
+def weight_gradients(g: torch.Tensor, a: torch.Tensor, s: slice) -> torch.Tensor:
+    """Per-example gradients of a linear weight from its factors: [b C, n_out n_in] rows
+    grad_W f_c(x_i) = sum_t g[i, c, t] a[i, t]^T for the examples i in ``s``, as one batched matmul.
+    g: [B, C, T, n_out], a: [B, T, n_in]."""
+    b, c, n_out, n_in = s.stop - s.start, g.shape[1], g.shape[-1], a.shape[-1]
+    return torch.bmm(g[s].transpose(2, 3).reshape(b * c, n_out, -1),
+                     a[s].unsqueeze(1).expand(b, c, -1, n_in).reshape(b * c, -1, n_in)).reshape(b * c, -1)
+
+
+def tied_gradients(e, w, s: slice, shape) -> torch.Tensor:
+    """Per-example gradients [b C, V d] of a table used by F.embedding (rows e = (ids, R)) and by F.linear
+    (factors w = (a, g), a tied LM head): D = E + L, L = sum_t g_t a_t^T, E's rows scattered in."""
+    (u, r), (a, g) = e, w
+    D = torch.einsum("icto,itm->icom", g[s], a[s])  # [b, C, V, d]
+    b, c = r[s].shape[:2]
+    rows = r[s].permute(0, 2, 1, 3)  # [b, T, C, d]
+    idx = u[s]
+    for i in range(b):
+        D[i].index_add_(1, idx[i], rows[i].permute(1, 0, 2))
+    return D.reshape(b * c, shape[0] * shape[1])
+
+
 class ColumnFeatures:
     """phi2 of the column side's per-example gradients, kept across row chunks when they fit.
 
@@ -334,11 +356,7 @@ def _weight_block(spec: Spec, n: str, f1, f2, cols: ColumnFeatures | None = None
     # per-example gradients from the factors, sum_t g_t a_t^T, a few examples at a time
     per = max(1, (spec.budget // 8) // max(1, c * n_out * n_in * isz))
     same = f1 is f2
-
-    def grads(g, a, s):  # [b, C, n_out * n_in]: sum_t g_t a_t^T as one batched matmul
-        b = s.stop - s.start
-        return torch.bmm(g[s].transpose(2, 3).reshape(b * c, n_out, -1),
-                         a[s].unsqueeze(1).expand(b, c, -1, n_in).reshape(b * c, -1, n_in)).reshape(b * c, -1)
+    grads = weight_gradients
 
     exact = kind is not KernelKind.SGD and eps == 0
     for s in chunks(b1, per):
@@ -421,16 +439,7 @@ def _tied_block(spec: Spec, n: str, shape, side1, side2, cols: ColumnFeatures | 
         out += _cross_embedding_linear(e2, w1).permute(2, 3, 0, 1)
         return out
     V, d = shape
-
-    def dense(e, w, s):
-        (u, r), (a, g) = e, w
-        D = torch.einsum("icto,itm->icom", g[s], a[s])  # [b, C, V, d]
-        b, c, t, _ = r[s].shape
-        rows = r[s].permute(0, 2, 1, 3)  # [b, T, C, d]
-        idx = u[s]
-        for i in range(b):
-            D[i].index_add_(1, idx[i], rows[i].permute(1, 0, 2))
-        return D.reshape(b * c, V * d)
+    dense = lambda e, w, s: tied_gradients(e, w, s, shape)  # noqa: E731
 
     b1, c = e1[1].shape[:2]
     b2 = e2[1].shape[0]
@@ -482,6 +491,23 @@ def _capture_bytes(cap: Captured, names: list[str]) -> int:
     return tot
 
 
+def views(cap: Captured, names: list[str]) -> dict[str, tuple[str, object]]:
+    """Each covered tensor's per-example information in the form its Gram needs: ("w", (a, g)) linear
+    factors, ("e", (ids, R)) embedding rows, ("t", (rows, factors)) a tied embedding / LM head,
+    ("v", [B, C, |M|]) a vector's per-example gradient."""
+    out = {}
+    for n in names:
+        if n in cap.embeddings and n in cap.weights:
+            out[n] = ("t", (_embedding_rows(cap, n), _factors(cap, n)))
+        elif n in cap.weights:
+            out[n] = ("w", _factors(cap, n))
+        elif n in cap.embeddings:
+            out[n] = ("e", _embedding_rows(cap, n))
+        else:
+            out[n] = ("v", cap.vectors[n])
+    return out
+
+
 def structured_kernel(f: Callable, params: Mapping[str, torch.Tensor], x1: torch.Tensor, x2: torch.Tensor | None,
                       c: int, spec: Spec, acc: Accumulator, plan=None) -> list[str]:
     """Adds the kernel of the covered tensors into ``acc``, the rest by JACOBIAN; returns the covered names.
@@ -527,17 +553,7 @@ def _structured_part(f, params, x1, x2, c, spec, acc, cover, per_ex, sig):
         if lost:
             raise ValueError(f"tensors {lost} were captured on a probe batch but not on a batch of {x.shape[0]}; "
                              "use method='jacobian'")
-        out = {}
-        for n in cover:
-            if n in k.embeddings and n in k.weights:
-                out[n] = ("t", (_embedding_rows(k, n), _factors(k, n)))
-            elif n in k.weights:
-                out[n] = ("w", _factors(k, n))
-            elif n in k.embeddings:
-                out[n] = ("e", _embedding_rows(k, n))
-            else:
-                out[n] = ("v", k.vectors[n])
-        return out
+        return views(k, cover)
 
     # the sign kinds' column features, kept across row chunks in a quarter of the budget
     cols = ColumnFeatures(spec.budget // 4) if not same and spec.kind is not KernelKind.SGD else None

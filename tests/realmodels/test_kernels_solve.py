@@ -180,3 +180,46 @@ def test_structured_covers_every_lm_tensor_and_sides_of_different_lengths(tmp_pa
                 K = empirical_kernel(ad.f, ad.params, a, b, kind=kind, method="structured", memory_budget=budget)
                 assert K.shape == ref.shape == (len(a), 2, len(b), 2)
                 assert bool(((K - ref).abs() <= 1e-9 * ref.abs().max() + slack).all()), (kind, budget)
+
+
+@pytest.mark.parametrize("arch", ["roberta", "llama"])
+def test_countsketch_of_lm_gradients_from_the_capture(tmp_path, arch):
+    """The countsketch kernel of a tiny LM (embedding rows, tied head, RMSNorm / LayerNorm, sides of different
+    lengths) equals the same hashes applied to autograd's per-example gradients: only the projection is random."""
+    from ntkcheck.models.kernels import empirical_kernel
+    from ntkcheck.models.kernels.sketch import count_hash
+    from ntkcheck.realmodels.adapters import load_pretrained, make_adapter
+    from ntkcheck.realmodels.data import Example
+    from ntkcheck.realmodels.tasks import TASKS
+    from ntkcheck.realmodels.tiny import make_tiny
+
+    model, tok, mode = load_pretrained(make_tiny(tmp_path / arch, arch, hidden=16, layers=1, heads=2, seed=0))
+    ad = make_adapter(model.double(), tok, mode, task=TASKS["sst2"])
+    enc = lambda texts: ad.encode([Example(text=t, label=0) for t in texts])  # noqa: E731
+    x1, x2 = enc(["a great movie", "it was not good at all ."]), enc(["bad", "a very good film , great"])
+    k, index = 256, {n: i for i, n in enumerate(ad.params)}
+    # an attention key bias has gradient exactly 0 (softmax ignores q.b, the same for every key); its
+    # round-off (1e-17) has random signs, which a sign kind would sketch as O(1) noise on either path
+    sel = [n for n in ad.select if not n.endswith("key.bias")]
+
+    def sketched(x, phi):
+        rows = []
+        for i in range(len(x)):
+            for a in range(ad.num_outputs):
+                p = {n: v.clone().requires_grad_(n in sel) for n, v in ad.params.items()}
+                gs = torch.autograd.grad(ad.f(p, x[i:i + 1])[0, a], [p[n] for n in sel], allow_unused=True)
+                row = torch.zeros(k, dtype=torch.float64)
+                for n, g in zip(sel, gs):
+                    g = torch.zeros_like(p[n]) if g is None else g
+                    b, s = count_hash(torch.arange(g.numel()), k, 4, index[n])
+                    row.index_add_(0, b, phi(g.reshape(-1)) * s.double())
+                rows.append(row)
+        return torch.stack(rows)
+
+    for kind in ("sgd", "asym_signgd"):
+        K = empirical_kernel(ad.f, ad.params, x1, x2, kind=kind, method="sketch", sketch="countsketch",
+                             sketch_dim=k, seed=4, select=sel)
+        S1 = sketched(x1, lambda g: g)
+        S2 = sketched(x2, (lambda g: g) if kind == "sgd" else torch.sign)
+        ref = (S1 @ S2.T).reshape(2, 2, 2, 2)
+        torch.testing.assert_close(K, ref, rtol=1e-9, atol=1e-9 * float(ref.abs().max()))
