@@ -116,10 +116,10 @@ class CountSketch:
             self.used += nbytes
         return got
 
-    def add_dense(self, out: torch.Tensor, name: str, G: torch.Tensor) -> None:
-        """out [R, k] += G [R, |M|] Pi_M."""
+    def add_dense(self, out: torch.Tensor, name: str, G: torch.Tensor, overwrite: bool = False) -> None:
+        """out [R, k] += G [R, |M|] Pi_M (``overwrite``: G may be used as scratch)."""
         bucket, sign = self.table(name, G.shape[1])
-        out.index_add_(1, bucket, G * sign)
+        out.index_add_(1, bucket, G.mul_(sign) if overwrite else G * sign)
 
     def add_sparse(self, out: torch.Tensor, name: str, coords: torch.Tensor, vals: torch.Tensor) -> None:
         """out [R, k] += the sketch of rows whose nonzeros sit at ``coords`` [R, m] with values ``vals`` [R, m]."""
@@ -170,11 +170,15 @@ def _projected(f, params, x, c, names, index, spec: Spec, k, sketch, seed, phi, 
     return out
 
 
-def _countsketch_structured(f, params, x, c, cover, probed, spec: Spec, cs: CountSketch, phi, keys) -> dict:
+def _countsketch_structured(f, params, x, c, cover, probed, spec: Spec, cs: CountSketch, phi, keys,
+                            side: int, weight: Mapping[str, float]) -> dict:
     """{key: [N C, k]} = sum_{M in key} Pi_M^T phi(grad_M f(x)) for the tensors the structured capture
     covers: per-example gradients formed from the captured factors a chunk of examples at a time (linear
     weights by one batched matmul, embedding tables as their nonzero rows), each sketched in one pass."""
-    from ntkcheck.models.kernels.structured import capture, tied_gradients, views, weight_gradients
+    from ntkcheck.models.kernels.structured import (Scratch, capture, phi_inplace, tied_gradients, tied_rows, views,
+                                                    weight_gradients)
+
+    scratch = spec.extra.setdefault("scratch", Scratch())
 
     n = x.shape[0]
     per_ex = probed[1]
@@ -199,14 +203,27 @@ def _countsketch_structured(f, params, x, c, cover, probed, spec: Spec, cs: Coun
                 bsz, _, T, d = R.shape
                 coords = (ids[:, None, :, None] * d + torch.arange(d, device=ids.device)).expand(bsz, c, T, d)
                 cs.add_sparse(target, m, coords.reshape(bsz * c, -1), phi(m, R).reshape(bsz * c, -1))
+            elif form == "t":   # a tied embedding / LM head: only the rows the examples touch
+                d = params[m].shape[1]
+                step = max(1, (spec.budget // 8) // max(1, c * params[m].numel() * spec.itemsize))
+                for t in chunks(val[1][0].shape[0], step):
+                    rows_t = tied_rows(val[0], val[1], t)
+                    G = phi(m, tied_gradients(val[0], val[1], t, rows_t))
+                    coords = (rows_t[:, None] * d + torch.arange(d, device=rows_t.device)).reshape(1, -1)
+                    cs.add_sparse(target[t.start * c: t.stop * c], m, coords.expand(G.shape[0], -1), G)
             else:
-                a, g = val if form == "w" else val[1]
+                a, g = val
+                # a few examples at a time: their dense [C, |M|] gradients within an eighth of the budget,
+                # formed in a reused buffer, signed, weighted and hashed in place
                 size = params[m].numel()
-                # a few examples at a time: their dense [C, |M|] gradients within an eighth of the budget
                 step = max(1, (spec.budget // 8) // max(1, c * size * spec.itemsize))
                 for t in chunks(a.shape[0], step):
-                    G = weight_gradients(g, a, t) if form == "w" else tied_gradients(val[0], val[1], t, params[m].shape)
-                    cs.add_dense(target[t.start * c: t.stop * c], m, phi(m, G))
+                    G = weight_gradients(g, a, t, out=scratch.take("g", ((t.stop - t.start) * c * size,),
+                                                                      spec.dtype, spec.device))
+                    G = phi_inplace(spec, side, m, G)
+                    if weight[m] != 1.0:
+                        G.mul_(weight[m])
+                    cs.add_dense(target[t.start * c: t.stop * c], m, G, overwrite=True)
     return out
 
 
@@ -253,7 +270,8 @@ def sketch_kernel(f: Callable, params: Mapping[str, torch.Tensor], x1: torch.Ten
                 if lost:
                     raise ValueError(f"tensors {lost[:4]} are captured for inputs of shape {tuple(x1.shape[1:])} "
                                      f"but not of shape {tuple(x.shape[1:])}; use sketch='gaussian'")
-            out = _countsketch_structured(f, params, x, c, cover, pr, spec, cs, phi, keyed)
+            out = _countsketch_structured(f, params, x, c, cover, pr, spec, cs, phi, keyed,
+                                          1 if phi is phi1 else 2, w1 if phi is phi1 else w2)
         if rest:
             for key, v in _projected(f, params, x, c, rest, index, spec, k, sketch, seed, phi).items():
                 out[key] = out[key] + v if key in out else v
