@@ -19,7 +19,9 @@ tokenizer; e.g. the float32 SmolLM2 folder that ``ntkcheck lm weights
 the sketch's error its real size, since a random model's per-example gradients
 are nearly orthogonal and a relative error of near-zero entries is large.
 Rows are test sentences, columns training sentences, each side padded to its
-own longest prompt, as ``ntkcheck lm`` encodes them.
+own longest prompt, as ``ntkcheck lm`` encodes them; the engine gets the
+adapter's ``trim`` (examples taken by length, each chunk cut to its longest
+prompt) as ``ntkcheck lm`` passes it, and the floor batches the same way.
 
 Measured in this process, on the same inputs:
 - floor: the R + U examples, batched (--batch), one forward and C backward
@@ -106,16 +108,19 @@ def load_local(model: str, dtype: torch.dtype, device: str, data: Path):
 
 
 def floor_seconds(ad, xs: list[torch.Tensor], batch: int) -> float:
-    """One forward and C backward passes per example, batched, to every selected tensor."""
+    """One forward and C backward passes per example to every selected tensor, in batches of examples of
+    similar length (sorted), each batch cut to its longest prompt (``LMAdapter.trim``): what a careful
+    hand-written loop spends to see every example's gradient once."""
     names = ad.select
     sync = torch.cuda.synchronize if ad.device.type == "cuda" else (lambda: None)
     sync()
     t0 = time.perf_counter()
     for x in xs:
+        x = x[torch.argsort(-x[:, 1].sum(-1), stable=True)]
         for i in range(0, x.shape[0], batch):
             p = {k: v.detach().requires_grad_(k in names) for k, v in ad.params.items()}
             with torch.enable_grad():
-                out = ad.f(p, x[i:i + batch])
+                out = ad.f(p, ad.trim(x[i:i + batch]))
                 for a in range(out.shape[1]):
                     torch.autograd.grad(out[:, a].sum(), [p[n] for n in names], retain_graph=a < out.shape[1] - 1)
     sync()
@@ -205,7 +210,7 @@ def main(argv=None) -> int:
     budget = None if args.memory_gb is None else int(args.memory_gb * 2**30)
     exact = {}
     for kind in args.kinds:
-        fn = make_kernel_fn(ad.f, ad.params, kind=kind, select=ad.select, memory_budget=budget)
+        fn = make_kernel_fn(ad.f, ad.params, kind=kind, select=ad.select, memory_budget=budget, trim=ad.trim)
         K, sec, peak = timed(lambda: fn(x_rows, x_cols), device)
         exact[kind] = K
         rows.append(dict(row=f"exact {kind}", seconds=sec, per_example=sec / n_ex, x_floor=sec / floor, peak_bytes=peak,
@@ -216,7 +221,7 @@ def main(argv=None) -> int:
         eps = jl_epsilon(k, 1, 0.5)
         for kind in args.kinds:
             fn = make_kernel_fn(ad.f, ad.params, kind=kind, select=ad.select, method="sketch", sketch_dim=k,
-                                sketch=args.sketch, seed=0, memory_budget=budget)
+                                sketch=args.sketch, seed=0, memory_budget=budget, trim=ad.trim)
             Kh, sec, peak = timed(lambda: fn(x_rows, x_cols), device)
             r = dict(row=f"{args.sketch} k=2^{int(math.log2(k))} {kind}", seconds=sec, per_example=sec / n_ex,
                      x_floor=sec / floor, peak_bytes=peak, lemma_d3_eps_at_half=eps)

@@ -240,6 +240,12 @@ class LMAdapter:
                 out.append(self.module.hidden(x[i:i + batch_size].to(self.device)))
         return torch.cat(out)
 
+    def trim(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, 3, T] cut to the longest prompt of the batch: right padding that no example needs (a
+        padded position changes no output, causal or masked), so f(x) is unchanged; the engine's trim=."""
+        length = int(x[:, 1].sum(-1).max()) if x.shape[0] else x.shape[-1]
+        return x[..., :max(1, length)]
+
     def encode(self, examples: Sequence[Example]) -> torch.Tensor:
         """Examples -> LongTensor [B, 3, T] (ids, attention mask, one-hot readout), right-padded, on device."""
         rows = [self._encode_one(e) for e in examples]

@@ -146,7 +146,7 @@ class Session:
             # the model computes in its own dtype (no float64 copy); K is summed in kernel_dtype
             self.kernel_fns[kind] = make_kernel_fn(ad.f, ad.params, kind=kind, select=ad.select, method=cfg.method,
                                                    accumulate=_dtype(cfg.kernel_dtype), device=ad.device,
-                                                   memory_budget=budget)
+                                                   memory_budget=budget, trim=ad.trim)
         return self.kernel_fns[kind]
 
     def kernel(self, kind: str, *, progress: bool = True) -> torch.Tensor:

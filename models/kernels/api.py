@@ -155,6 +155,10 @@ _DOC_KEYWORDS = """
       countsketch hashes coordinates (never a P x k matrix) and takes the gradients from the
       structured capture, the one to use for language models.
     sign_storage ("bits" | "int8"): for method "packed".
+    trim: x -> x without the trailing padding no example of the batch needs (e.g. LMAdapter.trim,
+      which cuts right padding to the batch's longest prompt): examples are then taken in order of
+      length and the structured and countsketch paths drop each chunk's unneeded positions, which
+      leaves f's outputs and so K unchanged.
 
     f(params, x) -> [B, C] must treat examples independently (eval mode, no batch
     statistics); x1, x2 are tensors with a leading batch axis.
@@ -183,7 +187,8 @@ class KernelFn:
                  decompose: str | None = None, memory_budget: int | None = None,
                  dtype: torch.dtype | None = None, device: str | torch.device | None = None,
                  sketch_dim: int | None = None, sketch: str = "gaussian", seed: int = 0,
-                 sign_storage: str = "bits", accumulate: torch.dtype | None = None):
+                 sign_storage: str = "bits", accumulate: torch.dtype | None = None,
+                 trim: Callable[[torch.Tensor], torch.Tensor] | None = None):
         self.kind = parse_kind(kind)
         self.method = parse_method(method)
         if decompose not in _DECOMPOSE:
@@ -215,6 +220,9 @@ class KernelFn:
         if accumulate is not None and (not isinstance(accumulate, torch.dtype) or not accumulate.is_floating_point):
             raise ValueError(f"accumulate must be a floating torch.dtype, got {accumulate!r}")
         self.accumulate = accumulate
+        if trim is not None and not callable(trim):
+            raise ValueError(f"trim must be a callable x -> x without the padding it does not need, got {trim!r}")
+        self.trim = trim
         self.plans: dict[tuple, Plan] = {}
 
     def spec(self) -> Spec:
@@ -249,15 +257,35 @@ class KernelFn:
                     else _resolve_eps(self.eps, self.f, p, x1, x2, self.names, spec.budget))
         n1 = x1.shape[0]
         n2 = n1 if x2 is None else x2.shape[0]
+        order1 = order2 = None
+        if self.trim is not None:
+            # examples sorted by their trimmed length, so that each chunk drops the padding none of it needs
+            spec.extra["trim"] = self.trim
+            order1 = _length_order(self.trim, x1)
+            x1 = x1[order1]
+            if x2 is not None:
+                order2 = _length_order(self.trim, x2)
+                x2 = x2[order2]
         acc = Accumulator(spec, n1, c, n2)
         plan = self.plan(p, x1, x2, c, spec)
         METHODS[plan.method](self.f, p, x1, x2, c, spec, acc, plan)
         out = acc.result()
+        if order1 is not None:
+            inv1 = torch.argsort(order1)
+            inv2 = inv1 if order2 is None else torch.argsort(order2)
+            back = lambda K: K[inv1][:, :, inv2]  # noqa: E731
+            out = {k: back(v) for k, v in out.items()} if isinstance(out, dict) else back(out)
         if x2 is None and self.kind.symmetric:
             # K(x, x) of a symmetric kind is symmetric; BLAS Grams (G @ G^T) need not be bit-for-bit
             sym = lambda K: 0.5 * (K + K.permute(2, 3, 0, 1))  # noqa: E731
             out = {k: sym(v) for k, v in out.items()} if isinstance(out, dict) else sym(out)
         return out
+
+
+def _length_order(trim, x: torch.Tensor) -> torch.Tensor:
+    """Indices of x's examples by the trailing length trim leaves them (stable), longest first."""
+    lengths = torch.tensor([trim(x[i:i + 1]).shape[-1] for i in range(x.shape[0])])
+    return torch.argsort(-lengths, stable=True).to(x.device)
 
 
 def make_kernel_fn(f: Callable, params: Mapping[str, torch.Tensor], **keywords) -> KernelFn:

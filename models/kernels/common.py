@@ -26,12 +26,17 @@ from typing import Callable, Iterable, Mapping
 
 import torch
 
+from ntkcheck.errors import UserError
 from ntkcheck.models.optim import eps_sign
 
 Params = dict[str, torch.Tensor]
 Selector = Callable[[str], bool] | str | Iterable[str] | None
 
 DEFAULT_MEMORY_BUDGET = 2 * 2**30  # bytes
+
+
+class MemoryBudgetError(UserError):
+    """A kernel request that cannot fit its memory budget, refused before the allocation; names the bytes."""
 
 
 class KernelKind(str, enum.Enum):

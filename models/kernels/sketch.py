@@ -184,8 +184,9 @@ def _countsketch_structured(f, params, x, c, cover, probed, spec: Spec, cs: Coun
     per_ex = probed[1]
     b = max(1, (spec.budget // 4) // per_ex)
     out: dict[str, torch.Tensor] = {}
+    trim = spec.extra.get("trim")
     for s in chunks(n, b):
-        cap = capture(f, params, cover, x[s], c)
+        cap = capture(f, params, cover, x[s] if trim is None else trim(x[s]), c)
         lost = [m for m in cover if m not in cap.weights and m not in cap.vectors and m not in cap.embeddings]
         if lost:
             raise ValueError(f"tensors {lost[:4]} were not captured on a batch of {x[s].shape[0]}")

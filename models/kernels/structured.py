@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-from ntkcheck.models.kernels.common import Accumulator, KernelKind, Spec, chunks
+from ntkcheck.models.kernels.common import Accumulator, KernelKind, MemoryBudgetError, Spec, chunks
 from ntkcheck.models.kernels.jacobian import jacobian_kernel
 
 _ADD = {torch.add, torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__radd__}
@@ -394,7 +394,7 @@ def _weight_block(spec: Spec, n: str, f1, f2, cols: ColumnFeatures | None = None
     mat_flops = (b1 + b2) * c * t1 * n_out * n_in + b1 * b2 * c * c * n_out * n_in
     out = torch.empty(b1, c, b2, c, dtype=spec.dtype, device=spec.device)
     if kind is KernelKind.SGD and gram_flops <= mat_flops:
-        rows = max(1, (spec.budget // 4) // max(1, c * t1 * b2 * c * t2 * isz))
+        rows = max(1, (spec.budget // 8) // max(1, c * t1 * b2 * c * t2 * isz))
         for s in chunks(b1, rows):
             GG = (g1[s].reshape(-1, n_out) @ g2.reshape(-1, n_out).T).reshape(-1, c, t1, b2, c, t2)
             AA = (a1[s].reshape(-1, n_in) @ a2.reshape(-1, n_in).T).reshape(-1, t1, b2, t2)
@@ -402,7 +402,7 @@ def _weight_block(spec: Spec, n: str, f1, f2, cols: ColumnFeatures | None = None
         return out
     # per-example gradients from the factors, sum_t g_t a_t^T, a few examples at a time, written into
     # reused buffers (Scratch) and signed in place
-    per = max(1, (spec.budget // 8) // max(1, c * n_out * n_in * isz))
+    per = max(1, (spec.budget // 16) // max(1, c * n_out * n_in * isz))
     same = f1 is f2
     scratch = spec.extra.setdefault("scratch", Scratch())
     buf = lambda slot: lambda shape, dt=spec.dtype: scratch.take(slot, shape, dt, spec.device)  # noqa: E731
@@ -590,7 +590,16 @@ def _structured_part(f, params, x1, x2, c, spec, acc, cover, per_ex, sig):
     xb = x1 if same else x2
     n1, n2 = x1.shape[0], xb.shape[0]
     # a quarter of the budget for the factors of one chunk of examples
-    b = max(1, (spec.budget // 4) // per_ex)
+    if per_ex > spec.budget // 4:
+        raise MemoryBudgetError(f"one example's captured factors take {per_ex:,} bytes, more than a quarter of "
+                                f"the memory budget of {spec.budget:,} bytes: give a larger memory_budget "
+                                f"(--memory-gb) or shorter inputs (--max-length)")
+    # The budget's shares: the column side held whole when it fits in half of it (captured once, not once
+    # per row chunk), then a row chunk's factors an eighth; otherwise each side's chunks a quarter. Column
+    # sign features an eighth, per-example gradient buffers three sixteenths, Gram intermediates the rest.
+    hold = not same and n2 * per_ex <= spec.budget // 2 and n1 * per_ex > spec.budget // 4
+    b1 = max(1, (spec.budget // (8 if hold else 4)) // per_ex)
+    b2 = n2 if hold else max(1, (spec.budget // 4) // per_ex)
 
     sigs = {tuple(x1.shape[1:]): sig}
 
@@ -607,17 +616,25 @@ def _structured_part(f, params, x1, x2, c, spec, acc, cover, per_ex, sig):
             sigs[key] = sig2
         return sigs[key]
 
+    trim = spec.extra.get("trim")
+
     def cap(x):
-        k = capture(f, params, cover, x, c)
         want = expected(x)
-        lost = [n for n in cover if n not in covered(k, params, [n]) or k.signature.get(n) != want[n]]
+        if trim is not None:
+            x = trim(x)   # a shorter sequence axis: uses are compared by their feature width
+        k = capture(f, params, cover, x, c)
+        # trimmed: the same uses, each of the same rank and feature width (ids [T] only by rank)
+        same_sig = (lambda u, v: u == v) if trim is None else (
+            lambda u, v: u is not None and len(u) == len(v)
+            and all(len(a) == len(b) and (len(a) < 2 or a[-1] == b[-1]) for a, b in zip(u, v)))
+        lost = [n for n in cover if n not in covered(k, params, [n]) or not same_sig(k.signature.get(n), want[n])]
         if lost:
             raise ValueError(f"tensors {lost} were captured on a probe batch but not on a batch of {x.shape[0]}; "
                              "use method='jacobian'")
         return views(k, cover)
 
     # the sign kinds' column features, kept across row chunks in a quarter of the budget
-    cols = ColumnFeatures(spec.budget // 4) if not same and spec.kind is not KernelKind.SGD else None
+    cols = ColumnFeatures(spec.budget // 8) if not same and spec.kind is not KernelKind.SGD else None
 
     def block(n, u, v, bj):
         if u[0] == "w":
@@ -628,11 +645,8 @@ def _structured_part(f, params, x1, x2, c, spec, acc, cover, per_ex, sig):
             return _tied_block(spec, n, params[n].shape, u[1], v[1], cols, bj)
         return _vector_block(spec, n, u[1], v[1])
 
-    sl1, sl2 = chunks(n1, b), chunks(n2, b)
-    hold2 = None
-    if not same and len(sl1) > 1 and n2 * per_ex <= spec.budget // 4:
-        # the column side is captured once and held (another quarter of the budget), not once per row chunk
-        hold2 = [cap(xb[s]) for s in sl2]
+    sl1, sl2 = chunks(n1, b1), (chunks(n2, b1) if same else chunks(n2, b2))
+    hold2 = [cap(xb[s]) for s in sl2] if hold else None
     for bi, si in enumerate(sl1):
         c1 = cap(x1[si])
         for bj, sj in enumerate(sl2):

@@ -480,3 +480,12 @@ def test_default_budget_is_a_share_of_available_memory():
     model = build("mlp", 16, NTK, seed=0, d_in=3, depth=1)
     fn = make_kernel_fn(model.apply, model.params())
     assert MIN_BUDGET <= fn.budget <= max(MIN_BUDGET, avail)
+
+
+def test_a_budget_too_small_for_one_example_is_refused_naming_the_bytes():
+    from ntkcheck.models.kernels.common import MemoryBudgetError
+
+    model = build("mlp", 256, NTK, seed=0, d_in=64, depth=2)
+    x = torch.randn(4, 64)
+    with pytest.raises(MemoryBudgetError, match=r"take [\d,]+ bytes, more than a quarter of the memory budget of 1,000"):
+        empirical_kernel(model.apply, model.params(), x, method="structured", memory_budget=1000)
