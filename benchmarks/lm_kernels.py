@@ -67,7 +67,7 @@ ARCHS = {
 KINDS = ("sgd", "signgd", "asym_signgd")
 
 
-def build(arch: str, layers: int | None, dtype: torch.dtype, device: str, data: Path):
+def random_lm(arch: str, layers: int | None, dtype: torch.dtype, device: str, data: Path):
     """(adapter, train examples, test examples) for a random-init ``arch`` over the SST-2 prompt."""
     import transformers as tr
 
@@ -184,7 +184,7 @@ def main(argv=None) -> int:
     if args.model:
         ad, train, test = load_local(args.model, dtype, args.device, Path(args.data))
     else:
-        ad, train, test = build(args.arch, args.layers, dtype, args.device, Path(args.data))
+        ad, train, test = random_lm(args.arch, args.layers, dtype, args.device, Path(args.data))
     x_rows, x_cols = ad.encode(test[:R]), ad.encode(train[:U])
     C = ad.num_outputs
     P = sum(ad.params[n].numel() for n in ad.select)

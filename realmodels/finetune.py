@@ -54,9 +54,10 @@ def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits, y.long())
 
 
-def train(adapter, x_train: torch.Tensor, y_train: torch.Tensor, x_dev: torch.Tensor, y_dev: torch.Tensor, *,
-          optimizer: str, lr: float, batch_size: int, steps: int, eval_every: int, seed: int, metric: str = "acc",
-          params0: Mapping[str, torch.Tensor] | None = None, progress=None) -> tuple[dict, dict]:
+def fine_tune(adapter, x_train: torch.Tensor, y_train: torch.Tensor, x_dev: torch.Tensor, y_dev: torch.Tensor, *,
+              optimizer: str, lr: float, batch_size: int, steps: int, eval_every: int, seed: int,
+              metric: str = "acc", params0: Mapping[str, torch.Tensor] | None = None,
+              progress=None) -> tuple[dict, dict]:
     """Fine-tune the selected tensors (adapter.select) from ``params0`` (default: pretrained); returns
     (best trainable tensors, log).
 
@@ -164,7 +165,7 @@ def run_finetune(session, ft: FTConfig, *, seeds: Sequence[int] | None = None) -
         ix = session.index[s]
         xt, yt = session.x_rows[ix["train"]], y_all[ix["train"]]
         xd, yd = session.x_rows[ix["dev"]], y_all[ix["dev"]]
-        best, log = train(ad, xt, yt, xd, yd, optimizer=pt["optimizer"], lr=pt["lr"], batch_size=pt["batch_size"],
+        best, log = fine_tune(ad, xt, yt, xd, yd, optimizer=pt["optimizer"], lr=pt["lr"], batch_size=pt["batch_size"],
                           steps=steps, eval_every=every, seed=s, metric=task.metric)
         save_params(pdir / f"{point_key(pt)}.pt", best)
         test = evaluate(ad, best, session.x_rows[ix["test"]], y_all[ix["test"]], task.metric)

@@ -69,21 +69,16 @@ MIN_BUDGET = 256 * 2**20
 
 
 def available_bytes(device=None) -> int:
-    """Memory free for new allocations: CUDA's ``mem_get_info`` free bytes on a GPU, /proc/meminfo's
-    MemAvailable on the CPU (free memory plus reclaimable caches; Linux), else physical memory."""
+    """Memory free for new allocations: CUDA's ``mem_get_info`` free bytes on a GPU, else the CPU's
+    (ntkcheck.resources.available_memory: /proc/meminfo's MemAvailable)."""
     import torch
+
+    from ntkcheck.resources import available_memory
 
     dev = torch.device(device if device is not None else "cpu")
     if dev.type == "cuda":
         return int(torch.cuda.mem_get_info(dev)[0])
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return available_memory()
 
 
 def default_budget(device=None) -> int:
