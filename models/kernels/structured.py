@@ -589,7 +589,7 @@ def _structured_part(f, params, x1, x2, c, spec, acc, cover, per_ex, sig):
     same = x2 is None
     xb = x1 if same else x2
     n1, n2 = x1.shape[0], xb.shape[0]
-    # a quarter of the budget for the factors of one chunk of examples
+    # one example's factors must fit in a quarter of the budget (a chunk's share when nothing is held)
     if per_ex > spec.budget // 4:
         raise MemoryBudgetError(f"one example's captured factors take {per_ex:,} bytes, more than a quarter of "
                                 f"the memory budget of {spec.budget:,} bytes: give a larger memory_budget "
@@ -633,7 +633,7 @@ def _structured_part(f, params, x1, x2, c, spec, acc, cover, per_ex, sig):
                              "use method='jacobian'")
         return views(k, cover)
 
-    # the sign kinds' column features, kept across row chunks in a quarter of the budget
+    # the sign kinds' column features, kept across row chunks in an eighth of the budget
     cols = ColumnFeatures(spec.budget // 8) if not same and spec.kind is not KernelKind.SGD else None
 
     def block(n, u, v, bj):
