@@ -417,7 +417,7 @@ def make_adapter(model: nn.Module, tokenizer, mode: str, *, task: Task | None = 
                  label_words: Sequence[str] | None = None, multi_token: str = "error", params: str | None = None,
                  max_length: int = 256, num_outputs: int | None = None, readout: str = "auto",
                  probe_data: tuple[torch.Tensor, torch.Tensor] | None = None, bos: bool = False,
-                 seed: int = 0) -> LMAdapter:
+                 seed: int = 0, lora=None) -> LMAdapter:
     """Wrap ``model`` as an LMAdapter for ``task`` (or an explicit template / label words).
 
     mode "mlm" / "causal": template + label words define f (label words checked
@@ -427,9 +427,18 @@ def make_adapter(model: nn.Module, tokenizer, mode: str, *, task: Task | None = 
     initialized by ``linear_probe`` on ``probe_data`` = (encoded x, labels) when given,
     else by N(0, 1/n) with ``seed``. ``params`` is a regular expression selecting the
     trainable tensors (the rest frozen). Pooler tensors never enter (f does not use them).
+    ``lora`` (a realmodels.lora.LoRASpec) wraps a copy of the model with peft LoRA adapters first; then the
+    trainable tensors are the adapters' A and B (and the linear head in head mode), and ``params`` must be None.
     """
     if mode not in MODES:
         raise UserError(f"--mode {mode!r}: expected one of {', '.join(MODES)}")
+    if lora is not None:
+        from ntkcheck.realmodels.lora import apply_lora
+
+        if params:
+            raise UserError(f"--params {params!r} with --lora: LoRA trains its adapters only; "
+                            "choose the adapted layers with --lora-targets")
+        model = apply_lora(model, lora)
     model.eval()
     device = next(model.parameters()).device
     pair = bool(task.pair) if task is not None else False
@@ -474,7 +483,12 @@ def make_adapter(model: nn.Module, tokenizer, mode: str, *, task: Task | None = 
     module.eval()
     all_params = {k: v.detach().clone() for k, v in module.named_parameters()}
     # The pooler runs (BertModel computes it) but never reaches f: never selected, so it adds no zero columns.
-    chosen = select_params({k: v for k, v in all_params.items() if ".pooler." not in k}, params)
+    if lora is not None:
+        from ntkcheck.realmodels.lora import lora_names
+
+        chosen = lora_names(all_params) + ([k for k in all_params if k.startswith("head.")] if mode == "head" else [])
+    else:
+        chosen = select_params({k: v for k, v in all_params.items() if ".pooler." not in k}, params)
     adapter = LMAdapter(module, tokenizer, mode, template or "", words, ids, all_params, chosen,
                         device, max_length, pair, info)
     if mode == "head" and probe_data is not None:

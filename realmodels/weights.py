@@ -77,3 +77,45 @@ def export_gguf(gguf: str | Path, out_dir: str | Path) -> Path:
     dst.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache as the hub library resolves it, read at call time: $HF_HUB_CACHE, else
+    $HF_HOME/hub, else ~/.cache/huggingface/hub."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    return Path("~/.cache/huggingface/hub").expanduser()
+
+
+def resolve_model(spec: str | Path) -> Path:
+    """--model as a path: a local folder or .gguf file as given, else a Hugging Face model id ("org/name",
+    optionally "org/name@revision") already in the local hub cache, offline (huggingface_hub's
+    snapshot_download with local_files_only: the snapshot folder of that revision, "main" by default).
+
+    Anything else is a UserError naming the value and the cache searched."""
+    import re
+
+    from ntkcheck.errors import UserError
+
+    p = Path(spec).expanduser()
+    if p.exists():
+        return p
+    text = str(spec)
+    repo, _, revision = text.partition("@")
+    if re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", repo):
+        try:
+            from huggingface_hub import snapshot_download
+        except ImportError:
+            snapshot_download = None
+        if snapshot_download is not None:
+            try:
+                return Path(snapshot_download(repo, revision=revision or None, cache_dir=hub_cache_dir(),
+                                              local_files_only=True))
+            except Exception:   # huggingface_hub signals "not cached" with several error types across versions
+                pass
+        raise UserError(f"--model {text!r} is not a folder or file, and not a model id in the local Hugging Face "
+                        f"cache {str(hub_cache_dir())!r} (nothing is downloaded: fetch it once with "
+                        "`huggingface-cli download` where there is a network, or pass a folder)")
+    raise UserError(f"--model {text!r} does not exist")

@@ -323,11 +323,16 @@ def intrinsic_dimension_kernel(f: Callable, params: Mapping[str, torch.Tensor], 
 
 def lora_kernel(f: Callable, params: Mapping[str, torch.Tensor], x1: torch.Tensor, x2: torch.Tensor | None = None,
                 *, rank: int = 8, scale: float = 1.0, kind: str = "sgd", select=None, seed: int = 0,
-                memory_budget: int | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Kernel of LoRA FT at B = 0 ([KV] Lemma D.4), summed over the adapted linear weights -> [N1, C, N2, C].
+                memory_budget: int | None = None, dtype: torch.dtype | None = None,
+                projections: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """Kernel of LoRA FT at B = 0 ([KV] Lemma D.4), summed over the adapted linear weights -> [N1, C, N2, C]:
 
+        K(x, x') = scale^2 sum_W sum_{t, t'} <g_t(x), g_t'(x')> <A_W a_t(x), A_W a_t'(x')>
+
+    for W's layer inputs a_t and output gradients g_t (sgd; the sign kinds sign the B-gradients g a^T A^T).
     Adapted: every selected 2-D weight used by torch.nn.functional.linear (ParamLinear, nn.Linear);
-    A_W ~ N(0, 1/rank) seeded per weight. Sign kinds need single-token inputs (ValueError otherwise).
+    A_W ~ N(0, 1/rank) seeded per weight, or ``projections[W]`` [rank, fan_in] when given (e.g. a peft
+    adapter's lora_A). Sign kinds need single-token inputs (ValueError otherwise).
     """
     from ntkcheck.models.kernels.api import _as_2d, _output_dim, _prepare
     from ntkcheck.models.kernels.structured import _factors, _weight_block, capture, covered
@@ -354,7 +359,12 @@ def lora_kernel(f: Callable, params: Mapping[str, torch.Tensor], x1: torch.Tenso
         if kind is not KernelKind.SGD and (a1.shape[1] > 1 or a2.shape[1] > 1):
             raise ValueError(f"lora_kernel with kind {kind.value!r} needs single-token inputs; {m!r} sees "
                              f"{a1.shape[1]} tokens")
-        A = projection_block(rank, a1.shape[-1], seed, index[m], 0, "gaussian", dt, dev).T  # [rank, n_in]
+        if projections is not None and m in projections:
+            A = projections[m].to(dtype=dt, device=dev)
+            if A.shape != (rank, a1.shape[-1]):
+                raise ValueError(f"projections[{m!r}] has shape {tuple(A.shape)}, expected {(rank, a1.shape[-1])}")
+        else:
+            A = projection_block(rank, a1.shape[-1], seed, index[m], 0, "gaussian", dt, dev).T  # [rank, n_in]
         blk = _weight_block(spec, m, (a1 @ A.T, g1), (a2 @ A.T, g2))
         K = blk if K is None else K + blk
     # grad_B f = scale * (...): the sign drops the scale on a signed side
