@@ -8,6 +8,7 @@
     ntkcheck lm behavior --model PATH ... (fine-tunes, then Tables 5, 6, 8)
     ntkcheck lm spectrum --model PATH ... [--samples 100]
     ntkcheck lm taskvec  --model PATH --tasks sst2,subj ...
+    ntkcheck lm reproduce --model PATH --tasks sst2,sst5,subj,trec [--lora 8] (all of the above, one result)
 
 transformers is imported only when a command runs, so `ntkcheck --help` works without it.
 """
@@ -84,7 +85,8 @@ def _words(flag: str, allowed: tuple[str, ...] | None = None):
 def _common(p: argparse.ArgumentParser, kinds: bool = True) -> None:
     from ntkcheck.realmodels.data import SEEDS
 
-    p.add_argument("--model", required=True, help="local transformers folder (or a .gguf file)")
+    p.add_argument("--model", required=True,
+                   help="local transformers folder, a .gguf file, or a Hugging Face model id in the local cache")
     p.add_argument("--gguf-file", default=None, help="GGUF file name inside --model")
     p.add_argument("--task", default="sst2", help="registered task (ntkcheck lm tasks)")
     p.add_argument("--data", default="../shared/data", help="data folder")
@@ -116,6 +118,12 @@ def _common(p: argparse.ArgumentParser, kinds: bool = True) -> None:
     p.add_argument("--block", type=_int("--block"), default=256, help="kernel rows per cached block")
     p.add_argument("--memory-gb", type=_positive_float("--memory-gb"), default=None,
                    help="kernel engine memory budget in GiB (default: 40%% of the memory available on the device)")
+    p.add_argument("--lora", type=_int("--lora"), default=None, metavar="RANK",
+                   help="train and take kernels of peft LoRA adapters of this rank (A ~ N(0, 1/r), B = 0)")
+    p.add_argument("--lora-alpha", type=_positive_float("--lora-alpha"), default=None,
+                   help="LoRA alpha (scale alpha / rank; default alpha = rank)")
+    p.add_argument("--lora-targets", type=_words("--lora-targets"), default=None,
+                   help="names of the linear layers to adapt, e.g. q_proj,v_proj (default: peft's for the model)")
     p.add_argument("--out", default="ntkcheck-runs", help="run-store folder")
 
 
@@ -146,7 +154,8 @@ def config_from_args(args):
                     kernel_dtype=args.kernel_dtype, model_dtype=args.model_dtype, method=args.method,
                     block=args.block,
                     memory_budget_gb=args.memory_gb, holdout=args.holdout, bos=args.bos,
-                    gguf_file=args.gguf_file, out=args.out)
+                    gguf_file=args.gguf_file, lora_rank=args.lora, lora_alpha=args.lora_alpha,
+                    lora_targets=tuple(args.lora_targets) if args.lora_targets else None, out=args.out)
 
 
 def _ft_config(args):
@@ -276,6 +285,34 @@ def _taskvec(args) -> int:
     return 0
 
 
+def _reproduce(args) -> int:
+    _need_transformers()
+    from ntkcheck.realmodels.finetune import FTConfig
+    from ntkcheck.realmodels.reproduce import ReproduceOptions, lora_grid, reproduce
+
+    cfg = config_from_args(args)
+    ft = None if args.no_finetune else _ft_config(args)
+    lora_ft = None
+    if ft is not None and cfg.lora_rank is not None:
+        base = lora_grid(ft)
+        lora_ft = FTConfig(optimizers=ft.optimizers, lrs_sgd=tuple(args.lora_lrs_sgd or base.lrs_sgd),
+                           lrs_adam=tuple(args.lora_lrs_adam or base.lrs_adam),
+                           batch_sizes=tuple(args.lora_batch_sizes or base.batch_sizes), steps=ft.steps,
+                           eval_every=ft.eval_every)
+    opts = ReproduceOptions(tasks=tuple(args.tasks), finetune=ft, lora_finetune=lora_ft,
+                            spectrum_samples=args.spectrum_samples, distance_samples=args.distance_samples,
+                            task_vectors=not args.no_task_vectors)
+    res = reproduce(cfg, opts)
+    print(res["table"])
+    r = res["result"]
+    judged = [c for c in r.claims if c.judged]
+    print(f"verdict {r.verdict}: {sum(c.holds for c in judged)} of {len(judged)} claims hold"
+          + "".join(f"\n  {c.state:12s} {c.id}: {c.measured:.3g} (CI {c.ci[0]:.3g}..{c.ci[1]:.3g}) "
+                    f"{c.relation} {c.predicted:g}" for c in judged if not c.holds))
+    print(f"-> {res['dir']}  report: {res['report']}")
+    return 0
+
+
 def add_lm_parser(subparsers) -> None:
     """Register `ntkcheck lm` and its subcommands on the top-level parser's subparsers."""
     lm = subparsers.add_parser("lm", help="measurements on pretrained language models (needs transformers)")
@@ -327,3 +364,21 @@ def add_lm_parser(subparsers) -> None:
     p.add_argument("--tasks", type=_words("--tasks"), required=True, help="e.g. sst2,subj")
     p.add_argument("--scale", type=float, default=1.0, help="lambda in theta_PT + lambda sum_t tau_t")
     p.set_defaults(handler=_taskvec)
+    p = sub.add_parser("reproduce", help="every [KV] / [ES] LM result per task, with claims and a report")
+    _common(p)
+    p.set_defaults(kinds=("sgd", "asym_signgd"))
+    _ft_args(p)
+    p.add_argument("--tasks", type=_words("--tasks"), required=True, help="e.g. sst2,sst5,subj,trec")
+    p.add_argument("--spectrum-samples", type=_int("--spectrum-samples", 0), default=100,
+                   help="training inputs of the Gram spectrum ([ES] Sec. 7.1; 0: skip)")
+    p.add_argument("--distance-samples", type=_int("--distance-samples", 2), default=64,
+                   help="test inputs of the kernel distance before / after FT ([KV] Table 6)")
+    p.add_argument("--no-finetune", action="store_true", help="kernels and spectrum only")
+    p.add_argument("--no-task-vectors", action="store_true", help="skip [ES] Sec. 7.2's task vectors")
+    p.add_argument("--lora-lrs-sgd", type=_floats("--lora-lrs-sgd"), default=None,
+                   help="SGD-LoRA learning rates (default [KV] Table 4: 1e-4,1e-3,1e-2)")
+    p.add_argument("--lora-lrs-adam", type=_floats("--lora-lrs-adam"), default=None,
+                   help="Adam-LoRA learning rates (default [KV] Table 4: 1e-5,4e-5,4e-4)")
+    p.add_argument("--lora-batch-sizes", type=_ints("--lora-batch-sizes"), default=None,
+                   help="LoRA batch sizes (default [KV] Table 4: 4,16)")
+    p.set_defaults(handler=_reproduce)

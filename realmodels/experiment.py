@@ -62,7 +62,18 @@ class LMConfig:
     holdout: int = 2000
     bos: bool = False
     gguf_file: str | None = None
+    lora_rank: int | None = None  # --lora RANK: kernels and fine-tuning of peft LoRA adapters (realmodels.lora)
+    lora_alpha: float | None = None
+    lora_targets: tuple[str, ...] | None = None
     out: str = "ntkcheck-runs"
+
+    def lora_spec(self):
+        """The LoRASpec of --lora / --lora-alpha / --lora-targets, or None without --lora."""
+        from ntkcheck.realmodels.lora import LoRASpec
+
+        if self.lora_rank is None:
+            return None
+        return LoRASpec(self.lora_rank, self.lora_alpha, self.lora_targets)
 
     def kernel_fields(self) -> dict:
         """The fields the kernels depend on (kinds and output folder excluded)."""
@@ -75,7 +86,9 @@ class LMConfig:
 
 def model_identity(path: str, gguf_file: str | None = None) -> str:
     """Resolved folder plus the size and mtime of its weight files: changes when the weights change."""
-    p = Path(path).expanduser().resolve()
+    from ntkcheck.realmodels.weights import resolve_model
+
+    p = resolve_model(path).resolve()
     parts = [str(p)]
     files = [p] if p.is_file() else sorted(q for q in p.glob("*") if q.suffix in (".safetensors", ".bin", ".gguf"))
     for q in files:
@@ -91,8 +104,8 @@ def model_slug(path: str) -> str:
 
 
 def result_name(command: str, task: str, cfg: "LMConfig") -> str:
-    """The result folder name of an LM measurement: <command>_<task>_k<k>_<model folder name>."""
-    return f"{command}_{task}_k{cfg.k}_{model_slug(cfg.model)}"
+    """The result folder name of an LM measurement: <command>_<task>_k<k>_<model folder name>[_lora<r>]."""
+    return f"{command}_{task}_k{cfg.k}_{model_slug(cfg.model)}" + (f"_lora{cfg.lora_rank}" if cfg.lora_rank else "")
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -261,8 +274,9 @@ def open_session(cfg: LMConfig, check: str, *, model_bundle=None, adapter=None) 
     resolve_device(cfg.device)
     if adapter is None:
         model, tok, mode = model_bundle or load_bundle(cfg)
+        lora = cfg.lora_spec()
         adapter = make_adapter(model, tok, mode, task=task, multi_token=cfg.multi_token, params=cfg.params,
-                               max_length=cfg.max_length, bos=cfg.bos)
+                               max_length=cfg.max_length, bos=cfg.bos, lora=lora if mode != "head" else None)
         if mode == "head":
             # Standard FT: the new head starts at the linear-probing solution of this split's training set
             # ([KV] Sec. 3.1 footnote), so a head session holds exactly one seed.
@@ -271,7 +285,7 @@ def open_session(cfg: LMConfig, check: str, *, model_bundle=None, adapter=None) 
             sp = splits[0]
             probe = (adapter.encode(sp.train), torch.tensor([e.label for e in sp.train]))
             adapter = make_adapter(model, tok, mode, task=task, params=cfg.params, max_length=cfg.max_length,
-                                   probe_data=probe)
+                                   probe_data=probe, lora=lora)
     # Rows: U (union of train sets), dev union, test; identity by object position in the pool.
     key_of: dict[tuple, int] = {}
     rows: list[Example] = []
@@ -327,9 +341,15 @@ def validate_lm_config(cfg: LMConfig, tasks: Sequence[str] = ()) -> None:
             re.compile(cfg.params)
         except re.error as e:
             raise UserError(f"--params {cfg.params!r} is not a regular expression: {e}") from None
-    model = Path(cfg.model).expanduser()
-    if not model.exists():
-        raise UserError(f"--model {cfg.model!r} does not exist")
+    from ntkcheck.realmodels.weights import resolve_model
+
+    resolve_model(cfg.model)   # a folder, a .gguf file, or a model id in the local Hugging Face cache
+    if cfg.lora_rank is not None:
+        if cfg.lora_rank < 1:
+            raise UserError(f"--lora {cfg.lora_rank}: the rank must be a positive integer")
+        if cfg.params:
+            raise UserError(f"--params {cfg.params!r} with --lora: LoRA trains its adapters only; "
+                            "choose the adapted layers with --lora-targets")
     for name in (cfg.task, *tasks):
         task = resolve_task(cfg) if name == cfg.task else get_task(name)
         load_task(task, cfg.data, holdout=cfg.holdout)
@@ -340,9 +360,10 @@ def load_bundle(cfg: LMConfig):
     from ntkcheck.realmodels.adapters import load_pretrained
 
     from ntkcheck.realmodels.adapters import MODEL_DTYPES
+    from ntkcheck.realmodels.weights import resolve_model
 
     validate_lm_config(cfg)
-    return load_pretrained(cfg.model, mode=cfg.mode, device=cfg.device, gguf_file=cfg.gguf_file,
+    return load_pretrained(resolve_model(cfg.model), mode=cfg.mode, device=cfg.device, gguf_file=cfg.gguf_file,
                            dtype=MODEL_DTYPES[cfg.model_dtype])
 
 

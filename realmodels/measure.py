@@ -66,6 +66,11 @@ def write_lm_result(store: ResultStore, claims: list[Claim], cfg: LMConfig, cloc
     return result
 
 
+def scalar_columns(rows: Sequence[dict]) -> list[dict]:
+    """Rows without their list-valued columns (per-example predictions), for measurements.csv."""
+    return [{k: v for k, v in r.items() if not isinstance(v, (list, tuple))} for r in rows]
+
+
 def _summaries(rows: Sequence[dict], key: str = "test") -> dict:
     out: dict = {}
     for r in rows:
@@ -144,7 +149,7 @@ def solve_cmd(cfg: LMConfig, grid_override: dict | None = None, loss: str = "log
     task = _task_name(cfg)
     summary = _summaries(rows)
     table = table2({(cfg.k, m): {task: s["per_seed"]} for m, s in summary.items()})
-    store.write_measurements(rows)
+    store.write_measurements(scalar_columns(rows))
     claims = [_seed_measurement(f"{task}.{m}.test", f"{TASK_LABELS.get(task, task)} {METHOD_LABELS.get(m, m)} "
                                 f"test metric (%)", s["per_seed"], source="[KV] Table 2")
               for m, s in summary.items()]
@@ -205,54 +210,71 @@ def output_derivative(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return p - torch.nn.functional.one_hot(y.long(), logits.shape[-1]).double()
 
 
-def behavior_cmd(cfg: LMConfig, ft, *, distance_samples: int = 64) -> dict:
-    """Kernel behavior after fine-tuning ([KV] Def. 3.2, Tables 5, 6, 8), per seed and optimizer:
+def behavior_rows(sess: Session, ft, *, distance_samples: int = 64) -> list[dict]:
+    """Fine-tune every split of ``sess`` (the FT grid ``ft``, chosen on dev), then per (optimizer, seed),
+    one resumable sweep point each ([KV] Def. 3.2, Tables 5, 6, 8):
 
     - lin: test metric of f_lin(x) = f(x; theta_PT) + <grad f(x; theta_PT), theta_FT - theta_PT>
       against f(theta_PT) (0-shot) and f(theta_FT) (FT), Table 5;
-    - dist: mean_e |K_FT - K_PT|_e / |K_PT|_e on ``distance_samples`` test inputs, sgd kernel for
-      SGD-FT and signgd kernel for Adam-FT, Table 6;
-    - chi: mean_i ||chi_i||_inf = mean_i (1 - p_{y_i}) at theta_PT over the split's train and dev, Table 8.
+    - kernel_distance: mean_e |K_FT - K_PT|_e / |K_PT|_e on ``distance_samples`` test inputs, sgd kernel
+      for SGD-FT and signgd kernel for Adam-FT, Table 6;
+    - chi: mean_i ||chi_i||_inf = mean_i (1 - p_{y_i}) at theta_PT over the split's train and dev, Table 8;
+    - zero_shot_pred, lin_pred, ft_pred: the test predictions (for bootstrap intervals).
     """
+    from ntkcheck.checks.sweep import sweep
     from ntkcheck.models.kernels import kernel_distance, linearize
     from ntkcheck.realmodels.finetune import load_params, run_finetune
 
+    ad, task, y = sess.adapter, sess.task, sess.labels
+    if ad.num_outputs < 2:
+        raise UserError("lm behavior needs a classification output (C >= 2)")
+    best = run_finetune(sess, ft)
+    f0 = sess.f0()
+    f_lin = linearize(ad.f, ad.params)
+
+    def compute(pt):
+        opt, seed = pt["optimizer"], pt["seed"]
+        b = best[(opt, seed)]
+        ix = sess.index[seed]
+        theta = load_params(Path(b["params_path"]), ad.trainable)
+        if theta is None:
+            raise UserError(f"fine-tuned parameters {b['params_path']!r} are missing; rerun lm finetune")
+        theta = ad.merged(theta)
+        xs, ys = sess.x_rows[ix["test"]], y[ix["test"]]
+        with torch.no_grad():
+            lin = torch.cat([f_lin(theta, xs[i:i + 8]).cpu() for i in range(0, len(xs), 8)])
+        ft_out = ad.outputs(xs, theta)
+        kind = "sgd" if opt == "sgd" else "signgd"
+        xd = xs[:distance_samples]
+        cache = sess.kernel_dir() / f"dist_{kind}_pt_{len(xd)}.pt"
+        K0 = _load_tensor(cache)
+        if K0 is None:
+            K0 = sess.kernel_fn(kind)(xd).double().cpu()
+            _save_tensor(cache, K0)
+        K1 = sess.kernel_fn(kind)(xd, params=theta).double().cpu()
+        chi_set = ix["train"] + ix["dev"]
+        chi = output_derivative(f0[chi_set], y[chi_set]).abs().amax(-1)
+        zs, ln = score(f0[ix["test"]], ys.numpy(), task.metric), score(lin, ys.numpy(), task.metric)
+        return {"zero_shot": zs, "lin": ln, "ft": b["test"], "lin_gain_fraction": _gain(zs, ln, b["test"]),
+                "kernel": kind, "kernel_distance": kernel_distance(K0, K1, eps=1e-12),
+                "kernel_distance_fro": kernel_distance(K0, K1, reduction="frobenius"),
+                "chi_mean": float(chi.mean()), "chi_max": float(chi.max()), "lr": b["lr"],
+                "batch_size": b["batch_size"], "zero_shot_pred": f0[ix["test"]].argmax(-1).tolist(),
+                "lin_pred": lin.argmax(-1).tolist(), "ft_pred": ft_out.argmax(-1).tolist()}
+
+    sess.store.bind({"behavior": sess.config.kernel_fields(), "finetune": asdict(ft),
+                     "distance_samples": distance_samples})
+    return sweep(sess.store, [{"optimizer": o, "seed": s} for (o, s) in sorted(best)], compute,
+                 desc=f"behavior {task.name}")
+
+
+def behavior_cmd(cfg: LMConfig, ft, *, distance_samples: int = 64) -> dict:
+    """Kernel behavior after fine-tuning (behavior_rows), summarized over seeds per optimizer."""
     clock = _Clock()
     rows, store = [], None
     for sess in iter_sessions(cfg, "lm_behavior"):
         store = sess.store
-        ad, task, y = sess.adapter, sess.task, sess.labels
-        if ad.num_outputs < 2:
-            raise UserError("lm behavior needs a classification output (C >= 2)")
-        best = run_finetune(sess, ft)
-        f0 = sess.f0()
-        f_lin = linearize(ad.f, ad.params)
-        for (opt, seed), b in sorted(best.items()):
-            ix = sess.index[seed]
-            theta = load_params(Path(b["params_path"]), ad.trainable)
-            if theta is None:
-                raise UserError(f"fine-tuned parameters {b['params_path']!r} are missing; rerun lm finetune")
-            theta = ad.merged(theta)
-            xs, ys = sess.x_rows[ix["test"]], y[ix["test"]]
-            with torch.no_grad():
-                lin = torch.cat([f_lin(theta, xs[i:i + 8]).cpu() for i in range(0, len(xs), 8)])
-            kind = "sgd" if opt == "sgd" else "signgd"
-            xd = xs[:distance_samples]
-            cache = sess.kernel_dir() / f"dist_{kind}_pt_{len(xd)}.pt"
-            K0 = _load_tensor(cache)
-            if K0 is None:
-                K0 = sess.kernel_fn(kind)(xd).double().cpu()
-                _save_tensor(cache, K0)
-            K1 = sess.kernel_fn(kind)(xd, params=theta).double().cpu()
-            chi_set = ix["train"] + ix["dev"]
-            chi = output_derivative(f0[chi_set], y[chi_set]).abs().amax(-1)
-            rows.append({"seed": seed, "optimizer": opt, "zero_shot": score(f0[ix["test"]], ys.numpy(), task.metric),
-                         "lin": score(lin, ys.numpy(), task.metric), "ft": b["test"],
-                         "lin_gain_fraction": _gain(score(f0[ix["test"]], ys.numpy(), task.metric),
-                                                    score(lin, ys.numpy(), task.metric), b["test"]),
-                         "kernel": kind, "kernel_distance": kernel_distance(K0, K1, eps=1e-12),
-                         "kernel_distance_fro": kernel_distance(K0, K1, reduction="frobenius"),
-                         "chi_mean": float(chi.mean()), "chi_max": float(chi.max())})
+        rows += behavior_rows(sess, ft, distance_samples=distance_samples)
     summary, claims = {}, []
     what = {"zero_shot": ("zero-shot test metric (%)", "[KV] Table 5"),
             "lin": ("linearized model's test metric (%)", "[KV] Table 5"),
@@ -266,7 +288,7 @@ def behavior_cmd(cfg: LMConfig, ft, *, distance_samples: int = 64) -> dict:
         label = "SGD-FT" if opt == "sgd" else "Adam-FT"
         claims += [_seed_measurement(f"{opt}.{c}", f"{label}: {text}", [r[c] for r in sel], source=src)
                    for c, (text, src) in what.items()]
-    store.write_measurements(rows)
+    store.write_measurements(scalar_columns(rows))
     result = write_lm_result(store, claims, cfg, clock, {"finetune": asdict(ft), "summary": summary})
     atomic_write_text(store.path("table.md"), _behavior_table(summary, cfg) + "\n")
     return {"summary": summary, "rows": rows, "table": _behavior_table(summary, cfg), "dir": str(store.dir),
@@ -290,6 +312,28 @@ def _behavior_table(summary: dict, cfg: LMConfig) -> str:
 
 
 # ------------------------------------------------------------------ spectrum
+def spectrum_fit(sess: Session, train: Sequence, seed: int, *, samples: int = 100, kind: str = "sgd",
+                 reduce: str = "flatten", k_min: int = 1, k_max: int | None = None) -> tuple[dict, np.ndarray]:
+    """([ES] App. A.3) ``samples`` training inputs drawn by RandomState(seed), their Gram matrix G at theta_PT
+    (cached), its eigenvalues lam_1 >= lam_2 >= ..., and beta from least squares of
+    log(lam_k / lam_1) = -2 beta log k; returns (fit row, eigenvalues descending)."""
+    from ntkcheck.theory.early_stopping import fit_beta
+
+    pick = np.random.RandomState(seed).permutation(len(train))[:samples]
+    x = sess.adapter.encode([train[i] for i in pick])
+    cache = sess.kernel_dir() / f"spectrum_{kind}_{samples}_{seed}.pt"
+    K = _load_tensor(cache)
+    if K is None:
+        K = sess.kernel_fn(kind)(x).double().cpu()
+        _save_tensor(cache, K)
+    n, C = K.shape[:2]
+    G = K.reshape(n * C, n * C) if reduce == "flatten" else torch.einsum("iaja->ij", K)
+    lam = np.sort(np.linalg.eigvalsh(0.5 * (G + G.T).numpy()))[::-1]
+    fit = fit_beta(lam, k_min=k_min, k_max=k_max)
+    return ({"seed": seed, "beta": fit.beta, "intercept": fit.intercept, "k_min": fit.k_min, "k_max": fit.k_max,
+             "lam_1": float(lam[0]), "n_eigs": int(len(lam)), "n_positive": int((lam > 0).sum())}, lam)
+
+
 def spectrum_cmd(cfg: LMConfig, *, samples: int = 100, reduce: str = "flatten", kind: str = "sgd",
                  k_min: int = 1, k_max: int | None = None) -> dict:
     """[ES] Sec. 7.1 / App. A.3: eigenvalues of the Gram matrix of ``samples`` training inputs at theta_PT and
@@ -300,7 +344,6 @@ def spectrum_cmd(cfg: LMConfig, *, samples: int = 100, reduce: str = "flatten", 
     from ntkcheck.checks.plots import loglog_panels
     from ntkcheck.realmodels.data import load_task
     from ntkcheck.realmodels.experiment import resolve_task
-    from ntkcheck.theory.early_stopping import fit_beta
 
     if reduce not in ("flatten", "trace"):
         raise UserError(f"--reduce {reduce!r}: expected flatten or trace")
@@ -313,24 +356,12 @@ def spectrum_cmd(cfg: LMConfig, *, samples: int = 100, reduce: str = "flatten", 
         raise UserError(f"--samples {samples}: the training set has only {len(train)} examples")
     for sess in iter_sessions(replace(cfg, seeds=cfg.seeds[:1]), "lm_spectrum", bundle=bundle):
         store = sess.store
-        ad = sess.adapter
         for seed in cfg.seeds:
-            pick = np.random.RandomState(seed).permutation(len(train))[:samples]
-            x = ad.encode([train[i] for i in pick])
-            cache = sess.kernel_dir() / f"spectrum_{kind}_{samples}_{seed}.pt"
-            K = _load_tensor(cache)
-            if K is None:
-                K = sess.kernel_fn(kind)(x).double().cpu()
-                _save_tensor(cache, K)
-            n, C = K.shape[:2]
-            G = K.reshape(n * C, n * C) if reduce == "flatten" else torch.einsum("iaja->ij", K)
-            lam = np.sort(np.linalg.eigvalsh(0.5 * (G + G.T).numpy()))[::-1]
-            fit = fit_beta(lam, k_min=k_min, k_max=k_max)
+            row, lam = spectrum_fit(sess, train, seed, samples=samples, kind=kind, reduce=reduce,
+                                    k_min=k_min, k_max=k_max)
             pos = lam[lam > 0]
             series.append((f"seed {seed}", np.arange(1, len(pos) + 1), pos / pos[0]))
-            rows.append({"seed": seed, "beta": fit.beta, "intercept": fit.intercept, "k_min": fit.k_min,
-                         "k_max": fit.k_max, "lam_1": float(lam[0]), "n_eigs": int(len(lam)),
-                         "n_positive": int(len(pos))})
+            rows.append(row)
             store.write_measurements([{"seed": seed, "k": i + 1, "lambda": float(v)} for i, v in enumerate(lam)],
                                      f"eigenvalues_seed{seed}.csv")
     betas = [r["beta"] for r in rows]
@@ -352,7 +383,7 @@ def taskvec_cmd(cfg: LMConfig, ft, tasks: Sequence[str], *, scale: float = 1.0) 
     """[ES] Sec. 7.2: fine-tune each task from the same theta_PT (first seed, best of the FT grid on dev),
     tau_t = theta_t - theta_PT; report cos(tau_s, tau_t), the multitask model theta_PT + scale sum_t tau_t
     (its test metric normalized by each single-task model's) and negation theta_PT - tau_t (metric drop)."""
-    from ntkcheck.realmodels.finetune import evaluate, load_params, run_finetune
+    from ntkcheck.realmodels.finetune import load_params, run_finetune
 
     if len(tasks) < 2:
         raise UserError("--tasks needs at least two tasks")
@@ -376,6 +407,34 @@ def taskvec_cmd(cfg: LMConfig, ft, tasks: Sequence[str], *, scale: float = 1.0) 
         taus[sess.task.name] = {k: (theta[k] - theta0[k]).double().cpu() for k in theta0}
         sessions[sess.task.name] = sess
         single[sess.task.name] = b["test"]
+    names, cos, rows = task_vector_rows(sessions, taus, single, theta0, seed, scale=scale)
+    store = ResultStore(Path(cfg.out), f"lm_taskvec_{'-'.join(names)}_k{cfg.k}_{model_slug(cfg.model)}")
+    store.write_measurements(rows)
+    store.write_measurements([{"task": a, **{b: cos[i, j] for j, b in enumerate(names)}}
+                              for i, a in enumerate(names)], "cosine.csv")
+    _plot_heatmap(store.path("cosine.png"), cos, names)
+    src = "[ES] Sec. 7.2"
+    claims = [measurement(f"cos.{a}.{b}", f"cos(tau_{a}, tau_{b})", cos[i, j], source=src)
+              for i, a in enumerate(names) for j, b in enumerate(names) if i < j]
+    for r in rows:
+        claims += [measurement(f"{r['task']}.normalized", f"{r['task']}: test metric of theta_PT + {scale:g} sum tau "
+                               "over the single-task model's", r["normalized"], source=src),
+                   measurement(f"{r['task']}.negated_drop", f"{r['task']}: test metric drop of theta_PT - tau "
+                               "against theta_PT (points)", r["pretrained"] - r["negated"], source=src)]
+    result = write_lm_result(store, claims, cfg, clock, {"finetune": asdict(ft), "tasks": names, "scale": scale,
+                                                         "cosine": cos.tolist(), "rows": rows})
+    return {"cosine": cos, "rows": rows, "dir": str(store.dir), "result": result}
+
+
+def task_vector_rows(sessions: dict, taus: dict, single: dict, theta0: dict, seed: int, *,
+                     scale: float = 1.0) -> tuple[list[str], np.ndarray, list[dict]]:
+    """([ES] Sec. 7.2) Given task vectors tau_t = theta_t - theta_PT (``taus``, per task {name: tensor}), their
+    cosine matrix cos(tau_s, tau_t) = <tau_s, tau_t> / (|tau_s| |tau_t|), and per task the test metric of
+    theta_PT, of its own fine-tuned model (``single``), of the sum theta_PT + scale sum_t tau_t (and that over
+    the single-task metric) and of the negation theta_PT - tau_t; ``sessions`` hold each task's test split of
+    ``seed``. Returns (task names, cosines, rows)."""
+    from ntkcheck.realmodels.finetune import evaluate
+
     names = list(taus)
     vec = {t: torch.cat([v.reshape(-1) for v in taus[t].values()]) for t in names}
     cos = np.array([[float(torch.dot(vec[a], vec[b]) / (vec[a].norm() * vec[b].norm()).clamp_min(1e-300))
@@ -393,22 +452,7 @@ def taskvec_cmd(cfg: LMConfig, ft, tasks: Sequence[str], *, scale: float = 1.0) 
                      "normalized": m / single[t] if single[t] else float("nan"),
                      "negated": evaluate(sess.adapter, neg, xs, ys, sess.task.metric),
                      "tau_norm": float(vec[t].norm())})
-    store = ResultStore(Path(cfg.out), f"lm_taskvec_{'-'.join(names)}_k{cfg.k}_{model_slug(cfg.model)}")
-    store.write_measurements(rows)
-    store.write_measurements([{"task": a, **{b: cos[i, j] for j, b in enumerate(names)}}
-                              for i, a in enumerate(names)], "cosine.csv")
-    _plot_heatmap(store.path("cosine.png"), cos, names)
-    src = "[ES] Sec. 7.2"
-    claims = [measurement(f"cos.{a}.{b}", f"cos(tau_{a}, tau_{b})", cos[i, j], source=src)
-              for i, a in enumerate(names) for j, b in enumerate(names) if i < j]
-    for r in rows:
-        claims += [measurement(f"{r['task']}.normalized", f"{r['task']}: test metric of theta_PT + {scale:g} sum tau "
-                               "over the single-task model's", r["normalized"], source=src),
-                   measurement(f"{r['task']}.negated_drop", f"{r['task']}: test metric drop of theta_PT - tau "
-                               "against theta_PT (points)", r["pretrained"] - r["negated"], source=src)]
-    result = write_lm_result(store, claims, cfg, clock, {"finetune": asdict(ft), "tasks": names, "scale": scale,
-                                                         "cosine": cos.tolist(), "rows": rows})
-    return {"cosine": cos, "rows": rows, "dir": str(store.dir), "result": result}
+    return names, cos, rows
 
 
 def _plot_heatmap(path: Path, M: np.ndarray, names: Sequence[str]) -> None:

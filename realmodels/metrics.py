@@ -36,7 +36,8 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 METHOD_LABELS = {"zero_shot": "zero-shot f0", "linear_probe": "linear probe f0", "sgd": "K(SGD)", "signgd": "K(SignGD)",
                  "asym_signgd": "K(A-SignGD)", "ft_sgd": "SGD-FT", "ft_adam": "Adam-FT",
-                 "lin_sgd": "Lin. (SGD-FT)", "lin_adam": "Lin. (Adam-FT)"}
+                 "lin_sgd": "Lin. (SGD-FT)", "lin_adam": "Lin. (Adam-FT)", "lora_sgd": "K_LoRA(SGD)",
+                 "lora_ft_sgd": "SGD-LoRA-FT", "lora_ft_adam": "Adam-LoRA-FT"}
 TASK_LABELS = {"sst2": "SST-2", "sst5": "SST-5", "mr": "MR", "cr": "CR", "mpqa": "MPQA", "subj": "Subj",
                "trec": "TREC", "agnews": "AG News", "mnli": "MNLI", "snli": "SNLI", "qnli": "QNLI",
                "rte": "RTE", "mrpc": "MRPC", "qqp": "QQP"}
@@ -68,3 +69,44 @@ def table2(results: Mapping[tuple[int, str], Mapping[str, Sequence[float]]]) -> 
         lines.append(f"| {k if k != last_k else ''} | {METHOD_LABELS.get(method, method)} | " + " | ".join(cells) + " |")
         last_k = k
     return "\n".join(lines)
+
+
+def bootstrap_stat(preds: Mapping[str, Sequence[Sequence[int]]], y, metric: str, stat, *, n_boot: int = 2000,
+                   level: float = 0.95, rng_seed: int = 0) -> tuple[float, tuple[float, float]]:
+    """(stat(m), percentile bootstrap interval) over k-shot seeds and test sentences, where
+    m = {method: mean over seeds s of metric(preds[method][s], y)} and preds[method] is [S, N] (one row of
+    test predictions per seed, every method on the same S seeds and N test sentences).
+
+    Each replicate draws S seeds and N test sentences with replacement, the same draw for every method
+    (paired), and recomputes stat: the interval covers both the seed-to-seed spread of a k-shot split and
+    the finite test set. One seed gives an interval over test sentences alone. Vectorized through
+    per-replicate multiplicity weights: with W [B, N] test counts and V [B, S] seed counts,
+    metric_s(b) comes from the weighted counts (W @ indicator^T), and m(b) = V[b] . metric(b) / S.
+    """
+    y = np.asarray(y)
+    arrs = {k: np.asarray(v) for k, v in preds.items()}
+    S, N = next(iter(arrs.values())).shape
+    if any(a.shape != (S, N) for a in arrs.values()) or len(y) != N:
+        raise ValueError(f"every method needs [S, N] = [{S}, {N}] predictions for {len(y)} labels")
+
+    def per_seed(a: np.ndarray, W: np.ndarray) -> np.ndarray:   # [B, S] metric (%) under test weights W [B, N]
+        if metric == "f1":
+            tp = W @ ((a == 1) & (y == 1)).T.astype(float)
+            fp = W @ ((a == 1) & (y != 1)).T.astype(float)
+            fn = W @ ((a != 1) & (y == 1)).T.astype(float)
+            den = 2 * tp + fp + fn
+            return np.where(tp > 0, 100.0 * 2 * tp / np.where(den > 0, den, 1.0), 0.0)
+        return 100.0 * (W @ (a == y).T.astype(float)) / W.sum(1, keepdims=True)
+
+    ones = np.ones((1, N))
+    value = float(stat({k: float(per_seed(a, ones)[0].mean()) for k, a in arrs.items()}))
+    rng = np.random.default_rng(rng_seed)
+    W = rng.multinomial(N, np.full(N, 1.0 / N), size=n_boot).astype(float)
+    V = rng.multinomial(S, np.full(S, 1.0 / S), size=n_boot).astype(float) / S
+    means = {k: (per_seed(a, W) * V).sum(1) for k, a in arrs.items()}
+    boots = np.array([stat({k: float(means[k][b]) for k in arrs}) for b in range(n_boot)], dtype=float)
+    boots = boots[np.isfinite(boots)]
+    if len(boots) < n_boot // 2:
+        return value, (float("nan"), float("nan"))
+    alpha = (1 - level) / 2
+    return value, (float(np.quantile(boots, alpha)), float(np.quantile(boots, 1 - alpha)))

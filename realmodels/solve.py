@@ -63,7 +63,8 @@ def _fit(kind: str, K_tt: np.ndarray, Y: np.ndarray, f0_t: np.ndarray, hp: dict,
 def solve_split(kind: str, K_tt: torch.Tensor, K_dt: torch.Tensor, K_st: torch.Tensor, y_t, y_d, y_s,
                 f0_t: torch.Tensor, f0_d: torch.Tensor, f0_s: torch.Tensor, metric: str,
                 grid: list[dict] | None = None, loss: str = "logistic") -> dict:
-    """Choose the grid point with the best dev metric, return its dev and test metric and hyperparameters.
+    """Choose the grid point with the best dev metric, return its dev and test metric, hyperparameters and
+    test predictions ("test_pred", argmax class per test example: what bootstrap intervals resample).
 
     Kernels [n, C, n, C], [m, C, n, C], [t, C, n, C]; f0 blocks [*, C]. Ties on dev keep the earlier grid
     point (the grid is ordered from less to more regularization).
@@ -83,10 +84,12 @@ def solve_split(kind: str, K_tt: torch.Tensor, K_dt: torch.Tensor, K_st: torch.T
         if best is None or dev > best[0]:
             best = (dev, hp, pred)
     if best is None:
-        return {"dev": float("nan"), "test": float("nan")}
+        return {"dev": float("nan"), "test": float("nan"), "test_pred": [-1] * len(y_s)}
     dev, hp, pred = best
-    test = score(torch.from_numpy(pred(Ks, f0s)), np.asarray(y_s), metric)
-    return {"dev": dev, "test": test, **{f"hp_{k}": (v if math.isfinite(v) else "inf") for k, v in hp.items()}}
+    logits = torch.from_numpy(pred(Ks, f0s))
+    test = score(logits, np.asarray(y_s), metric)
+    return {"dev": dev, "test": test, **{f"hp_{k}": (v if math.isfinite(v) else "inf") for k, v in hp.items()},
+            "test_pred": logits.argmax(-1).tolist()}
 
 
 def solve_session(session, kinds: Sequence[str], grid_override: dict | None = None,
@@ -108,7 +111,8 @@ def solve_session(session, kinds: Sequence[str], grid_override: dict | None = No
         ix = session.index[s]
         # In head mode f0 is the linear-probing head on frozen features, not a zero-shot prompt.
         out = [{"method": "zero_shot" if session.adapter.mode != "head" else "linear_probe", "dev": score(torch.from_numpy(f0[ix["dev"]]), y[ix["dev"]], task.metric),
-                "test": score(torch.from_numpy(f0[ix["test"]]), y[ix["test"]], task.metric)}]
+                "test": score(torch.from_numpy(f0[ix["test"]]), y[ix["test"]], task.metric),
+                "test_pred": f0[ix["test"]].argmax(-1).tolist()}]
         for kind in kinds:
             K = kernels[kind]
             r = solve_split(kind, session.block(K, s, "train"), session.block(K, s, "dev"),

@@ -1,0 +1,394 @@
+"""`ntkcheck lm reproduce`: the papers' language-model results on one model, every task in one result.
+
+Per task (prompt modes: one session, kernels shared by the seeds; head mode: one session per seed):
+
+1. zero-shot f0, K(SGD), K(A-SignGD) (and K(SignGD) when asked) by kernel regression with
+   hyperparameters chosen on dev ([KV] Table 2; realmodels.solve);
+2. prompt fine-tuning with SGD and Adam over [KV] Table 4's grid, chosen on dev (realmodels.finetune);
+3. after each fine-tuning: the linearized model's metric, the kernel distance K_PT -> K_FT and chi
+   ([KV] Tables 5, 6, 8; measure.behavior_rows);
+4. the Gram spectrum of ``spectrum_samples`` training inputs and its beta ([ES] Sec. 7.1);
+
+across tasks (prompt modes, two tasks or more): task vectors of the first seed's dev-best fine-tuning,
+their cosines, addition and negation ([ES] Sec. 7.2); with ``--lora R``: LoRA-FT with SGD and Adam over
+[KV] Table 4's LoRA grid and K_LoRA(SGD), beside FT and K(SGD) ([KV] Table 11).
+
+Claims, where the papers make them, use [KV]'s own criteria (Table 1, "selected manually for ease of
+presentation", so they are thresholds of a summary, not theorems) and hold only when the whole bootstrap
+interval over seeds and test sentences (metrics.bootstrap_stat) lies in the band:
+
+- kernel regression beats zero-shot: mean K(SGD) - mean f0 > 0 points ([KV] Table 2);
+- the eNTK solves the task: mean K(SGD) / mean SGD-FT >= 0.9 and mean K(A-SignGD) / mean Adam-FT >= 0.9
+  ([KV] Table 1; Sec. 6 asks for "within 10%"), prompt modes only: [KV] Sec. 5 predicts the kernel view
+  for prompt-based FT, and standard FT with a new head (head mode) is reported without a prediction;
+- linearization: (Lin - f0) / (FT - f0) >= 0.5 per optimizer ([KV] Table 1's Linearization criterion),
+  reported beside the kernel distance whose fixed-features criterion is distance < 2.0 ([KV] Table 1);
+- beta-hat lies in [0.51, 0.62], the range of [ES] Sec. 7.1's six tasks (eq. 29 assumes beta > 1/2);
+- LoRA ([KV] Sec. 7, Table 11): mean LoRA-SGD-FT / mean SGD-FT >= 0.9, and K_LoRA(SGD) / K(SGD) within
+  0.1 of 1 (Theorem 7.2: LoRA keeps the kernel).
+
+A claim that fails is reported as failing. Everything is resumable: every stage is a sweep point or a
+cached kernel of the task's session store.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ntkcheck.errors import UserError
+from ntkcheck.log import note
+from ntkcheck.realmodels.experiment import LMConfig, iter_sessions, load_bundle, model_slug, validate_lm_config
+from ntkcheck.realmodels.metrics import METHOD_LABELS, TASK_LABELS, bootstrap_stat, table2
+from ntkcheck.result import Claim, claim, measurement
+from ntkcheck.store import ResultStore, atomic_write_text
+
+#: [KV] Table 1 criteria: the kernel analog reaches 90% of FT; Lin. recovers 50% of FT's gain; distance < 2
+SOLVES_RATIO, LIN_GAIN, FIXED_FEATURES = 0.9, 0.5, 2.0
+#: [ES] Sec. 7.1: beta of the six tasks measured there lies in [0.51, 0.62]
+BETA_RANGE = (0.51, 0.62)
+#: [KV] Table 11 / Theorem 7.2: K_LoRA(SGD) and K(SGD) reach the same metric (within 10%)
+LORA_KERNEL_TOL = 0.1
+
+
+@dataclass(frozen=True)
+class ReproduceOptions:
+    """What `lm reproduce` runs besides the kernels (the LMConfig says model, data, seeds, kinds)."""
+
+    tasks: tuple[str, ...]
+    finetune: object = None            # FTConfig of full fine-tuning; None: kernels and spectrum only
+    lora_finetune: object = None       # FTConfig of LoRA fine-tuning (with cfg.lora_rank)
+    spectrum_samples: int = 100
+    distance_samples: int = 64
+    task_vectors: bool = True
+
+
+def lora_grid(ft):
+    """[KV] Table 4's LoRA grid (batch sizes {4, 16}; SGD lr {1e-4, 1e-3, 1e-2}; Adam lr {1e-5, 4e-5,
+    4e-4}) with the steps of the full fine-tuning ``ft``."""
+    from ntkcheck.realmodels.finetune import FTConfig
+
+    return FTConfig(optimizers=ft.optimizers, lrs_sgd=(1e-4, 1e-3, 1e-2), lrs_adam=(1e-5, 4e-5, 4e-4),
+                    batch_sizes=(4, 16), steps=ft.steps, eval_every=ft.eval_every)
+
+
+def reproduce(cfg: LMConfig, opts: ReproduceOptions) -> dict:
+    """Run every stage of the module docstring for each task of ``opts``; write DIR/lm_reproduce_<tasks>_k<k>_
+    <model>/ (result.json in the one result contract, table.md, measurements.csv, plots) and DIR/report.md."""
+    from ntkcheck.realmodels.data import load_task
+    from ntkcheck.realmodels.measure import _Clock, write_lm_result
+    from ntkcheck.report import write_report
+
+    tasks = tuple(opts.tasks)
+    if not tasks:
+        raise UserError("--tasks needs at least one task")
+    if len(set(tasks)) != len(tasks):
+        raise UserError(f"--tasks {','.join(tasks)}: a task is named twice")
+    if cfg.lora_rank is not None and opts.finetune is None:
+        raise UserError("--lora compares LoRA-FT with FT: drop --no-finetune")
+    validate_lm_config(replace(cfg, task=tasks[0]), tasks)   # every value and every task's data, up front
+    clock = _Clock()
+    bundle = load_bundle(replace(cfg, lora_rank=None))
+    head = bundle[2] == "head"
+    # every session opened (data encoded, label words checked) before any kernel or training starts
+    plan = {}
+    for t in tasks:
+        c = replace(cfg, task=t, template=None, label_words=None) if len(tasks) > 1 else replace(cfg, task=t)
+        plan[t] = {"full": list(iter_sessions(replace(c, lora_rank=None), "lm_reproduce", bundle=bundle))}
+        if cfg.lora_rank is not None:
+            plan[t]["lora"] = list(iter_sessions(c, "lm_reproduce", bundle=bundle))
+        train, _ = load_task(plan[t]["full"][0].task, cfg.data, holdout=cfg.holdout)
+        if opts.spectrum_samples > len(train):
+            raise UserError(f"--spectrum-samples {opts.spectrum_samples}: {t} has only {len(train)} training examples")
+    per_task = {t: _task_stages(plan[t], cfg, opts) for t in tasks}
+    vectors = _task_vectors(plan, per_task, cfg, opts.finetune) if (opts.task_vectors and opts.finetune is not None
+                                                      and not head and len(tasks) > 1) else None
+    claims = []
+    for t in tasks:
+        claims += task_claims(t, per_task[t], judged=not head)
+    if vectors is not None:
+        claims += _vector_claims(vectors)
+    store = ResultStore(Path(cfg.out), f"lm_reproduce_{'-'.join(tasks)}_k{cfg.k}_{model_slug(cfg.model)}"
+                        + (f"_lora{cfg.lora_rank}" if cfg.lora_rank else ""))
+    rows = [dict(_scalars(r), task=t) for t in tasks for r in per_task[t]["rows"]]
+    store.write_measurements(rows)
+    details = {"options": {k: (asdict(v) if hasattr(v, "__dataclass_fields__") else v)
+                           for k, v in asdict(opts).items()},
+               "tasks": {t: {k: v for k, v in per_task[t].items() if k not in ("rows", "preds")} for t in tasks},
+               "task_vectors": vectors and {k: (v.tolist() if isinstance(v, np.ndarray) else v)
+                                            for k, v in vectors.items()}}
+    result = write_lm_result(store, claims, cfg, clock, details)
+    table = reproduce_table(per_task, cfg.k)
+    atomic_write_text(store.path("table.md"), table + "\n")
+    _plots(store, per_task, vectors)
+    report = write_report(cfg.out)
+    return {"result": result, "table": table, "per_task": per_task, "vectors": vectors, "dir": str(store.dir),
+            "report": str(report)}
+
+
+def _scalars(r: dict) -> dict:
+    return {k: v for k, v in r.items() if not isinstance(v, (list, tuple))}
+
+
+# ------------------------------------------------------------------ stages of one task
+def _task_stages(sessions: dict, cfg: LMConfig, opts: ReproduceOptions) -> dict:
+    """Rows and per-method test predictions [S, N] of one task (see the module docstring, steps 1-4)."""
+    from ntkcheck.realmodels.measure import behavior_rows
+    from ntkcheck.realmodels.solve import solve_session
+
+    rows: list[dict] = []
+    preds: dict[str, dict[int, list[int]]] = {}
+    behavior: list[dict] = []
+
+    def keep(method: str, seed: int, pred) -> None:
+        preds.setdefault(method, {})[seed] = list(pred)
+
+    first = sessions["full"][0]
+    task = first.task
+    y_test = first.labels[first.index[first.splits[0].seed]["test"]].numpy()
+    for sess in sessions["full"]:
+        for r in solve_session(sess, cfg.kinds):
+            rows.append(dict(r, stage="kernel"))
+            keep(r["method"], r["seed"], r["test_pred"])
+        if opts.finetune is not None:
+            for r in behavior_rows(sess, opts.finetune, distance_samples=opts.distance_samples):
+                behavior.append(r)
+                rows.append(dict(r, stage="finetune", method=f"ft_{r['optimizer']}", test=r["ft"]))
+                keep(f"ft_{r['optimizer']}", r["seed"], r["ft_pred"])
+                keep(f"lin_{r['optimizer']}", r["seed"], r["lin_pred"])
+    for sess in sessions.get("lora", []):
+        for r in solve_session(sess, ["sgd"]):
+            if r["method"] == "sgd":
+                rows.append(dict(r, stage="lora_kernel", method="lora_sgd"))
+                keep("lora_sgd", r["seed"], r["test_pred"])
+        from ntkcheck.realmodels.finetune import run_finetune
+
+        best = run_finetune(sess, opts.lora_finetune or lora_grid(opts.finetune))
+        for (opt, seed), b in sorted(best.items()):
+            out = sess.adapter.outputs(sess.x_rows[sess.index[seed]["test"]], _load(sess, b))
+            rows.append({"stage": "lora_finetune", "method": f"lora_ft_{opt}", "seed": seed, "dev": b["dev"],
+                         "test": b["test"], "lr": b["lr"], "batch_size": b["batch_size"]})
+            keep(f"lora_ft_{opt}", seed, out.argmax(-1).tolist())
+    spectrum = _spectrum(first, cfg, opts) if opts.spectrum_samples else []
+    seeds = [sp.seed for s in sessions["full"] for sp in s.splits]
+    stacked = {m: np.array([v[s] for s in seeds]) for m, v in preds.items() if all(s in v for s in seeds)}
+    return {"task": task.name, "metric": task.metric, "mode": first.adapter.mode, "seeds": seeds,
+            "n_test": int(len(y_test)), "y_test": y_test.tolist(), "rows": rows, "preds": stacked,
+            "behavior": [_scalars(r) for r in behavior], "spectrum": spectrum}
+
+
+def _load(sess, best: dict) -> dict:
+    from ntkcheck.realmodels.finetune import load_params
+
+    theta = load_params(Path(best["params_path"]), sess.adapter.trainable)
+    if theta is None:
+        raise UserError(f"fine-tuned parameters {best['params_path']!r} are missing or corrupt; rerun")
+    return theta
+
+
+def _spectrum(sess, cfg: LMConfig, opts: ReproduceOptions) -> list[dict]:
+    """[ES] Sec. 7.1 per seed (measure.spectrum_fit, cached), with the eigenvalues for the plot."""
+    from ntkcheck.realmodels.data import load_task
+    from ntkcheck.realmodels.measure import spectrum_fit
+
+    train, _ = load_task(sess.task, cfg.data, holdout=cfg.holdout)
+    out = []
+    for seed in cfg.seeds:
+        row, lam = spectrum_fit(sess, train, seed, samples=opts.spectrum_samples)
+        out.append(dict(row, eigenvalues=lam.tolist()))
+    return out
+
+
+def _task_vectors(plan: dict, per_task: dict, cfg: LMConfig, ft) -> dict | None:
+    """[ES] Sec. 7.2 on the first seed: each task's dev-best fine-tuning (over optimizers) as tau_t."""
+    from ntkcheck.realmodels.finetune import run_finetune
+    from ntkcheck.realmodels.measure import task_vector_rows
+
+    seed = cfg.seeds[0]
+    sessions, taus, single, theta0 = {}, {}, {}, None
+    for t, sessions_t in plan.items():
+        sess = sessions_t["full"][0]
+        rows = [r for r in per_task[t]["behavior"] if r["seed"] == seed]
+        if not rows:
+            return None
+        best = run_finetune(sess, ft, seeds=[seed])   # the sweep points of step 2: loaded, not trained again
+        b = max((v for (o, s), v in best.items() if s == seed), key=lambda v: v["dev"])
+        theta = _load(sess, b)
+        theta0 = sess.adapter.trainable if theta0 is None else theta0
+        taus[sess.task.name] = {k: (theta[k] - theta0[k]).double().cpu() for k in theta0}
+        sessions[sess.task.name], single[sess.task.name] = sess, b["test"]
+    names, cos, rows = task_vector_rows(sessions, taus, single, theta0, seed)
+    return {"tasks": names, "cosine": cos, "rows": rows, "seed": seed}
+
+
+# ------------------------------------------------------------------ claims
+def _ci_claim(id: str, name: str, data: dict, methods: Sequence[str], stat, *, relation: str | None,
+              predicted: float | None = None, tolerance: float = 0.0, source: str = "") -> Claim | None:
+    """A claim (or, with relation None, a measurement) on stat(mean metric per method) with its bootstrap
+    interval over seeds and test sentences; None when a method was not run."""
+    if any(m not in data["preds"] for m in methods):
+        return None
+    value, ci = bootstrap_stat({m: data["preds"][m] for m in methods}, data["y_test"], data["metric"], stat)
+    if value != value:   # a ratio over a zero difference (FT gained nothing over f0): no claim can be judged
+        return measurement(id, f"{name}: undefined, its denominator is 0", value, source=source)
+    if relation is None:
+        return measurement(id, name, value, ci=ci, source=source)
+    return claim(id, name, predicted=predicted, measured=value, relation=relation, tolerance=tolerance, ci=ci,
+                 source=source)
+
+
+def task_claims(task: str, data: dict, *, judged: bool = True) -> list[Claim]:
+    """The claims and measurements of one task's stages (see the module docstring)."""
+    from ntkcheck.checks.fit import mean_ci
+
+    label = TASK_LABELS.get(task, task)
+    zs = "zero_shot" if "zero_shot" in data["preds"] else "linear_probe"
+    out: list[Claim | None] = []
+    for m in data["preds"]:
+        out.append(_ci_claim(f"{task}.{m}.test", f"{label} {METHOD_LABELS.get(m, m)}: test metric (%)", data,
+                             [m], lambda v, m=m: v[m], relation=None, source="[KV] Table 2"))
+    rel = (lambda r: r) if judged else (lambda r: None)
+    out.append(_ci_claim(f"{task}.kernel_beats_zero_shot", f"{label}: K(SGD) - {METHOD_LABELS[zs]} (points)", data,
+                         ["sgd", zs], lambda v: v["sgd"] - v[zs], relation=rel(">"), predicted=0.0,
+                         source="[KV] Table 2"))
+    for kernel, ft in (("sgd", "ft_sgd"), ("asym_signgd", "ft_adam"), ("signgd", "ft_adam")):
+        out.append(_ci_claim(f"{task}.{kernel}_solves", f"{label}: {METHOD_LABELS[kernel]} / {METHOD_LABELS[ft]}",
+                             data, [kernel, ft], lambda v, a=kernel, b=ft: v[a] / v[b] if v[b] else float("nan"),
+                             relation=rel(">=") if kernel != "signgd" else None, predicted=SOLVES_RATIO,
+                             source="[KV] Table 1 (eNTK solves the task), Sec. 6"))
+    for opt in ("sgd", "adam"):
+        ft, lin = f"ft_{opt}", f"lin_{opt}"
+        out.append(_ci_claim(f"{task}.{opt}_linearization", f"{label}: (Lin. - f0) / (FT - f0) after "
+                             f"{METHOD_LABELS[ft]}", data, [lin, ft, zs],
+                             lambda v, a=lin, b=ft: (v[a] - v[zs]) / (v[b] - v[zs]) if v[b] != v[zs] else float("nan"),
+                             relation=rel(">="), predicted=LIN_GAIN, source="[KV] Table 1 (Linearization), Table 5"))
+        rows = [r for r in data["behavior"] if r["optimizer"] == opt]
+        if rows:
+            d, ci = mean_ci([r["kernel_distance"] for r in rows])
+            name = f"{label}: kernel distance K_PT -> K_FT after {METHOD_LABELS[ft]} (mean over seeds)"
+            out.append(claim(f"{task}.{opt}_fixed_features", name, predicted=FIXED_FEATURES, measured=d,
+                             relation="<", ci=ci, source="[KV] Table 1 (Fixed Features), Table 6") if judged
+                       else measurement(f"{task}.{opt}_fixed_features", name, d, ci=ci, source="[KV] Table 6"))
+    chi = {r["seed"]: r["chi_mean"] for r in data["behavior"]}   # at theta_PT: one value per seed
+    if chi:
+        m, ci = mean_ci(list(chi.values()))
+        out.append(measurement(f"{task}.chi", f"{label}: mean ||chi||_inf at theta_PT over train and dev (mean "
+                               "over seeds)", m, ci=ci, source="[KV] Table 8"))
+    out.append(_ci_claim(f"{task}.adam_minus_sgd_ft", f"{label}: Adam-FT - SGD-FT (points)", data,
+                         ["ft_adam", "ft_sgd"], lambda v: v["ft_adam"] - v["ft_sgd"], relation=None,
+                         source="[KV] Sec. 6 (within 4 points in prompt mode)"))
+    out.append(_ci_claim(f"{task}.lora_ft_vs_ft", f"{label}: SGD-LoRA-FT / SGD-FT", data, ["lora_ft_sgd", "ft_sgd"],
+                         lambda v: v["lora_ft_sgd"] / v["ft_sgd"] if v["ft_sgd"] else float("nan"),
+                         relation=rel(">="), predicted=SOLVES_RATIO, source="[KV] Table 11"))
+    out.append(_ci_claim(f"{task}.lora_kernel_vs_kernel", f"{label}: K_LoRA(SGD) / K(SGD)", data,
+                         ["lora_sgd", "sgd"], lambda v: v["lora_sgd"] / v["sgd"] if v["sgd"] else float("nan"),
+                         relation=rel("=="), predicted=1.0, tolerance=LORA_KERNEL_TOL,
+                         source="[KV] Theorem 7.2, Table 11"))
+    if data["spectrum"]:
+        betas = [r["beta"] for r in data["spectrum"]]
+        b, ci = mean_ci(betas)
+        lo, hi = BETA_RANGE
+        out.append(claim(f"{task}.beta", f"{label}: beta of the Gram spectrum of {data['spectrum'][0]['n_eigs']} "
+                         "eigenvalues (mean over seeds)", predicted=(lo + hi) / 2, measured=b, relation="==",
+                         tolerance=(hi - lo) / 2, ci=ci, source="[ES] Sec. 7.1 (range of its six tasks)"))
+    return [c for c in out if c is not None]
+
+
+def _vector_claims(v: dict) -> list[Claim]:
+    names, cos = v["tasks"], v["cosine"]
+    src = "[ES] Sec. 7.2"
+    out = [measurement(f"taskvec.cos.{a}.{b}", f"cos(tau_{a}, tau_{b})", float(cos[i, j]), source=src)
+           for i, a in enumerate(names) for j, b in enumerate(names) if i < j]
+    for r in v["rows"]:
+        out += [measurement(f"taskvec.{r['task']}.normalized", f"{r['task']}: metric of theta_PT + sum tau over the "
+                            "single-task model's", r["normalized"], source=src),
+                measurement(f"taskvec.{r['task']}.negated_drop", f"{r['task']}: metric drop of theta_PT - tau (points)",
+                            r["pretrained"] - r["negated"], source=src)]
+    return out
+
+
+# ------------------------------------------------------------------ table and plots
+def reproduce_table(per_task: dict, k: int) -> str:
+    """[KV] Table 2 layout (mean (std) over seeds) of every method and task, then Lin./distance per task."""
+    results: dict = {}
+    for t, data in per_task.items():
+        for r in data["rows"]:
+            if "method" in r and "test" in r:
+                results.setdefault((k, r["method"]), {}).setdefault(t, []).append(r["test"])
+    lines = [table2(results), "", "| task | FT | Lin. gain share | kernel distance | chi | beta |", "|---|---|---|---|---|---|"]
+    for t, data in per_task.items():
+        beta = np.mean([r["beta"] for r in data["spectrum"]]) if data["spectrum"] else float("nan")
+        for opt in ("sgd", "adam"):
+            rows = [r for r in data["behavior"] if r["optimizer"] == opt]
+            if rows:
+                lines.append(f"| {TASK_LABELS.get(t, t)} | {METHOD_LABELS[f'ft_{opt}']} | "
+                             f"{np.mean([r['lin_gain_fraction'] for r in rows]):.2f} | "
+                             f"{np.mean([r['kernel_distance'] for r in rows]):.3f} | "
+                             f"{np.mean([r['chi_mean'] for r in rows]):.3f} | {beta:.3f} |")
+    return "\n".join(lines)
+
+
+def _plots(store: ResultStore, per_task: dict, vectors: dict | None) -> None:
+    from ntkcheck.checks.plots import figure, save_figure
+
+    tasks = list(per_task)
+    methods = [m for m in METHOD_LABELS if any(m in per_task[t]["preds"] for t in tasks)]
+    fig, axes = figure(1, 1, (2 + 1.6 * len(tasks) * max(1, len(methods)) / 3, 3.6))
+    ax = axes[0, 0]
+    width = 0.8 / max(1, len(methods))
+    for j, m in enumerate(methods):
+        xs, ys, err = [], [], [[], []]
+        for i, t in enumerate(tasks):
+            d = per_task[t]
+            if m not in d["preds"]:
+                continue
+            v, (lo, hi) = bootstrap_stat({m: d["preds"][m]}, d["y_test"], d["metric"], lambda s: s[m])
+            xs.append(i + (j - (len(methods) - 1) / 2) * width)
+            ys.append(v)
+            err[0].append(max(0.0, v - lo) if lo == lo else 0.0)
+            err[1].append(max(0.0, hi - v) if hi == hi else 0.0)
+        ax.bar(xs, ys, width=width, yerr=err, capsize=2, label=METHOD_LABELS.get(m, m))
+    ax.set_xticks(range(len(tasks)), [TASK_LABELS.get(t, t) for t in tasks])
+    ax.set_ylabel("test metric (%), 95% CI over seeds and test sentences", fontsize=7)
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    save_figure(fig, store.path("accuracy.png"), dpi=100)
+
+    with_spec = [t for t in tasks if per_task[t]["spectrum"]]
+    if with_spec:
+        fig, axes = figure(1, len(with_spec), (3.6 * len(with_spec), 3.2))
+        for ax, t in zip(axes[0], with_spec):
+            r = per_task[t]["spectrum"][0]
+            lam = np.asarray(r["eigenvalues"])
+            lam = lam[lam > 0] / lam[0]
+            k = np.arange(1, len(lam) + 1)
+            ax.loglog(k, lam, "o", ms=2, label=f"seed {r['seed']}")
+            ax.loglog(k, np.exp(r["intercept"]) * k ** (-2 * r["beta"]), "--", lw=1,
+                      label=f"fit: beta = {r['beta']:.3f}")
+            ax.set_title(f"{TASK_LABELS.get(t, t)}: Gram eigenvalues", fontsize=8)
+            ax.set_xlabel("k", fontsize=8)
+            ax.set_ylabel("lambda_k / lambda_1", fontsize=8)
+            ax.legend(fontsize=6)
+        fig.tight_layout()
+        save_figure(fig, store.path("spectrum.png"), dpi=100)
+
+    with_ft = [t for t in tasks if per_task[t]["behavior"]]
+    if with_ft:
+        fig, axes = figure(1, 1, (2 + 1.2 * len(with_ft), 3.2))
+        ax = axes[0, 0]
+        for j, opt in enumerate(("sgd", "adam")):
+            vals = [np.mean([r["kernel_distance"] for r in per_task[t]["behavior"] if r["optimizer"] == opt] or [np.nan])
+                    for t in with_ft]
+            ax.bar(np.arange(len(with_ft)) + (j - 0.5) * 0.4, vals, width=0.4, label=METHOD_LABELS[f"ft_{opt}"])
+        ax.axhline(FIXED_FEATURES, color="k", ls="--", lw=1, label="[KV] Table 1 threshold")
+        ax.set_xticks(range(len(with_ft)), [TASK_LABELS.get(t, t) for t in with_ft])
+        ax.set_ylabel("kernel distance K_PT -> K_FT", fontsize=8)
+        ax.legend(fontsize=6)
+        fig.tight_layout()
+        save_figure(fig, store.path("kernel_distance.png"), dpi=100)
+    if vectors is not None:
+        from ntkcheck.realmodels.measure import _plot_heatmap
+
+        _plot_heatmap(store.path("cosine.png"), vectors["cosine"], vectors["tasks"])
