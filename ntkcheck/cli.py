@@ -289,10 +289,23 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as e:  # anything else is ntkcheck's bug: one line here, the traceback in a file
+        if _is_device_oom(e):
+            print(f"ntkcheck: error: out of memory on the device ({str(e).splitlines()[0][:120]}); lower --block "
+                  "or --memory-gb, or use --model-dtype bfloat16; finished blocks and points are kept: rerun to resume",
+                  file=sys.stderr)
+            return EXIT_BAD_INPUT
         path = _write_traceback(argv)
         print(f"ntkcheck: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
               f"(traceback in {path}; please report it)", file=sys.stderr)
         return EXIT_INTERNAL
+
+
+def _is_device_oom(e: BaseException) -> bool:
+    """torch's out-of-memory error of an accelerator (torch.OutOfMemoryError; CUDA's message elsewhere)."""
+    import torch
+
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    return (oom is not None and isinstance(e, oom)) or (isinstance(e, RuntimeError) and "CUDA out of memory" in str(e))
 
 
 def _write_traceback(argv) -> str:

@@ -187,6 +187,21 @@ def test_report_on_a_file_and_internal_errors_leave_a_log(tmp_path, monkeypatch)
     log.unlink()
 
 
+def test_device_out_of_memory_is_one_line_with_a_hint(tmp_path, monkeypatch):
+    """torch's OutOfMemoryError (a GPU's) is bad input with what to lower, not an internal error."""
+    import torch
+
+    import ntkcheck.report as report
+
+    def oom(out):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(report, "render_report", oom)
+    code, _, err = run_cli(["report", str(tmp_path)], tmp_path)
+    assert_one_line_error(code, err, "out of memory on the device")
+    assert "--block" in err and "--model-dtype bfloat16" in err
+
+
 def test_progress_bars_follow_tqdm_disable(monkeypatch):
     from ntkcheck.log import progress_bar, progress_enabled
 
