@@ -234,11 +234,7 @@ class LMAdapter:
 
     def features(self, x: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
         """h_r(x): the backbone's hidden state at the readout position, [B, n] (no grad)."""
-        out = []
-        with torch.no_grad():
-            for i in range(0, x.shape[0], batch_size):
-                out.append(self.module.hidden(x[i:i + batch_size].to(self.device)))
-        return torch.cat(out)
+        return self.batched(self.module.hidden, x, batch_size).to(self.device)
 
     def trim(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, 3, T] cut to the longest prompt of the batch: right padding that no example needs (a
@@ -261,11 +257,29 @@ class LMAdapter:
 
     def outputs(self, x: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None,
                 batch_size: int = 16) -> torch.Tensor:
-        """f(params, x) for a large x in batches, no grad, [N, C] on the CPU (params default: pretrained)."""
+        """f(params, x) for a large x in batches, no grad, [N, C] on the CPU (params default: pretrained).
+
+        Batches take the examples by length and are cut to their longest prompt (``trim``): right padding
+        changes no output, so this only skips work; rows come back in the order of x."""
         p = self.params if params is None else self.merged(params)
+        return self.batched(lambda xb: self.f(p, xb), x, batch_size)
+
+    def batched(self, fn, x: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+        """fn(batch) [B, ...] over x in length-sorted, trimmed batches, no grad, concatenated on the CPU in
+        the order of x (see ``outputs``)."""
+        if x.shape[0] == 0:
+            with torch.no_grad():
+                return fn(x.to(self.device)).cpu()
+        order = torch.argsort(x[:, 1].sum(-1), descending=True, stable=True)
+        parts = []
         with torch.no_grad():
-            return torch.cat([self.f(p, x[i:i + batch_size].to(self.device)).cpu()
-                              for i in range(0, x.shape[0], batch_size)])
+            for i in range(0, x.shape[0], batch_size):
+                idx = order[i:i + batch_size]
+                parts.append(fn(self.trim(x[idx.to(x.device)]).to(self.device)).cpu())
+        out = torch.cat(parts)
+        back = torch.empty_like(order)
+        back[order] = torch.arange(len(order))
+        return out[back]
 
     # ------------------------------------------------------------------ encoding
     def _render(self, e: Example, s1: str) -> str:

@@ -82,7 +82,7 @@ def fine_tune(adapter, x_train: torch.Tensor, y_train: torch.Tensor, x_dev: torc
         if len(order) < batch_size:
             order += torch.randperm(n, generator=g).tolist()
         idx, order = order[:batch_size], order[batch_size:]
-        return x_train[idx].to(dev), y_train[idx]
+        return adapter.trim(x_train[idx]).to(dev), y_train[idx]   # right padding no example needs is cut
 
     best, best_step, best_params = -math.inf, 0, {k: p[k].clone() for k in keep}
     last_loss = float("nan")

@@ -241,8 +241,7 @@ def behavior_rows(sess: Session, ft, *, distance_samples: int = 64) -> list[dict
             raise UserError(f"fine-tuned parameters {b['params_path']!r} are missing; rerun lm finetune")
         theta = ad.merged(theta)
         xs, ys = sess.x_rows[ix["test"]], y[ix["test"]]
-        with torch.no_grad():
-            lin = torch.cat([f_lin(theta, xs[i:i + 8]).cpu() for i in range(0, len(xs), 8)])
+        lin = ad.batched(lambda xb: f_lin(theta, xb), xs, 8)
         ft_out = ad.outputs(xs, theta)
         kind = "sgd" if opt == "sgd" else "signgd"
         xd = xs[:distance_samples]
