@@ -107,6 +107,10 @@ class ResultStore:
             return None
         return rows
 
+    def drop_point(self, point: Mapping[str, Any]) -> None:
+        """Forget a finished point (its rows file), so the next sweep computes it again."""
+        self._point_path(point).unlink(missing_ok=True)
+
     def try_lock_point(self, point: Mapping[str, Any]) -> bool:
         """Claim a point for this process (see the module docstring); False if another live process holds it."""
         return try_lock(self._point_path(point).with_suffix(".lock"))

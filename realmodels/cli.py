@@ -121,7 +121,7 @@ def _common(p: argparse.ArgumentParser, kinds: bool = True) -> None:
     p.add_argument("--lora", type=_int("--lora"), default=None, metavar="RANK",
                    help="train and take kernels of peft LoRA adapters of this rank (A ~ N(0, 1/r), B = 0)")
     p.add_argument("--lora-alpha", type=_positive_float("--lora-alpha"), default=None,
-                   help="LoRA alpha (scale alpha / rank; default alpha = rank)")
+                   help="LoRA alpha (scale alpha / rank; default 2 x rank, [KV] Table 4's (8, 16))")
     p.add_argument("--lora-targets", type=_words("--lora-targets"), default=None,
                    help="names of the linear layers to adapt, e.g. q_proj,v_proj (default: peft's for the model)")
     p.add_argument("--out", default="ntkcheck-runs", help="run-store folder")

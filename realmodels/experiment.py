@@ -81,6 +81,10 @@ class LMConfig:
         for k in ("kinds", "out", "device", "block", "memory_budget_gb"):
             d.pop(k)
         d["model_id"] = model_identity(self.model, self.gguf_file)
+        if self.lora_rank is not None:
+            from ntkcheck.realmodels.lora import fingerprint_fields
+
+            d["lora"] = fingerprint_fields(self.lora_spec())
         return d
 
 

@@ -172,6 +172,14 @@ def run_finetune(session, ft: FTConfig, *, seeds: Sequence[int] | None = None) -
         return dict(log, test=test, steps=steps)
 
     rows = sweep(session.store, points, compute, desc=f"finetune {task.name}")
+    keys = ("optimizer", "lr", "batch_size", "seed")
+    # a finished point whose parameters file is gone is trained again (a corrupt one is removed when it fails
+    # to load, so the next run trains it again)
+    lost = [{q: r[q] for q in keys} for r in rows if not (pdir / f"{point_key({q: r[q] for q in keys})}.pt").exists()]
+    if lost:
+        for pt in lost:
+            session.store.drop_point(pt)
+        rows = sweep(session.store, points, compute, desc=f"finetune {task.name}")
     best: dict = {}
     for r in rows:
         key = (r["optimizer"], r["seed"])

@@ -39,13 +39,17 @@ class LoRASpec:
     """--lora RANK --lora-alpha ALPHA --lora-targets a,b (None: peft's defaults for the architecture)."""
 
     rank: int
-    alpha: float | None = None   # None: alpha = rank, so the scale alpha / r is 1
+    alpha: float | None = None   # None: alpha = 2 rank (scale 2), [KV] Table 4's (r, alpha) = (8, 16)
     targets: tuple[str, ...] | None = None
     seed: int = 0
 
     @property
     def scale(self) -> float:
-        return (self.alpha if self.alpha is not None else self.rank) / self.rank
+        return self.lora_alpha / self.rank
+
+    @property
+    def lora_alpha(self) -> float:
+        return float(self.alpha) if self.alpha is not None else 2.0 * self.rank
 
 
 def _peft():
@@ -56,9 +60,35 @@ def _peft():
     return peft
 
 
+#: version of the A draw below; part of the kernel-cache fingerprint with peft's version (its default targets)
+LORA_INIT = "gaussian-1/r-module-order-v1"
+
+
+def _linear_types() -> tuple[type, ...]:
+    """Layer types peft adapts as linear maps: nn.Linear and transformers' Conv1D (GPT-2's c_attn, ...)."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:
+        return (nn.Linear,)
+    return (nn.Linear, Conv1D)
+
+
 def linear_module_names(model: nn.Module) -> list[str]:
-    """Names of the model's nn.Linear modules (what --lora-targets may name, by their last component)."""
-    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    """Names of the model's linear modules (what --lora-targets may name, by their last component)."""
+    kinds = _linear_types()
+    return [n for n, m in model.named_modules() if isinstance(m, kinds)]
+
+
+def fingerprint_fields(spec: "LoRASpec") -> dict:
+    """What a LoRA kernel or fine-tuning depends on beyond the flags: the A draw's scheme and peft's version
+    (which fixes its default targets and parameter order)."""
+    import importlib.metadata as md
+
+    try:
+        version = md.version("peft")
+    except md.PackageNotFoundError:
+        version = None
+    return {"lora_alpha": spec.lora_alpha, "lora_init": LORA_INIT, "peft": version}
 
 
 def apply_lora(model: nn.Module, spec: LoRASpec) -> nn.Module:
@@ -78,7 +108,7 @@ def apply_lora(model: nn.Module, spec: LoRASpec) -> nn.Module:
         if missing:
             raise UserError(f"--lora-targets {','.join(missing)}: no linear layer of this model is named so "
                             f"(it has e.g. {', '.join(sorted(leaf)[:8])})")
-    cfg = peft.LoraConfig(r=spec.rank, lora_alpha=spec.alpha if spec.alpha is not None else spec.rank,
+    cfg = peft.LoraConfig(r=spec.rank, lora_alpha=spec.lora_alpha,
                           target_modules=list(spec.targets) if spec.targets else None, lora_dropout=0.0,
                           bias="none", init_lora_weights=True)
     copied = copy.deepcopy(model)

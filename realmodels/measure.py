@@ -382,8 +382,6 @@ def taskvec_cmd(cfg: LMConfig, ft, tasks: Sequence[str], *, scale: float = 1.0) 
     """[ES] Sec. 7.2: fine-tune each task from the same theta_PT (first seed, best of the FT grid on dev),
     tau_t = theta_t - theta_PT; report cos(tau_s, tau_t), the multitask model theta_PT + scale sum_t tau_t
     (its test metric normalized by each single-task model's) and negation theta_PT - tau_t (metric drop)."""
-    from ntkcheck.realmodels.finetune import load_params, run_finetune
-
     if len(tasks) < 2:
         raise UserError("--tasks needs at least two tasks")
     if len(set(tasks)) != len(tasks):
@@ -394,19 +392,9 @@ def taskvec_cmd(cfg: LMConfig, ft, tasks: Sequence[str], *, scale: float = 1.0) 
     if bundle[2] == "head":
         raise UserError("lm taskvec needs a prompt mode (mlm or causal): heads differ between tasks")
     seed = cfg.seeds[0]
-    sessions, taus, single = {}, {}, {}
-    theta0 = None
-    for t in tasks:
-        c = replace(cfg, task=t, seeds=(seed,), template=None, label_words=None)
-        sess = next(iter_sessions(c, "lm_taskvec", bundle=bundle))
-        best = run_finetune(sess, ft)
-        b = max((v for (o, s), v in best.items()), key=lambda v: v["dev"])
-        theta = load_params(Path(b["params_path"]), sess.adapter.trainable)
-        theta0 = sess.adapter.trainable if theta0 is None else theta0
-        taus[sess.task.name] = {k: (theta[k] - theta0[k]).double().cpu() for k in theta0}
-        sessions[sess.task.name] = sess
-        single[sess.task.name] = b["test"]
-    names, cos, rows = task_vector_rows(sessions, taus, single, theta0, seed, scale=scale)
+    vectors = task_vectors({t: replace(cfg, task=t, seeds=(seed,), template=None, label_words=None) for t in tasks},
+                           ft, seed, bundle, "lm_taskvec", scale=scale)
+    names, cos, rows = vectors["tasks"], vectors["cosine"], vectors["rows"]
     store = ResultStore(Path(cfg.out), f"lm_taskvec_{'-'.join(names)}_k{cfg.k}_{model_slug(cfg.model)}")
     store.write_measurements(rows)
     store.write_measurements([{"task": a, **{b: cos[i, j] for j, b in enumerate(names)}}
@@ -423,6 +411,29 @@ def taskvec_cmd(cfg: LMConfig, ft, tasks: Sequence[str], *, scale: float = 1.0) 
     result = write_lm_result(store, claims, cfg, clock, {"finetune": asdict(ft), "tasks": names, "scale": scale,
                                                          "cosine": cos.tolist(), "rows": rows})
     return {"cosine": cos, "rows": rows, "dir": str(store.dir), "result": result}
+
+
+def task_vectors(configs: dict, ft, seed: int, bundle, check: str, *, scale: float = 1.0) -> dict:
+    """[ES] Sec. 7.2 on ``seed``: per task (``configs``: task -> LMConfig, all on one model ``bundle``) the
+    dev-best point of the fine-tuning grid ``ft`` over every optimizer (run_finetune: trained, or loaded when
+    the session ``check`` already holds it), tau_t = theta_t - theta_PT, then task_vector_rows.
+    Returns {"tasks", "cosine", "rows", "seed"}."""
+    from ntkcheck.realmodels.finetune import load_params, run_finetune
+
+    sessions, taus, single, theta0 = {}, {}, {}, None
+    for c in configs.values():
+        sess = next(iter_sessions(c, check, bundle=bundle))
+        best = run_finetune(sess, ft, seeds=[seed])
+        b = max((v for (o, s), v in best.items() if s == seed), key=lambda v: v["dev"])
+        theta = load_params(Path(b["params_path"]), sess.adapter.trainable)
+        if theta is None:
+            raise UserError(f"fine-tuned parameters {b['params_path']!r} are missing or corrupt; delete "
+                            f"{sess.store.dir} to train again")
+        theta0 = sess.adapter.trainable if theta0 is None else theta0
+        taus[sess.task.name] = {k: (theta[k] - theta0[k]).double().cpu() for k in theta0}
+        sessions[sess.task.name], single[sess.task.name] = sess, b["test"]
+    names, cos, rows = task_vector_rows(sessions, taus, single, theta0, seed, scale=scale)
+    return {"tasks": names, "cosine": cos, "rows": rows, "seed": seed}
 
 
 def task_vector_rows(sessions: dict, taus: dict, single: dict, theta0: dict, seed: int, *,

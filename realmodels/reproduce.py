@@ -21,17 +21,21 @@ interval over seeds and test sentences (metrics.bootstrap_stat) lies in the band
 - the eNTK solves the task: mean K(SGD) / mean SGD-FT >= 0.9 and mean K(A-SignGD) / mean Adam-FT >= 0.9
   ([KV] Table 1; Sec. 6 asks for "within 10%"), prompt modes only: [KV] Sec. 5 predicts the kernel view
   for prompt-based FT, and standard FT with a new head (head mode) is reported without a prediction;
-- linearization: (Lin - f0) / (FT - f0) >= 0.5 per optimizer ([KV] Table 1's Linearization criterion),
+- linearization: (Lin - f0) / (FT - f0) >= 0.5 per optimizer ([KV] Table 1's Linearization criterion;
+  undefined, and reported so, when FT is no better than f0),
   reported beside the kernel distance whose fixed-features criterion is distance < 2.0 ([KV] Table 1);
 - beta-hat lies in [0.51, 0.62], the range of [ES] Sec. 7.1's six tasks (eq. 29 assumes beta > 1/2);
 - LoRA ([KV] Sec. 7, Table 11): mean LoRA-SGD-FT / mean SGD-FT >= 0.9, and K_LoRA(SGD) / K(SGD) within
-  0.1 of 1 (Theorem 7.2: LoRA keeps the kernel).
+  0.1 of 1 (Table 11's comparison: K_LoRA sums over the adapted layers only, K over every parameter).
+
+A claim whose bootstrap has too few finite replicates for an interval is inconclusive.
 
 A claim that fails is reported as failing. Everything is resumable: every stage is a sweep point or a
 cached kernel of the task's session store.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Sequence
@@ -40,7 +44,9 @@ import numpy as np
 
 from ntkcheck.errors import UserError
 from ntkcheck.log import note
-from ntkcheck.realmodels.experiment import LMConfig, iter_sessions, load_bundle, model_slug, validate_lm_config
+from ntkcheck.realmodels.experiment import (LMConfig, iter_sessions, load_bundle, model_slug, resolve_task,
+                                            validate_lm_config)
+from ntkcheck.realmodels.measure import scalar_columns
 from ntkcheck.realmodels.metrics import METHOD_LABELS, TASK_LABELS, bootstrap_stat, table2
 from ntkcheck.result import Claim, claim, measurement
 from ntkcheck.store import ResultStore, atomic_write_text
@@ -88,23 +94,29 @@ def reproduce(cfg: LMConfig, opts: ReproduceOptions) -> dict:
         raise UserError(f"--tasks {','.join(tasks)}: a task is named twice")
     if cfg.lora_rank is not None and opts.finetune is None:
         raise UserError("--lora compares LoRA-FT with FT: drop --no-finetune")
+    if len(tasks) > 1 and (cfg.template or cfg.label_words):
+        raise UserError("--template / --label-words apply to one task; with several --tasks each uses its own")
     validate_lm_config(replace(cfg, task=tasks[0]), tasks)   # every value and every task's data, up front
     clock = _Clock()
     bundle = load_bundle(replace(cfg, lora_rank=None))
     head = bundle[2] == "head"
-    # every session opened (data encoded, label words checked) before any kernel or training starts
-    plan = {}
-    for t in tasks:
-        c = replace(cfg, task=t, template=None, label_words=None) if len(tasks) > 1 else replace(cfg, task=t)
-        plan[t] = {"full": list(iter_sessions(replace(c, lora_rank=None), "lm_reproduce", bundle=bundle))}
-        if cfg.lora_rank is not None:
-            plan[t]["lora"] = list(iter_sessions(c, "lm_reproduce", bundle=bundle))
-        train, _ = load_task(plan[t]["full"][0].task, cfg.data, holdout=cfg.holdout)
+    configs = {t: replace(cfg, task=t) for t in tasks}
+    for t, c in configs.items():
+        # every task's sessions opened once (data encoded, label words and LoRA targets checked) before any
+        # kernel or training starts, then let go: each holds a copy of the parameters
+        for variant in _variants(c):
+            for sess in iter_sessions(variant, "lm_reproduce", bundle=bundle):
+                del sess
+        train, _ = load_task(resolve_task(c), cfg.data, holdout=cfg.holdout)
         if opts.spectrum_samples > len(train):
             raise UserError(f"--spectrum-samples {opts.spectrum_samples}: {t} has only {len(train)} training examples")
-    per_task = {t: _task_stages(plan[t], cfg, opts) for t in tasks}
-    vectors = _task_vectors(plan, per_task, cfg, opts.finetune) if (opts.task_vectors and opts.finetune is not None
-                                                      and not head and len(tasks) > 1) else None
+    per_task = {t: _task_stages(configs[t], bundle, opts) for t in tasks}
+    vectors = None
+    if opts.task_vectors and opts.finetune is not None and not head and len(tasks) > 1:
+        from ntkcheck.realmodels.measure import task_vectors
+
+        vectors = task_vectors({t: _variants(c)[0] for t, c in configs.items()}, opts.finetune, cfg.seeds[0],
+                               bundle, "lm_reproduce")
     claims = []
     for t in tasks:
         claims += task_claims(t, per_task[t], judged=not head)
@@ -112,7 +124,7 @@ def reproduce(cfg: LMConfig, opts: ReproduceOptions) -> dict:
         claims += _vector_claims(vectors)
     store = ResultStore(Path(cfg.out), f"lm_reproduce_{'-'.join(tasks)}_k{cfg.k}_{model_slug(cfg.model)}"
                         + (f"_lora{cfg.lora_rank}" if cfg.lora_rank else ""))
-    rows = [dict(_scalars(r), task=t) for t in tasks for r in per_task[t]["rows"]]
+    rows = [dict(r, task=t) for t in tasks for r in scalar_columns(per_task[t]["rows"])]
     store.write_measurements(rows)
     details = {"options": {k: (asdict(v) if hasattr(v, "__dataclass_fields__") else v)
                            for k, v in asdict(opts).items()},
@@ -128,55 +140,65 @@ def reproduce(cfg: LMConfig, opts: ReproduceOptions) -> dict:
             "report": str(report)}
 
 
-def _scalars(r: dict) -> dict:
-    return {k: v for k, v in r.items() if not isinstance(v, (list, tuple))}
+def _variants(cfg: LMConfig) -> list[LMConfig]:
+    """The full-FT configuration of a task, and its LoRA one when --lora is given."""
+    full = replace(cfg, lora_rank=None, lora_alpha=None, lora_targets=None)
+    return [full] + ([cfg] if cfg.lora_rank is not None else [])
 
 
 # ------------------------------------------------------------------ stages of one task
-def _task_stages(sessions: dict, cfg: LMConfig, opts: ReproduceOptions) -> dict:
-    """Rows and per-method test predictions [S, N] of one task (see the module docstring, steps 1-4)."""
+def _task_stages(cfg: LMConfig, bundle, opts: ReproduceOptions) -> dict:
+    """Rows and per-method test predictions [S, N] of one task (see the module docstring, steps 1-4). Sessions
+    are opened one at a time (prompt modes: one for all seeds; head mode: one per seed) and let go after."""
+    from ntkcheck.realmodels.finetune import run_finetune
     from ntkcheck.realmodels.measure import behavior_rows
     from ntkcheck.realmodels.solve import solve_session
 
     rows: list[dict] = []
     preds: dict[str, dict[int, list[int]]] = {}
     behavior: list[dict] = []
+    spectrum: list[dict] = []
+    info: dict = {}
 
-    def keep(method: str, seed: int, pred) -> None:
-        preds.setdefault(method, {})[seed] = list(pred)
+    def keep(method: str, row: dict, pred) -> None:
+        if row.get("test") == row.get("test"):   # a seed whose solve found no grid point (nan) is left out
+            preds.setdefault(method, {})[row["seed"]] = list(pred)
 
-    first = sessions["full"][0]
-    task = first.task
-    y_test = first.labels[first.index[first.splits[0].seed]["test"]].numpy()
-    for sess in sessions["full"]:
+    full, *lora = _variants(cfg)
+    for sess in iter_sessions(full, "lm_reproduce", bundle=bundle):
+        if not info:
+            y_test = sess.labels[sess.index[sess.splits[0].seed]["test"]].numpy()
+            info = {"task": sess.task.name, "metric": sess.task.metric, "mode": sess.adapter.mode,
+                    "y_test": y_test}
         for r in solve_session(sess, cfg.kinds):
             rows.append(dict(r, stage="kernel"))
-            keep(r["method"], r["seed"], r["test_pred"])
+            keep(r["method"], r, r["test_pred"])
         if opts.finetune is not None:
             for r in behavior_rows(sess, opts.finetune, distance_samples=opts.distance_samples):
                 behavior.append(r)
                 rows.append(dict(r, stage="finetune", method=f"ft_{r['optimizer']}", test=r["ft"]))
-                keep(f"ft_{r['optimizer']}", r["seed"], r["ft_pred"])
-                keep(f"lin_{r['optimizer']}", r["seed"], r["lin_pred"])
-    for sess in sessions.get("lora", []):
-        for r in solve_session(sess, ["sgd"]):
-            if r["method"] == "sgd":
-                rows.append(dict(r, stage="lora_kernel", method="lora_sgd"))
-                keep("lora_sgd", r["seed"], r["test_pred"])
-        from ntkcheck.realmodels.finetune import run_finetune
-
-        best = run_finetune(sess, opts.lora_finetune or lora_grid(opts.finetune))
-        for (opt, seed), b in sorted(best.items()):
-            out = sess.adapter.outputs(sess.x_rows[sess.index[seed]["test"]], _load(sess, b))
-            rows.append({"stage": "lora_finetune", "method": f"lora_ft_{opt}", "seed": seed, "dev": b["dev"],
-                         "test": b["test"], "lr": b["lr"], "batch_size": b["batch_size"]})
-            keep(f"lora_ft_{opt}", seed, out.argmax(-1).tolist())
-    spectrum = _spectrum(first, cfg, opts) if opts.spectrum_samples else []
-    seeds = [sp.seed for s in sessions["full"] for sp in s.splits]
+                keep(f"ft_{r['optimizer']}", rows[-1], r["ft_pred"])
+                keep(f"lin_{r['optimizer']}", rows[-1], r["lin_pred"])
+        if opts.spectrum_samples:   # head mode: each seed's Gram matrix with its own probed head
+            spectrum += _spectrum(sess, cfg, opts, [sp.seed for sp in sess.splits])
+        del sess
+    for variant in lora:
+        for sess in iter_sessions(variant, "lm_reproduce", bundle=bundle):
+            for r in solve_session(sess, ["sgd"]):
+                if r["method"] == "sgd":
+                    rows.append(dict(r, stage="lora_kernel", method="lora_sgd"))
+                    keep("lora_sgd", r, r["test_pred"])
+            best = run_finetune(sess, opts.lora_finetune or lora_grid(opts.finetune))
+            for (opt, seed), b in sorted(best.items()):
+                out = sess.adapter.outputs(sess.x_rows[sess.index[seed]["test"]], _load(sess, b))
+                rows.append({"stage": "lora_finetune", "method": f"lora_ft_{opt}", "seed": seed, "dev": b["dev"],
+                             "test": b["test"], "lr": b["lr"], "batch_size": b["batch_size"]})
+                keep(f"lora_ft_{opt}", rows[-1], out.argmax(-1).tolist())
+            del sess
+    seeds = list(cfg.seeds)
     stacked = {m: np.array([v[s] for s in seeds]) for m, v in preds.items() if all(s in v for s in seeds)}
-    return {"task": task.name, "metric": task.metric, "mode": first.adapter.mode, "seeds": seeds,
-            "n_test": int(len(y_test)), "y_test": y_test.tolist(), "rows": rows, "preds": stacked,
-            "behavior": [_scalars(r) for r in behavior], "spectrum": spectrum}
+    return dict(info, seeds=seeds, n_test=int(len(info["y_test"])), y_test=info["y_test"].tolist(), rows=rows,
+                preds=stacked, behavior=scalar_columns(behavior), spectrum=spectrum)
 
 
 def _load(sess, best: dict) -> dict:
@@ -188,39 +210,17 @@ def _load(sess, best: dict) -> dict:
     return theta
 
 
-def _spectrum(sess, cfg: LMConfig, opts: ReproduceOptions) -> list[dict]:
+def _spectrum(sess, cfg: LMConfig, opts: ReproduceOptions, seeds: Sequence[int]) -> list[dict]:
     """[ES] Sec. 7.1 per seed (measure.spectrum_fit, cached), with the eigenvalues for the plot."""
     from ntkcheck.realmodels.data import load_task
     from ntkcheck.realmodels.measure import spectrum_fit
 
     train, _ = load_task(sess.task, cfg.data, holdout=cfg.holdout)
     out = []
-    for seed in cfg.seeds:
+    for seed in seeds:
         row, lam = spectrum_fit(sess, train, seed, samples=opts.spectrum_samples)
         out.append(dict(row, eigenvalues=lam.tolist()))
     return out
-
-
-def _task_vectors(plan: dict, per_task: dict, cfg: LMConfig, ft) -> dict | None:
-    """[ES] Sec. 7.2 on the first seed: each task's dev-best fine-tuning (over optimizers) as tau_t."""
-    from ntkcheck.realmodels.finetune import run_finetune
-    from ntkcheck.realmodels.measure import task_vector_rows
-
-    seed = cfg.seeds[0]
-    sessions, taus, single, theta0 = {}, {}, {}, None
-    for t, sessions_t in plan.items():
-        sess = sessions_t["full"][0]
-        rows = [r for r in per_task[t]["behavior"] if r["seed"] == seed]
-        if not rows:
-            return None
-        best = run_finetune(sess, ft, seeds=[seed])   # the sweep points of step 2: loaded, not trained again
-        b = max((v for (o, s), v in best.items() if s == seed), key=lambda v: v["dev"])
-        theta = _load(sess, b)
-        theta0 = sess.adapter.trainable if theta0 is None else theta0
-        taus[sess.task.name] = {k: (theta[k] - theta0[k]).double().cpu() for k in theta0}
-        sessions[sess.task.name], single[sess.task.name] = sess, b["test"]
-    names, cos, rows = task_vector_rows(sessions, taus, single, theta0, seed)
-    return {"tasks": names, "cosine": cos, "rows": rows, "seed": seed}
 
 
 # ------------------------------------------------------------------ claims
@@ -231,10 +231,13 @@ def _ci_claim(id: str, name: str, data: dict, methods: Sequence[str], stat, *, r
     if any(m not in data["preds"] for m in methods):
         return None
     value, ci = bootstrap_stat({m: data["preds"][m] for m in methods}, data["y_test"], data["metric"], stat)
-    if value != value:   # a ratio over a zero difference (FT gained nothing over f0): no claim can be judged
-        return measurement(id, f"{name}: undefined, its denominator is 0", value, source=source)
+    if value != value:   # a ratio over no gain (FT no better than f0) or a zero metric: nothing to judge
+        return measurement(id, f"{name}: undefined on these numbers (its denominator is not positive)", value,
+                           source=source)
     if relation is None:
         return measurement(id, name, value, ci=ci, source=source)
+    if any(c != c for c in ci):   # too few finite replicates: the data cannot tell, whatever the point value
+        ci = (-math.inf, math.inf)
     return claim(id, name, predicted=predicted, measured=value, relation=relation, tolerance=tolerance, ci=ci,
                  source=source)
 
@@ -262,7 +265,7 @@ def task_claims(task: str, data: dict, *, judged: bool = True) -> list[Claim]:
         ft, lin = f"ft_{opt}", f"lin_{opt}"
         out.append(_ci_claim(f"{task}.{opt}_linearization", f"{label}: (Lin. - f0) / (FT - f0) after "
                              f"{METHOD_LABELS[ft]}", data, [lin, ft, zs],
-                             lambda v, a=lin, b=ft: (v[a] - v[zs]) / (v[b] - v[zs]) if v[b] != v[zs] else float("nan"),
+                             lambda v, a=lin, b=ft: (v[a] - v[zs]) / (v[b] - v[zs]) if v[b] > v[zs] else float("nan"),
                              relation=rel(">="), predicted=LIN_GAIN, source="[KV] Table 1 (Linearization), Table 5"))
         rows = [r for r in data["behavior"] if r["optimizer"] == opt]
         if rows:
@@ -285,7 +288,8 @@ def task_claims(task: str, data: dict, *, judged: bool = True) -> list[Claim]:
     out.append(_ci_claim(f"{task}.lora_kernel_vs_kernel", f"{label}: K_LoRA(SGD) / K(SGD)", data,
                          ["lora_sgd", "sgd"], lambda v: v["lora_sgd"] / v["sgd"] if v["sgd"] else float("nan"),
                          relation=rel("=="), predicted=1.0, tolerance=LORA_KERNEL_TOL,
-                         source="[KV] Theorem 7.2, Table 11"))
+                         source="[KV] Table 11 (K_LoRA over the adapted layers against K over all parameters, "
+                                "as the table compares them; Theorem 7.2 concerns the adapted weights alone)"))
     if data["spectrum"]:
         betas = [r["beta"] for r in data["spectrum"]]
         b, ci = mean_ci(betas)

@@ -88,25 +88,31 @@ def test_reproduce_every_method_two_tasks_with_lora(tiny4, data_dir, tmp_path):
     assert [res_.name for _, res_ in load_results(tmp_path)] == ["lm_reproduce_sst2-subj_k2_gpt-neo_lora2"]
     assert "| 2 | zero-shot f0 |" in res["table"] and "SGD-LoRA-FT" in res["table"]
 
+    from ntkcheck.realmodels import experiment
+
     calls = []
-    real = finetune.fine_tune
-    finetune.fine_tune = lambda *a, **k: calls.append(1) or real(*a, **k)
+    real, real_kernel = finetune.fine_tune, experiment.Session.kernel_fn
+    finetune.fine_tune = lambda *a, **k: calls.append("ft") or real(*a, **k)
+    experiment.Session.kernel_fn = lambda self, kind: calls.append(kind) or real_kernel(self, kind)
     try:
         again = reproduce(cfg, _opts(("sst2", "subj")))
     finally:
-        finetune.fine_tune = real
-    assert calls == []
+        finetune.fine_tune, experiment.Session.kernel_fn = real, real_kernel
+    assert calls == []          # every kernel block, spectrum, distance and FT point came from the store
     assert again["result"].to_json()["claims"] == r.to_json()["claims"]
 
 
 @pytest.mark.parametrize("arch,mode", [("roberta", "mlm"), ("llama", "causal"), ("bert", "head")])
 def test_reproduce_each_architecture(tiny4, data_dir, tmp_path, arch, mode):
-    """RoBERTa and BERT masked prompts, Llama causal prompts, BERT with a new linear head (standard FT: one
+    """RoBERTa masked prompts, Llama causal prompts, BERT with a new linear head and LoRA (standard FT: one
     session per seed, its claims reported as measurements, [KV] Sec. 5)."""
     from ntkcheck.realmodels.reproduce import reproduce
 
-    cfg = _cfg(tiny4[arch], data_dir, tmp_path, mode=mode, kinds=("sgd", "signgd", "asym_signgd"))
-    res = reproduce(cfg, _opts(("sst2",), lora_finetune=None))
+    cfg = _cfg(tiny4[arch], data_dir, tmp_path, mode=mode, kinds=("sgd", "signgd", "asym_signgd"),
+               lora_rank=2 if mode == "head" else None)
+    res = reproduce(cfg, _opts(("sst2",)))
+    if mode == "head":
+        assert {"lora_sgd", "lora_ft_sgd", "lora_ft_adam"} <= set(res["per_task"]["sst2"]["preds"])
     data = res["per_task"]["sst2"]
     assert data["mode"] == mode
     base = "linear_probe" if mode == "head" else "zero_shot"
@@ -185,6 +191,33 @@ def test_claims_on_planted_numbers():
     assert state(bad, "beta") == "fails" and state(bad, "sgd_fixed_features") == "fails"
     head = task_claims("sst2", dict(_planted(54.0, 90.0, 70.0), mode="head"), judged=False)
     assert all(c.state == "measured" for c in head if c.id != "sst2.beta")
+    # FT worse than f0 (and Lin. worse still): the share of a negative gain is undefined, never "holds"
+    worse = task_claims("sst2", _planted(85.5, 65.0, 70.0))
+    lin = next(c for c in worse if c.id == "sst2.sgd_linearization")
+    assert lin.state == "measured" and lin.measured != lin.measured and "undefined" in lin.name
+    # LoRA: LoRA-FT at 95% of FT holds, at 60% fails; K_LoRA at K holds, at 0.8 K fails
+    p = _planted(85.0, 90.0, 70.0)
+    p["preds"]["lora_ft_sgd"], p["preds"]["lora_sgd"] = _planted(85.5, 54.0, 70.0)["preds"]["sgd"], p["preds"]["sgd"]
+    lo = task_claims("sst2", p)
+    assert state(lo, "lora_ft_vs_ft") == "holds" and state(lo, "lora_kernel_vs_kernel") == "holds"
+    p["preds"]["lora_ft_sgd"] = _planted(54.0, 90.0, 70.0)["preds"]["sgd"]   # 54 / 90 = 0.6
+    p["preds"]["lora_sgd"] = _planted(68.0, 90.0, 70.0)["preds"]["sgd"]      # 68 / 85 = 0.8
+    lo = task_claims("sst2", p)
+    assert state(lo, "lora_ft_vs_ft") == "fails" and state(lo, "lora_kernel_vs_kernel") == "fails"
+    # K(SignGD) is reported against Adam-FT, never judged
+    p["preds"]["signgd"] = p["preds"]["sgd"]
+    assert state(task_claims("sst2", p), "signgd_solves") == "measured"
+
+
+def test_a_claim_without_a_finite_interval_is_inconclusive():
+    """A statistic defined in fewer than half the bootstrap replicates has no interval: its point value, inside
+    the band, decides nothing (without the rule this claim would hold)."""
+    from ntkcheck.realmodels.reproduce import _ci_claim
+
+    data = {"preds": {"a": np.array([[1, 1, 0, 0]])}, "y_test": [1, 1, 1, 1], "metric": "acc"}
+    c = _ci_claim("x", "x", data, ["a"], lambda v: v["a"] if v["a"] == 50.0 else float("nan"), relation=">=",
+                  predicted=0.0)   # 50% is drawn in 6/16 of the replicates
+    assert c.measured == 50.0 and c.state == "inconclusive"
 
 
 def test_bootstrap_covers_seed_and_test_spread():
@@ -203,6 +236,16 @@ def test_bootstrap_covers_seed_and_test_spread():
     assert hi3 - lo3 > 2 * (hi - lo)
     d, (dlo, dhi) = bootstrap_stat({"a": spread, "b": spread.copy()}, y, "acc", lambda m: m["a"] - m["b"])
     assert d == dlo == dhi == 0.0
+    # the seed weights alone: seeds that differ by a constant shift, every test sentence alike, so the
+    # interval is that of resampling three seed means (0, 50, 100): its extremes are reachable, its middle 50
+    same = np.stack([np.zeros(10, int), np.r_[np.ones(5, int), np.zeros(5, int)], np.ones(10, int)])
+    v, (lo, hi) = bootstrap_stat({"a": same}, np.ones(10, int), "acc", lambda m: m["a"], n_boot=4000)
+    assert v == 50.0 and lo <= 100 / 3 + 1e-9 and hi >= 200 / 3 - 1e-9
+    # F1: the point value is the per-seed mean of f1_binary
+    from ntkcheck.realmodels.metrics import f1_binary
+
+    f, _ = bootstrap_stat({"a": spread}, y, "f1", lambda m: m["a"])
+    assert f == pytest.approx(np.mean([f1_binary(r, y) for r in spread]), abs=1e-9)
 
 
 # ------------------------------------------------------------------ LoRA through peft
@@ -247,6 +290,11 @@ def test_lora_bad_input(tiny4):
     la = make_adapter(model, tok, mode, task=get_task("sst2"), lora=LoRASpec(2, targets=("o_proj",)))
     assert la.select and all("o_proj.lora_" in n for n in la.select)
     assert not any(".lora_" in n for n, _ in model.named_parameters())   # the loaded model is not modified
+    from transformers.pytorch_utils import Conv1D
+
+    from ntkcheck.realmodels.lora import linear_module_names
+
+    assert linear_module_names(torch.nn.Sequential(torch.nn.Linear(2, 2), Conv1D(3, 2), torch.nn.ReLU())) == ["0", "1"]
 
 
 # ------------------------------------------------------------------ loading by Hugging Face id
