@@ -178,6 +178,7 @@ def _task_stages(cfg: LMConfig, bundle, opts: ReproduceOptions) -> dict:
                 behavior.append(r)
                 rows.append(dict(r, stage="finetune", method=f"ft_{r['optimizer']}", test=r["ft"]))
                 keep(f"ft_{r['optimizer']}", rows[-1], r["ft_pred"])
+                rows.append(dict(r, stage="linearized", method=f"lin_{r['optimizer']}", test=r["lin"]))
                 keep(f"lin_{r['optimizer']}", rows[-1], r["lin_pred"])
         if opts.spectrum_samples:   # head mode: each seed's Gram matrix with its own probed head
             spectrum += _spectrum(sess, cfg, opts, [sp.seed for sp in sess.splits])

@@ -87,6 +87,7 @@ def test_reproduce_every_method_two_tasks_with_lora(tiny4, data_dir, tmp_path):
     assert "lm_reproduce_sst2-subj_k2_gpt-neo_lora2" in report and "accuracy.png" in report
     assert [res_.name for _, res_ in load_results(tmp_path)] == ["lm_reproduce_sst2-subj_k2_gpt-neo_lora2"]
     assert "| 2 | zero-shot f0 |" in res["table"] and "SGD-LoRA-FT" in res["table"]
+    assert "Lin. (SGD-FT)" in res["table"] and "Lin. (Adam-FT)" in res["table"]
 
     from ntkcheck.realmodels import experiment
 
