@@ -248,6 +248,26 @@ def activation_bytes(f: Callable, params: Mapping[str, torch.Tensor], x: torch.T
     return max(1, total[0])
 
 
+def saved_bytes(f: Callable, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> int:
+    """Bytes autograd saves for the backward pass of one forward pass of f on x (every parameter requiring
+    a gradient; the parameters themselves and views of one buffer counted once, not at all): what a
+    batch's forward pass keeps alive until its backward passes, far less than ``activation_bytes``, which
+    counts every tensor the pass creates. torch.autograd.graph.saved_tensors_hooks sees each saved tensor."""
+    own = {t.data_ptr() for t in params.values()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in own:
+            seen[ptr] = max(seen.get(ptr, 0), t.untyped_storage().nbytes())
+        return t
+
+    p = {k: v.detach().requires_grad_(v.is_floating_point()) for k, v in params.items()}
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        f(p, x)
+    return max(1, sum(seen.values()))
+
+
 # ---------------------------------------------------------------- shapes
 def flatten(K: torch.Tensor) -> torch.Tensor:
     """[N1, C, N2, C] -> [(N1 C), (N2 C)], row index i * C + a (example-major)."""

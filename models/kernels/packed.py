@@ -26,18 +26,80 @@ from ntkcheck.models.kernels.jacobian import jacobian_rows, plan_groups
 
 _BITS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
 _EXACT_F32 = 2**23
+_LUT: dict = {}
 
 
 def pack_signs(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[R, P] real -> (nonzero mask, negative bit), each [R, ceil(P / 8)] uint8, little-endian within a byte."""
-    r, p = g.shape
-    pad = (-p) % 8
+    return pack_bits(g != 0), pack_bits(g < 0)
 
-    def pack(bits: torch.Tensor) -> torch.Tensor:
-        bits = torch.nn.functional.pad(bits.to(torch.uint8), (0, pad)).reshape(r, -1, 8)
-        return (bits * _BITS.to(bits.device)).sum(-1, dtype=torch.uint8)
 
-    return pack(g != 0), pack(g < 0)
+#: (b_0 + 2^8 b_1 + ... + 2^56 b_7) * _GATHER has b_0 + 2 b_1 + ... + 128 b_7 in its top byte: byte k lands on
+#: bit 56 + k, every cross term on a distinct bit below 56 (no carries) or above 63 (wrapped away)
+_GATHER = 0x0102040810204080
+
+
+def pack_bits(bits: torch.Tensor) -> torch.Tensor:
+    """[R, P] bool or uint8 in {0, 1} -> [R, ceil(P / 8)] uint8, bit k of byte j = bits[:, 8 j + k]: 8 bytes
+    read as one int64 and gathered by one multiply (a few passes over P / 8 words)."""
+    r, p = bits.shape
+    b = bits.view(torch.uint8) if bits.dtype == torch.bool else bits
+    if p % 64 or not b.is_contiguous():
+        b = torch.nn.functional.pad(b, (0, (-p) % 64))
+    words = b.view(torch.int64)  # [R, ceil(P / 64) * 8]: one int64 per 8 entries
+    packed = ((words * _GATHER) >> 56).to(torch.uint8)
+    return packed[:, : -(-p // 8)]
+
+
+def pack_int8_signs(s: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """[R, P] int8 {-1, 0, 1} -> (nonzero mask or None when no entry is 0, negative bit), as pack_signs.
+
+    Works on the bytes (the top bit is the negative bit, the low bit the nonzero bit of -1, 0, 1): shifts and
+    ANDs of uint8 run at memory speed where comparisons producing bool run several times slower."""
+    u = s.view(torch.uint8)
+    neg = pack_bits(u >> 7)
+    mask = None if int(torch.count_nonzero(s)) == s.numel() else pack_bits(u & 1)
+    return mask, neg
+
+
+def _lane_luts(device) -> tuple[torch.Tensor, torch.Tensor]:
+    """int64[256] tables whose 8 bytes are the int8 lanes of a packed byte: (1 - 2 bit_k) for a negative-bit
+    byte, 0xFF * bit_k for a mask byte (ANDed with the signs it zeroes the entries whose mask bit is 0)."""
+    key = ("lanes", str(device))
+    if key not in _LUT:
+        bits = (torch.arange(256)[:, None] >> torch.arange(8)) & 1  # [256, 8] little-endian
+        signs = (1 - 2 * bits).to(torch.int8).contiguous().view(torch.int64).reshape(256)
+        masks = (-bits).to(torch.int8).contiguous().view(torch.int64).reshape(256)
+        _LUT[key] = (signs.to(device), masks.to(device))
+    return _LUT[key]
+
+
+def unpack_int8(neg: torch.Tensor, p: int, mask: torch.Tensor | None = None,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+    """Inverse of pack_signs as int8 {-1, 0, 1} [R, p]: one table lookup per packed byte (8 entries).
+
+    ``mask`` None means no entry is zero; ``out`` an int8 buffer of R * 8 * ceil(p / 8) entries."""
+    signs, masks = _lane_luts(neg.device)
+    r, nb = neg.shape
+    res = torch.index_select(signs, 0, neg.reshape(-1).to(torch.int32),
+                             out=None if out is None else out[: r * nb * 8].view(torch.int64))
+    if mask is not None:
+        res &= masks[mask.reshape(-1).to(torch.int64)]
+    return res.view(torch.int8).view(r, nb * 8)[:, :p]
+
+
+def sign_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Exact a @ b^T of int8 {-1, 0, 1} matrices [R1, P], [R2, P] -> int32 (P < 2^31).
+
+    On CPU torch._int_mm (int8 products, int32 sums: AMX / VNNI where the CPU has them, several times the
+    float32 rate; torch 2.13's CPU kernel returns garbage for P = 1, so it is used from P = 8); elsewhere
+    float32 blocks of at most 2^23 columns (exact, partial sums < 2^24)."""
+    if a.device.type == "cpu" and 8 <= a.shape[1] < 2**31:
+        return torch._int_mm(a, b.T)
+    out = torch.zeros(a.shape[0], b.shape[0], dtype=torch.int32, device=a.device)
+    for s in chunks(a.shape[1], _EXACT_F32):
+        out += (a[:, s].float() @ b[:, s].float().T).round().to(torch.int32)
+    return out
 
 
 _M1, _M2, _M4, _H01 = 0x5555555555555555, 0x3333333333333333, 0x0F0F0F0F0F0F0F0F, 0x0101010101010101
@@ -95,10 +157,15 @@ def packed_dot(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torc
 def int8_dot(a: torch.Tensor, b: torch.Tensor, budget: int = 2**28) -> torch.Tensor:
     """Exact integer product a @ b^T of int8 sign matrices [R1, P], [R2, P] -> int64 [R1, R2].
 
-    Column blocks of at most 2^23 are multiplied in float32 (exact: |partial sums| < 2^24) and
-    accumulated in int64; blocks are also kept under ``budget`` bytes of float32 copies.
+    On CPU sign_matmul (int8 products, int32 sums) over column blocks of at most 2^30 (|partial sums| <
+    2^31); elsewhere float32 blocks of at most 2^23 (exact: |partial sums| < 2^24), also kept under
+    ``budget`` bytes of float32 copies; accumulated in int64.
     """
     out = torch.zeros(a.shape[0], b.shape[0], dtype=torch.int64, device=a.device)
+    if a.device.type == "cpu":
+        for s in chunks(a.shape[1], 2**30):
+            out += sign_matmul(a[:, s], b[:, s]).long()
+        return out
     width = max(1, min(_EXACT_F32, budget // max(1, 4 * (a.shape[0] + b.shape[0]))))
     for s in chunks(a.shape[1], width):
         out += (a[:, s].float() @ b[:, s].float().T).round().long()
@@ -168,9 +235,6 @@ def packed_kernel(f: Callable, params: Mapping[str, torch.Tensor], x1: torch.Ten
                 else:
                     out = g @ S2[n].to(g.dtype).T
                 acc.add(n, out.reshape(s.stop - s.start, c, n2, c), s, slice(None))
-
-
-_LUT: dict = {}
 
 
 def _signs_lut(dtype: torch.dtype, device) -> torch.Tensor:

@@ -43,8 +43,9 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-from ntkcheck.models.kernels.common import Accumulator, KernelKind, MemoryBudgetError, Spec, chunks
+from ntkcheck.models.kernels.common import Accumulator, KernelKind, MemoryBudgetError, Spec, chunks, saved_bytes
 from ntkcheck.models.kernels.jacobian import jacobian_kernel
+from ntkcheck.models.kernels.packed import pack_int8_signs, sign_matmul, unpack_int8
 
 _ADD = {torch.add, torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__radd__}
 _MUL = {torch.mul, torch.Tensor.mul, torch.Tensor.__mul__, torch.Tensor.__rmul__}
@@ -348,29 +349,76 @@ class ColumnFeatures:
     """phi2 of the column side's per-example gradients, kept across row chunks when they fit.
 
     The sign kinds' multi-token path forms phi2(sum_t g_t a_t^T) for every column example; without this
-    it is formed again for every chunk of rows. Exact signs (eps = 0) are kept as int8 ({-1, 0, 1}, a
-    quarter of float32's bytes), anything else in its own dtype; what does not fit in ``limit`` bytes is
-    recomputed when needed. Hand-rolled: no library caches per-example gradient features.
+    it is formed again for every chunk of rows. Exact signs (eps = 0) are kept as bits (``pack_int8_signs``:
+    1 bit per entry, plus a nonzero mask only when an entry is 0; 1/32 of float32's bytes) and unpacked
+    into int8 by one table lookup per byte when a row chunk needs them; anything else is kept in its own
+    dtype. What does not fit in ``limit`` bytes is recomputed when needed. Hand-rolled: no library caches
+    per-example gradient features.
     """
 
     def __init__(self, limit: int):
         self.limit, self.used = int(limit), 0
         self.store: dict = {}
+        self.missed = False   # some features did not fit and are recomputed for every chunk of rows
+
+    def fits(self, nbytes: int) -> bool:
+        return self.used + nbytes <= self.limit
+
+    def put(self, key, value) -> bool:
+        """Keeps ``value`` under ``key`` if it fits: a (mask, neg, p, dtype) bit form or a tensor; False if not."""
+        size = (sum(t.numel() for t in value[:2] if t is not None) if isinstance(value, tuple)
+                else value.numel() * value.element_size())
+        if not self.fits(size):
+            self.missed = True
+            return False
+        self.store[key] = value
+        self.used += size
+        return True
 
     def get(self, key, make, exact_sign: bool, buffer=None) -> torch.Tensor:
-        """The features under ``key`` (made by ``make()`` on a miss); a kept int8 copy is expanded into
-        ``buffer(shape, dtype)`` when given, else into a new tensor."""
+        """The float features under ``key`` (made by ``make()`` on a miss, and kept when they fit); a kept
+        bit form is expanded into ``buffer(shape, dtype)`` when given, else into a new tensor."""
         got = self.store.get(key)
         if got is not None:
-            kept, dtype = got
-            return kept.to(dtype) if buffer is None else buffer(tuple(kept.shape), dtype).copy_(kept)
+            if not isinstance(got, tuple):
+                return got
+            mask, neg, p, dtype = got
+            signs = unpack_int8(neg, p, mask)
+            out = (torch.empty(signs.shape, dtype=dtype, device=signs.device) if buffer is None
+                   else buffer(tuple(signs.shape), dtype))
+            return out.copy_(signs)
         value = make()
-        kept = value.to(torch.int8) if exact_sign else value.clone()
-        size = kept.numel() * kept.element_size()
-        if self.used + size <= self.limit:
-            self.store[key] = (kept, value.dtype)
-            self.used += size
+        self.put(key, pack_int8_signs(value.to(torch.int8)) + (value.shape[1], value.dtype) if exact_sign
+                 else value.clone())
         return value
+
+    def get_int8(self, key, make_int8, buffer) -> torch.Tensor:
+        """Exact signs as int8 [rows, p] under ``key``: unpacked into ``buffer(shape)`` when kept, else
+        ``make_int8()`` (int8 signs) and kept as bits when they fit."""
+        got = self.store.get(key)
+        if got is not None:
+            mask, neg, p, _ = got
+            out = buffer((neg.shape[0] * neg.shape[1] * 8,))
+            return unpack_int8(neg, p, mask, out=out)
+        value = make_int8()
+        self.put(key, pack_int8_signs(value) + (value.shape[1], torch.int8))
+        return value
+
+
+def example_signs(g: torch.Tensor, a: torch.Tensor, s: slice, scratch: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """int8 signs of the per-example gradients sum_t g_t a_t^T of the examples in ``s`` -> ``out`` [b C, N].
+
+    One example at a time: its [C n_out, n_in] gradient is formed in ``scratch`` (reused, so it stays in
+    cache), signed in place and copied into ``out`` as int8 -- about twice the speed of forming the whole
+    chunk in float32 and signing it afterwards, since the sign and the copy then read from memory."""
+    c, n_out, n_in = g.shape[1], g.shape[-1], a.shape[-1]
+    gt = g[s].transpose(2, 3).reshape(s.stop - s.start, c * n_out, -1)
+    buf = scratch[: c * n_out * n_in].view(c * n_out, n_in)
+    for i in range(s.stop - s.start):
+        torch.mm(gt[i], a[s.start + i], out=buf)
+        torch.sign(buf, out=buf)
+        out[i * c:(i + 1) * c].view(c * n_out, n_in).copy_(buf)
+    return out
 
 
 def _weight_block(spec: Spec, n: str, f1, f2, cols: ColumnFeatures | None = None, key=None) -> torch.Tensor:
@@ -402,16 +450,22 @@ def _weight_block(spec: Spec, n: str, f1, f2, cols: ColumnFeatures | None = None
         return out
     # per-example gradients from the factors, sum_t g_t a_t^T, a few examples at a time, written into
     # reused buffers (Scratch) and signed in place
-    per = max(1, (spec.budget // 16) // max(1, c * n_out * n_in * isz))
+    per = _examples_per_chunk(spec, c, n_out, n_in)
     same = f1 is f2
     scratch = spec.extra.setdefault("scratch", Scratch())
-    buf = lambda slot: lambda shape, dt=spec.dtype: scratch.take(slot, shape, dt, spec.device)  # noqa: E731
-
-    def side2(r):
-        G = weight_gradients(g2, a2, r, out=buf("g2")(((r.stop - r.start) * c * n_out * n_in,)))
-        return phi_inplace(spec, 2, n, G)
-
-    exact = kind is not KernelKind.SGD and eps == 0
+    buf = lambda slot: lambda shape, dt=spec.dtype: scratch.take(slot, shape, dt or spec.dtype, spec.device)  # noqa: E731
+    N = n_out * n_in
+    if _int8_signs(spec, n):
+        # both sides exact signs: int8 products summed exactly in int32 (sign_matmul)
+        out = torch.empty(b1, c, b2, c, dtype=spec.out_dtype, device=spec.device)
+        one = buf("g1")((c * N,))
+        for s in chunks(b1, per):
+            P1 = example_signs(g1, a1, s, one, scratch.take("p1i8", ((s.stop - s.start) * c, N), torch.int8,
+                                                             spec.device))
+            for r in chunks(b2, per):
+                P2 = P1 if same and r == s else column_features(spec, n, f2, r, cols, key)
+                out[s, :, r, :] = sign_matmul(P1, P2).reshape(s.stop - s.start, c, r.stop - r.start, c)
+        return out
     for s in chunks(b1, per):
         raw1 = weight_gradients(g1, a1, s, out=buf("g1")(((s.stop - s.start) * c * n_out * n_in,)))
         if same and spec.kind is KernelKind.ASYM_SIGNGD:
@@ -420,12 +474,59 @@ def _weight_block(spec: Spec, n: str, f1, f2, cols: ColumnFeatures | None = None
         for r in chunks(b2, per):
             if same and r == s:
                 P2 = P1 if spec.kind is KernelKind.SIGNGD else spec.phi2(n, raw1)
-            elif cols is not None:
-                P2 = cols.get((n, key, r.start), lambda r=r: side2(r), exact, buf("p2"))
             else:
-                P2 = side2(r)
+                P2 = column_features(spec, n, f2, r, cols, key)
             out[s, :, r, :] = (P1 @ P2.T).reshape(s.stop - s.start, c, r.stop - r.start, c)
     return out
+
+
+def _examples_per_chunk(spec: Spec, c: int, n_out: int, n_in: int) -> int:
+    """Examples whose per-example gradients of an n_out x n_in weight take a sixteenth of the budget."""
+    return max(1, (spec.budget // 16) // max(1, c * n_out * n_in * spec.itemsize))
+
+
+def _int8_signs(spec: Spec, n: str) -> bool:
+    """Both sides of tensor n are exact signs contracted as int8 (signgd, eps = 0, on CPU: sign_matmul)."""
+    return spec.kind is KernelKind.SIGNGD and spec.eps[n] == 0 and spec.device.type == "cpu"
+
+
+def column_features(spec: Spec, n: str, f2, r: slice, cols: ColumnFeatures | None, key) -> torch.Tensor:
+    """phi2 of the per-example gradients of weight n for the column examples ``r`` of the column chunk
+    ``key`` (factors f2 = (a, g)): int8 signs where _int8_signs, else spec.dtype; from ``cols`` when
+    kept there, else formed (and kept when they fit)."""
+    a2, g2 = f2
+    c, n_out, n_in = g2.shape[1], g2.shape[-1], a2.shape[-1]
+    N = n_out * n_in
+    scratch = spec.extra.setdefault("scratch", Scratch())
+    rows = (r.stop - r.start) * c
+    if _int8_signs(spec, n):
+        take = lambda shape: scratch.take("p2i8", shape, torch.int8, spec.device)  # noqa: E731
+        make = lambda: example_signs(g2, a2, r, scratch.take("g1", (c * N,), spec.dtype, spec.device),  # noqa: E731
+                                     take((rows, N)))
+        return make() if cols is None else cols.get_int8((n, key, r.start), make, take)
+
+    def make():
+        G = weight_gradients(g2, a2, r, out=scratch.take("g2", (rows * N,), spec.dtype, spec.device))
+        return phi_inplace(spec, 2, n, G)
+
+    if cols is None:
+        return make()
+    exact = spec.kind is not KernelKind.SGD and spec.eps[n] == 0
+    return cols.get((n, key, r.start), make, exact,
+                    lambda shape, dt: scratch.take("p2", shape, dt or spec.dtype, spec.device))
+
+
+def keep_column_features(spec: Spec, n: str, f2, cols: ColumnFeatures, key) -> bool:
+    """Forms and keeps in ``cols`` every column feature of weight n that _weight_block reads for the column
+    chunk ``key``; True when all of them are kept (the factors f2 are then no longer needed)."""
+    a2, g2 = f2
+    b2, c, _, n_out = g2.shape
+    per = _examples_per_chunk(spec, c, n_out, a2.shape[-1])
+    ok = True
+    for r in chunks(b2, per):
+        column_features(spec, n, f2, r, cols, key)
+        ok = ok and (n, key, r.start) in cols.store
+    return ok
 
 
 def _embedding_rows(cap: Captured, n: str):
@@ -594,10 +695,15 @@ def _structured_part(f, params, x1, x2, c, spec, acc, cover, per_ex, sig):
         raise MemoryBudgetError(f"one example's captured factors take {per_ex:,} bytes, more than a quarter of "
                                 f"the memory budget of {spec.budget:,} bytes: give a larger memory_budget "
                                 f"(--memory-gb) or shorter inputs (--max-length)")
-    # The budget's shares: the column side held whole when it fits in half of it (captured once, not once
-    # per row chunk), then a row chunk's factors an eighth; otherwise each side's chunks a quarter. Column
-    # sign features an eighth, per-example gradient buffers three sixteenths, Gram intermediates the rest.
-    hold = not same and n2 * per_ex <= spec.budget // 2 and n1 * per_ex > spec.budget // 4
+    # The budget's shares: per-example gradient buffers three sixteenths, Gram intermediates and kept
+    # features the rest of five sixteenths; the column side and a chunk of rows' factors share eleven
+    # sixteenths. The column side is held whole when it fits (captured once, not once per chunk of rows):
+    # for the sign kinds as its weights' feature bits plus the capture's other tensors, in half; otherwise
+    # as factors, in half (three eighths for the sign kinds, whose features then keep a quarter). A chunk of
+    # rows takes what the held side leaves, at least an eighth; with nothing held each side's chunks take a
+    # quarter.
+    signs = not same and spec.kind is not KernelKind.SGD
+    hold = not same and n2 * per_ex <= spec.budget * (3 if signs else 4) // 8 and n1 * per_ex > spec.budget // 4
     b1 = max(1, (spec.budget // (8 if hold else 4)) // per_ex)
     b2 = n2 if hold else max(1, (spec.budget // 4) // per_ex)
 
@@ -633,8 +739,9 @@ def _structured_part(f, params, x1, x2, c, spec, acc, cover, per_ex, sig):
                              "use method='jacobian'")
         return views(k, cover)
 
-    # the sign kinds' column features, kept across row chunks in an eighth of the budget
-    cols = ColumnFeatures(spec.budget // 8) if not same and spec.kind is not KernelKind.SGD else None
+    # the sign kinds' column features, kept across row chunks: exact signs as bits, with what else the column
+    # side's capture holds, in half of the budget (else in a quarter, beside the held factors)
+    cols = ColumnFeatures(spec.budget // 2) if signs else None
 
     def block(n, u, v, bj):
         if u[0] == "w":
@@ -645,9 +752,42 @@ def _structured_part(f, params, x1, x2, c, spec, acc, cover, per_ex, sig):
             return _tied_block(spec, n, params[n].shape, u[1], v[1], cols, bj)
         return _vector_block(spec, n, u[1], v[1])
 
-    sl1, sl2 = chunks(n1, b1), (chunks(n2, b1) if same else chunks(n2, b2))
-    hold2 = [cap(xb[s]) for s in sl2] if hold else None
-    for bi, si in enumerate(sl1):
+    def row_cost() -> int:
+        """Bytes a chunk of rows takes per example while it is captured: its factors, and what its forward
+        pass saves for the C backward passes (``saved_bytes`` of one example, twice: the backward passes'
+        own temporaries are of that size)."""
+        return per_ex + 2 * saved_bytes(f, params, x1[:1])
+
+    sl2 = chunks(n2, b1) if same else chunks(n2, b2)
+    hold2, avail = None, 0
+    if signs:
+        # the column side first, once: each chunk captured, its weights' sign features kept as bits and its
+        # factors then dropped; held when the bits and what is left fit in half of the budget, the rows then
+        # taking what the held side leaves (_row_chunks)
+        hold2, held = [], 0
+        for bj, sj in enumerate(sl2):
+            view = cap(xb[sj])
+            for n, (form, val) in list(view.items()):
+                if form == "w" and val[1].shape[2] > 1 and keep_column_features(spec, n, val, cols, bj):
+                    view[n] = (form, tuple(torch.empty_like(t, device="meta") for t in val))
+            held += _view_bytes(view)
+            hold2.append(view)
+            if held + cols.used > spec.budget // 2:
+                hold2 = None
+                break
+        if hold2 is not None:
+            avail = spec.budget * 11 // 16 - held - cols.used
+        else:   # the bits do not fit beside the rest: columns held or captured again, features kept in a quarter
+            cols = ColumnFeatures(spec.budget // 4)
+    if hold2 is None and hold:
+        hold2 = [cap(xb[s]) for s in sl2]
+        # the rows' chunks take what the held columns leave of eleven sixteenths (the rest: buffers, Gram
+        # intermediates, kept features): fewer chunks, so the columns' per-example gradients that the
+        # materialized path forms for every chunk of rows are formed fewer times
+        held = sum(_view_bytes(v) for v in hold2) + (cols.limit if cols is not None else 0)
+        avail = spec.budget * 11 // 16 - held
+    rows = chunks(n1, b1) if same or avail <= 0 else _row_chunks(x1, trim, b1, avail, row_cost())
+    for bi, si in enumerate(rows):
         c1 = cap(x1[si])
         for bj, sj in enumerate(sl2):
             if same and spec.kind.symmetric and bj < bi:
@@ -658,3 +798,22 @@ def _structured_part(f, params, x1, x2, c, spec, acc, cover, per_ex, sig):
                 acc.add(n, blk, si, sj)
                 if same and spec.kind.symmetric and bj > bi:
                     acc.add(n, blk.permute(2, 3, 0, 1), sj, si)
+
+
+def _row_chunks(x: torch.Tensor, trim, least: int, avail: int, cost: int) -> list[slice]:
+    """Chunks of the rows x that each take at most ``avail`` bytes (and at least ``least`` rows), an example
+    costing ``cost`` at x's padded length and, with ``trim`` (rows longest first, each chunk cut to its
+    first row's length), in proportion to the length its chunk is cut to: later chunks take more rows."""
+    n, width, out, start = x.shape[0], x.shape[-1], [], 0
+    while start < n:
+        length = trim(x[start:start + 1]).shape[-1] if trim is not None else width
+        size = max(least, int(avail // max(1, cost * length // width)))
+        out.append(slice(start, min(n, start + size)))
+        start = out[-1].stop
+    return out
+
+
+def _view_bytes(view: dict) -> int:
+    """Bytes held by the tensors of one capture's views (meta tensors hold none)."""
+    return sum(t.numel() * t.element_size() for t in tree_flatten(view)[0]
+               if isinstance(t, torch.Tensor) and t.device.type != "meta")

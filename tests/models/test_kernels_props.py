@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from ntkcheck.models import NTK, build, functional
 from ntkcheck.models.kernels import (empirical_kernel, flatten, intrinsic_dimension_kernel, jl_epsilon, lora_kernel,
                                      pack_signs, packed_dot)
-from ntkcheck.models.kernels.packed import int8_dot, popcount64
+from ntkcheck.models.kernels.packed import int8_dot, pack_int8_signs, popcount64, sign_matmul, unpack_int8
 from ntkcheck.models.kernels.sketch import projection_block
 
 DT = torch.float64
@@ -49,6 +49,27 @@ def test_packed_sign_dot_is_exact(seed, p, zero):
         # no zeros: <sign u, sign v> = P - 2 Hamming(sign bits)
         ham = ((u[:, None, :] < 0) != (v[None, :, :] < 0)).sum(-1)
         assert torch.equal(exact, p - 2 * ham)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**20), p=st.integers(1, 300), zero=st.sampled_from([0.0, 0.3]))
+def test_int8_signs_round_trip_through_bits_and_multiply_exactly(seed, p, zero):
+    """pack_int8_signs -> unpack_int8 is the identity on {-1, 0, 1} (a mask only when an entry is 0), its bytes
+    are pack_signs' (bit k of byte j is entry 8 j + k), and sign_matmul is the exact integer product."""
+    u, v = ternary(seed, 3, p, zero), ternary(seed + 1, 4, p, zero)
+    su, sv = torch.sign(u).to(torch.int8), torch.sign(v).to(torch.int8)
+    mask, neg = pack_int8_signs(su)
+    ref_mask, ref_neg = pack_signs(u)
+    assert torch.equal(neg, ref_neg)
+    assert (mask is None) == bool((su != 0).all())
+    if mask is not None:
+        assert torch.equal(mask, ref_mask)
+    assert torch.equal(unpack_int8(neg, p, mask), su)
+    bits = ((neg[:, :, None].long() >> torch.arange(8)) & 1).reshape(3, -1)[:, :p]
+    assert torch.equal(bits.bool(), u < 0)
+    exact = su.long() @ sv.long().T
+    assert torch.equal(sign_matmul(su, sv).long(), exact)
+    assert torch.equal(int8_dot(su, sv), exact)
 
 
 @settings(max_examples=30, deadline=None)

@@ -188,6 +188,41 @@ def test_structured_covers_every_lm_tensor_and_sides_of_different_lengths(tmp_pa
                 assert bool(((K - ref).abs() <= 1e-9 * ref.abs().max() + slack).all()), (kind, budget)
 
 
+@pytest.mark.parametrize("kind", ["signgd", "asym_signgd"])
+def test_sign_kernels_from_column_bits_and_dropped_column_factors(tmp_path, monkeypatch, kind):
+    """Many rows, few columns, budgets of a few examples' factors: the column side is captured first, its
+    weights' exact signs kept as bits and their factors dropped, so the rows come in larger chunks; with too
+    little room for the bits the columns are held or captured again. K equals the per-example autograd loop
+    either way."""
+    import ntkcheck.models.kernels.structured as st
+    from ntkcheck.models.kernels import empirical_kernel
+    from ntkcheck.realmodels.adapters import load_pretrained, make_adapter
+    from ntkcheck.realmodels.data import Example
+    from ntkcheck.realmodels.tasks import TASKS
+    from ntkcheck.realmodels.tiny import make_tiny
+
+    model, tok, mode = load_pretrained(make_tiny(tmp_path / "llama", "llama", hidden=16, layers=2, heads=2, seed=0))
+    ad = make_adapter(model.double(), tok, mode, task=TASKS["sst2"])
+    enc = lambda texts: ad.encode([Example(text=t, label=0) for t in texts])  # noqa: E731
+    x1 = enc(["a great movie", "the story was terrible", "bad", "not good at all", "a fine film , great",
+              "what a terrible one", "good", "it was great and fun"])
+    x2 = enc(["bad", "a very good film , it was great"])
+    ref, slack = _naive(ad, x1, x2, kind, with_slack=True)
+    per_ex = st.probe(ad.f, ad.params, ad.select, x1, ad.num_outputs)[1]
+    sizes = []
+    real_cap = st.capture
+    monkeypatch.setattr(st, "capture", lambda f, p, n, x, c: (sizes.append(x.shape[0]), real_cap(f, p, n, x, c))[1])
+    for budget in (16 * per_ex, 5 * per_ex, 4 * per_ex):
+        sizes.clear()
+        K = empirical_kernel(ad.f, ad.params, x1, x2, kind=kind, method="structured", memory_budget=budget)
+        assert bool(((K - ref).abs() <= 1e-9 * ref.abs().max() + slack).all()), budget // per_ex
+        if budget == 16 * per_ex:
+            # the probes of x1 (2, 3 examples) and of x2's length (2), the two columns once, then the rows in
+            # chunks of what the columns' bits leave of 11/16 of the budget (factors and forward tensors per
+            # row), larger than the eighth (2 examples) that holding the columns' factors leaves
+            assert sizes[:4] == [2, 3, 2, 2] and sum(sizes[4:]) == len(x1) and max(sizes[4:]) > 2, sizes
+
+
 @pytest.mark.parametrize("arch", ["roberta", "llama"])
 def test_countsketch_of_lm_gradients_from_the_capture(tmp_path, arch):
     """The countsketch kernel of a tiny LM (embedding rows, tied head, RMSNorm / LayerNorm, sides of different
