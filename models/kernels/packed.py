@@ -88,6 +88,25 @@ def unpack_int8(neg: torch.Tensor, p: int, mask: torch.Tensor | None = None,
     return res.view(torch.int8).view(r, nb * 8)[:, :p]
 
 
+def unpack_float(neg: torch.Tensor, p: int, mask: torch.Tensor | None, dtype: torch.dtype,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+    """Inverse of pack_signs in ``dtype`` [R, p]: one lookup of 8 entries per packed byte into a 256-row table
+    (65536 rows, by mask and sign byte together, when there is a mask): about twice the speed of unpacking
+    to int8 and converting. ``out`` a buffer of R * 8 * ceil(p / 8) entries of ``dtype``."""
+    r, nb = neg.shape
+    if mask is None:
+        key = ("signs8", dtype, str(neg.device))
+        if key not in _LUT:
+            bits = (torch.arange(256)[:, None] >> torch.arange(8)) & 1
+            _LUT[key] = (1 - 2 * bits).to(dtype=dtype, device=neg.device).contiguous()
+        table, idx = _LUT[key], neg.reshape(-1).to(torch.int32)
+    else:
+        table = _signs_lut(dtype, neg.device)
+        idx = (mask.reshape(-1).to(torch.int32) << 8) | neg.reshape(-1).to(torch.int32)
+    res = torch.index_select(table, 0, idx, out=None if out is None else out[: r * nb * 8].view(r * nb, 8))
+    return res.view(r, nb * 8)[:, :p]
+
+
 def sign_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Exact a @ b^T of int8 {-1, 0, 1} matrices [R1, P], [R2, P] -> int32 (P < 2^31).
 

@@ -45,7 +45,7 @@ from torch.utils._pytree import tree_flatten
 
 from ntkcheck.models.kernels.common import Accumulator, KernelKind, MemoryBudgetError, Spec, chunks, saved_bytes
 from ntkcheck.models.kernels.jacobian import jacobian_kernel
-from ntkcheck.models.kernels.packed import pack_int8_signs, sign_matmul, unpack_int8
+from ntkcheck.models.kernels.packed import pack_int8_signs, sign_matmul, unpack_float, unpack_int8
 
 _ADD = {torch.add, torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__radd__}
 _MUL = {torch.mul, torch.Tensor.mul, torch.Tensor.__mul__, torch.Tensor.__rmul__}
@@ -351,7 +351,7 @@ class ColumnFeatures:
     The sign kinds' multi-token path forms phi2(sum_t g_t a_t^T) for every column example; without this
     it is formed again for every chunk of rows. Exact signs (eps = 0) are kept as bits (``pack_int8_signs``:
     1 bit per entry, plus a nonzero mask only when an entry is 0; 1/32 of float32's bytes) and unpacked
-    into int8 by one table lookup per byte when a row chunk needs them; anything else is kept in its own
+    into int8 or float by one table lookup per byte when a row chunk needs them; anything else is kept in its own
     dtype. What does not fit in ``limit`` bytes is recomputed when needed. Hand-rolled: no library caches
     per-example gradient features.
     """
@@ -383,10 +383,7 @@ class ColumnFeatures:
             if not isinstance(got, tuple):
                 return got
             mask, neg, p, dtype = got
-            signs = unpack_int8(neg, p, mask)
-            out = (torch.empty(signs.shape, dtype=dtype, device=signs.device) if buffer is None
-                   else buffer(tuple(signs.shape), dtype))
-            return out.copy_(signs)
+            return unpack_float(neg, p, mask, dtype, None if buffer is None else buffer((neg.numel() * 8,), dtype))
         value = make()
         self.put(key, pack_int8_signs(value.to(torch.int8)) + (value.shape[1], value.dtype) if exact_sign
                  else value.clone())

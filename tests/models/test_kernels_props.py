@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from ntkcheck.models import NTK, build, functional
 from ntkcheck.models.kernels import (empirical_kernel, flatten, intrinsic_dimension_kernel, jl_epsilon, lora_kernel,
                                      pack_signs, packed_dot)
-from ntkcheck.models.kernels.packed import int8_dot, pack_int8_signs, popcount64, sign_matmul, unpack_int8
+from ntkcheck.models.kernels.packed import (int8_dot, pack_int8_signs, popcount64, sign_matmul, unpack_float,
+                                           unpack_int8)
 from ntkcheck.models.kernels.sketch import projection_block
 
 DT = torch.float64
@@ -65,6 +66,9 @@ def test_int8_signs_round_trip_through_bits_and_multiply_exactly(seed, p, zero):
     if mask is not None:
         assert torch.equal(mask, ref_mask)
     assert torch.equal(unpack_int8(neg, p, mask), su)
+    assert torch.equal(unpack_float(neg, p, mask, DT), torch.sign(u))
+    assert torch.equal(unpack_float(neg, p, mask, torch.float32, out=torch.empty(3 * neg.shape[1] * 8)),
+                       torch.sign(u).float())
     bits = ((neg[:, :, None].long() >> torch.arange(8)) & 1).reshape(3, -1)[:, :p]
     assert torch.equal(bits.bool(), u < 0)
     exact = su.long() @ sv.long().T
@@ -211,6 +215,18 @@ _MEMORY_SCRIPT = textwrap.dedent("""
     out["jacobian_bytes"] = sum(v.numel() * v.element_size() for v in J.values())
     print(json.dumps(out))
 """)
+
+
+def test_saved_bytes_counts_what_autograd_keeps_for_backward():
+    """saved_bytes of f = tanh(x W^T) * 2 is the input x (kept for grad W) and tanh's output (kept for its own
+    derivative), each once, and not W itself; the product by a constant keeps nothing."""
+    from ntkcheck.models.kernels.common import saved_bytes
+
+    params = {"W": torch.randn(7, 5, dtype=DT)}
+    x = torch.randn(3, 5, dtype=DT)
+    f = lambda p, x: torch.tanh(F.linear(x, p["W"])) * 2.0  # noqa: E731
+    assert saved_bytes(f, params, x) == (3 * 5 + 3 * 7) * 8
+    assert saved_bytes(lambda p, x: F.linear(x, p["W"]) * 2.0, params, x) == 3 * 5 * 8
 
 
 def test_memory_budget_respected():
