@@ -139,6 +139,7 @@ def _ft_args(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args):
+    from ntkcheck.models.kernels.memory import mmap_large_blocks
     from ntkcheck.realmodels.experiment import LMConfig
     from ntkcheck.store import ensure_writable
 
@@ -147,6 +148,8 @@ def config_from_args(args):
         raise UserError(f"lm {command} runs in one process; under torchrun only lm kernel, lm solve and "
                         "ntkcheck run share their work over ranks")
     ensure_writable(args.out)
+    # freed tensors go back to the OS, so resident memory follows the engine's budget (memory.py)
+    mmap_large_blocks()
     return LMConfig(model=args.model, task=args.task, data=args.data, k=args.k, seeds=tuple(args.seeds),
                     test_max=args.test_max or None, mode=args.mode, template=args.template,
                     label_words=args.label_words, multi_token=args.multi_token, params=args.params,
