@@ -267,7 +267,7 @@ def _signs_lut(dtype: torch.dtype, device) -> torch.Tensor:
 
 
 def _unpack(m: torch.Tensor, neg: torch.Tensor, p: int, dtype: torch.dtype) -> torch.Tensor:
-    """Inverse of pack_signs (bytes or 64-bit words) -> [R, P] in {-1, 0, 1}, by one table lookup."""
-    m, neg = m.contiguous().view(torch.uint8), neg.contiguous().view(torch.uint8)
-    idx = (m.to(torch.int32) << 8) | neg.to(torch.int32)
-    return _signs_lut(dtype, m.device)[idx].reshape(m.shape[0], -1)[:, :p]
+    """Inverse of pack_signs (bytes or 64-bit words) -> [R, P] in {-1, 0, 1}: unpack_float on their bytes."""
+    r = m.shape[0]
+    m, neg = m.contiguous().view(torch.uint8).view(r, -1), neg.contiguous().view(torch.uint8).view(r, -1)
+    return unpack_float(neg, p, m, dtype)

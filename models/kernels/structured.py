@@ -359,7 +359,6 @@ class ColumnFeatures:
     def __init__(self, limit: int):
         self.limit, self.used = int(limit), 0
         self.store: dict = {}
-        self.missed = False   # some features did not fit and are recomputed for every chunk of rows
 
     def fits(self, nbytes: int) -> bool:
         return self.used + nbytes <= self.limit
@@ -369,7 +368,6 @@ class ColumnFeatures:
         size = (sum(t.numel() for t in value[:2] if t is not None) if isinstance(value, tuple)
                 else value.numel() * value.element_size())
         if not self.fits(size):
-            self.missed = True
             return False
         self.store[key] = value
         self.used += size
