@@ -33,8 +33,10 @@ Measured in this process, on the same inputs:
   kernel, beside [KV] Lemma D.3's bound at probability 1/2 (which is relative
   to c >= ||u||^2, ||v||^2, so looser for entries much smaller than c).
 Per row: seconds, seconds per example (over R + U), x floor, the peak RSS
-increase during the call (CPU; ntkcheck.models.kernels.memory) or
-torch.cuda.max_memory_allocated (GPU), and the machine's load average.
+during the call above the RSS with the model loaded (CPU; the kernel's VmHWM,
+ntkcheck.models.kernels.memory) or torch.cuda.max_memory_allocated (GPU), and
+the machine's load average. The process runs with glibc's mmap threshold at
+4 MiB (``memory.child_env``, as ``ntkcheck lm`` sets it), floor and kernels alike.
 """
 from __future__ import annotations
 
@@ -127,8 +129,10 @@ def floor_seconds(ad, xs: list[torch.Tensor], batch: int) -> float:
     return time.perf_counter() - t0
 
 
-def timed(fn, device):
-    """(result, seconds, peak bytes) of fn()."""
+def timed(fn, device, baseline: int = 0):
+    """(result, seconds, peak bytes) of fn(): on CPU the peak RSS during the call (PeakRSS: the kernel's own
+    VmHWM, no sampling thread to slow the call) minus ``baseline`` (the RSS with the model loaded, before
+    any row: memory an earlier row left in glibc's heap counts, as it is resident)."""
     from ntkcheck.models.kernels.memory import PeakRSS
 
     if device.type == "cuda":
@@ -143,7 +147,7 @@ def timed(fn, device):
         t0 = time.perf_counter()
         out = fn()
         sec = time.perf_counter() - t0
-    return out, sec, m.peak_delta
+    return out, sec, m.peak - (baseline or m.start)
 
 
 def sketch_error(K_hat: torch.Tensor, K: torch.Tensor) -> float:
@@ -194,6 +198,9 @@ def main(argv=None) -> int:
           f"mean prompt {tokens:.1f} tokens (padded {x_rows.shape[-1]} / {x_cols.shape[-1]}), {args.model_dtype}, "
           f"{args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}")
     print(f"# load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores")
+    from ntkcheck.models.kernels.memory import rss_bytes
+
+    baseline = rss_bytes() if device.type == "cpu" else 0
     floor_seconds(ad, [x_cols[:2]], args.batch)  # warm-up
     floor = floor_seconds(ad, [x_rows, x_cols], args.batch)
     n_ex = R + U
@@ -211,7 +218,7 @@ def main(argv=None) -> int:
     exact = {}
     for kind in args.kinds:
         fn = make_kernel_fn(ad.f, ad.params, kind=kind, select=ad.select, memory_budget=budget, trim=ad.trim)
-        K, sec, peak = timed(lambda: fn(x_rows, x_cols), device)
+        K, sec, peak = timed(lambda: fn(x_rows, x_cols), device, baseline)
         exact[kind] = K
         rows.append(dict(row=f"exact {kind}", seconds=sec, per_example=sec / n_ex, x_floor=sec / floor, peak_bytes=peak,
                          method=fn.plans[next(iter(fn.plans))].method.value))
@@ -222,7 +229,7 @@ def main(argv=None) -> int:
         for kind in args.kinds:
             fn = make_kernel_fn(ad.f, ad.params, kind=kind, select=ad.select, method="sketch", sketch_dim=k,
                                 sketch=args.sketch, seed=0, memory_budget=budget, trim=ad.trim)
-            Kh, sec, peak = timed(lambda: fn(x_rows, x_cols), device)
+            Kh, sec, peak = timed(lambda: fn(x_rows, x_cols), device, baseline)
             r = dict(row=f"{args.sketch} k=2^{int(math.log2(k))} {kind}", seconds=sec, per_example=sec / n_ex,
                      x_floor=sec / floor, peak_bytes=peak, lemma_d3_eps_at_half=eps)
             if kind in exact:

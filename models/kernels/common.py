@@ -260,10 +260,12 @@ def saved_bytes(f: Callable, params: Mapping[str, torch.Tensor], x: torch.Tensor
         ptr = t.untyped_storage().data_ptr()
         if ptr not in own:
             seen[ptr] = max(seen.get(ptr, 0), t.untyped_storage().nbytes())
-        return t
+        # nothing is kept (no backward pass follows): returning t itself would tie a saved output to its
+        # own graph in a reference cycle that outlives the call (every call leaked the model's tensors)
+        return None
 
     p = {k: v.detach().requires_grad_(v.is_floating_point()) for k, v in params.items()}
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda _: None):
         f(p, x)
     return max(1, sum(seen.values()))
 
