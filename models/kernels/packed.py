@@ -107,6 +107,25 @@ def unpack_float(neg: torch.Tensor, p: int, mask: torch.Tensor | None, dtype: to
     return res.view(r, nb * 8)[:, :p]
 
 
+def float_sign_matmul(a: torch.Tensor, neg: torch.Tensor, p: int, mask: torch.Tensor | None,
+                      block_bytes: int = 2**24) -> torch.Tensor:
+    """a @ S^T for float a [R1, p] and signs S [R2, p] packed as (neg, mask) [R2, ceil(p / 8)] (pack_signs):
+    [R1, R2] in a's dtype. S is unpacked a block of columns at a time into a buffer of about ``block_bytes``
+    (16 MiB: it stays in cache, where the table lookup runs at its own speed rather than at the speed of
+    writing all of S to memory and reading it back) and each block's product added in."""
+    r2, nb = neg.shape
+    step = max(1, block_bytes // max(1, r2 * 8 * a.element_size()))   # packed bytes of a row per block
+    out = torch.zeros(a.shape[0], r2, dtype=a.dtype, device=a.device)
+    buf = torch.empty(r2 * 8 * min(step, nb), dtype=a.dtype, device=a.device)
+    for j in range(0, nb, step):
+        k = min(nb, j + step)
+        width = min(p, 8 * k) - 8 * j
+        S = unpack_float(neg[:, j:k].contiguous(), width, None if mask is None else mask[:, j:k].contiguous(),
+                         a.dtype, out=buf)
+        out.addmm_(a[:, 8 * j: 8 * j + width], S.T)
+    return out
+
+
 def sign_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Exact a @ b^T of int8 {-1, 0, 1} matrices [R1, P], [R2, P] -> int32 (P < 2^31).
 

@@ -37,8 +37,9 @@ from typing import Callable, Mapping
 
 import torch
 
-from ntkcheck.models.kernels.common import (DEFAULT_MEMORY_BUDGET, Accumulator, KernelKind, Spec,
-                                            activation_bytes, chunks, group_key, parse_kind, select_names)
+from ntkcheck.models.kernels.common import (DEFAULT_MEMORY_BUDGET, Accumulator, KernelKind, MemoryBudgetError,
+                                            Spec, activation_bytes, chunks, group_key, parse_kind, saved_bytes,
+                                            select_names)
 from ntkcheck.models.kernels.jacobian import jacobian_rows, plan_groups
 from ntkcheck.models.optim import eps_sign
 
@@ -175,17 +176,24 @@ def _countsketch_structured(f, params, x, c, cover, probed, spec: Spec, cs: Coun
     """{key: [N C, k]} = sum_{M in key} Pi_M^T phi(grad_M f(x)) for the tensors the structured capture
     covers: per-example gradients formed from the captured factors a chunk of examples at a time (linear
     weights by one batched matmul, embedding tables as their nonzero rows), each sketched in one pass."""
-    from ntkcheck.models.kernels.structured import (Scratch, capture, phi_inplace, tied_gradients, tied_rows, views,
-                                                    weight_gradients)
+    from ntkcheck.models.kernels.structured import (Scratch, capture, capture_pass_bytes, capture_passes, phi_inplace,
+                                                    tied_gradients, tied_rows, views, weight_gradients)
 
     scratch = spec.extra.setdefault("scratch", Scratch())
 
     n = x.shape[0]
     per_ex = probed[1]
-    b = max(1, (spec.budget // 4) // per_ex)
+    # one capture pass at a time (capture_passes): each example is sketched on its own, so nothing gains
+    # from holding more examples' factors than a pass's
+    pass_cost = per_ex + 2 * saved_bytes(f, params, x[:1])
+    pass_bytes = max(pass_cost, capture_pass_bytes(spec.device, spec.budget))
+    if per_ex > spec.budget // 4:
+        raise MemoryBudgetError(f"one example's captured factors take {per_ex:,} bytes, more than a quarter of the "
+                                f"memory budget of {spec.budget:,} bytes: give a larger memory_budget (--memory-gb) "
+                                f"or shorter inputs (--max-length)")
     out: dict[str, torch.Tensor] = {}
     trim = spec.extra.get("trim")
-    for s in chunks(n, b):
+    for s in capture_passes(x, trim, pass_bytes, pass_cost):
         cap = capture(f, params, cover, x[s] if trim is None else trim(x[s]), c)
         lost = [m for m in cover if m not in cap.weights and m not in cap.vectors and m not in cap.embeddings]
         if lost:
@@ -225,6 +233,7 @@ def _countsketch_structured(f, params, x, c, cover, probed, spec: Spec, cs: Coun
                     if weight[m] != 1.0:
                         G.mul_(weight[m])
                     cs.add_dense(target[t.start * c: t.stop * c], m, G, overwrite=True)
+        cap = val = a = g = G = None    # this pass's factors freed before the next pass is captured
     return out
 
 

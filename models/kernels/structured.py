@@ -45,7 +45,8 @@ from torch.utils._pytree import tree_flatten
 
 from ntkcheck.models.kernels.common import Accumulator, KernelKind, MemoryBudgetError, Spec, chunks, saved_bytes
 from ntkcheck.models.kernels.jacobian import jacobian_kernel
-from ntkcheck.models.kernels.packed import pack_int8_signs, sign_matmul, unpack_float, unpack_int8
+from ntkcheck.models.kernels.packed import (float_sign_matmul, pack_bits, pack_int8_signs, sign_matmul,
+                                            unpack_float, unpack_int8)
 
 _ADD = {torch.add, torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__radd__}
 _MUL = {torch.mul, torch.Tensor.mul, torch.Tensor.__mul__, torch.Tensor.__rmul__}
@@ -231,6 +232,115 @@ def capture(f: Callable, params: Mapping[str, torch.Tensor], names: list[str], x
     return cap
 
 
+#: the most bytes (factors and forward tensors) one capture pass takes, by device type. On CPU the passes
+#: run fastest at about 500 tokens of SmolLM2-135M (2 GiB; 2 cores, 32 examples): 5.4 s in passes of 8 at 56
+#: tokens against 17.8 s in one pass of 32; 1.6 s in passes of 32 at 15 tokens against 3.0 s in passes of 4.
+#: Elsewhere 16 GiB (not measured; a GPU wants large batches). Either way at most an eighth of the budget.
+CAPTURE_PASS_BYTES = {"cpu": 2 * 2**30}
+_CAPTURE_PASS_BYTES_ELSEWHERE = 16 * 2**30
+
+
+def capture_pass_bytes(device, budget: int) -> int:
+    """The bytes one capture pass may take on ``device`` under ``budget``: CAPTURE_PASS_BYTES, at most budget / 8."""
+    want = CAPTURE_PASS_BYTES.get(torch.device(device).type, _CAPTURE_PASS_BYTES_ELSEWHERE)
+    return max(1, min(want, budget // 8))
+
+
+def capture_passes(x: torch.Tensor, trim: Callable | None, pass_bytes: int, example_bytes: int) -> list[slice]:
+    """Consecutive passes over x's examples, each as many as fit in ``pass_bytes`` at ``example_bytes`` an
+    example of x's padded length (with ``trim``, in proportion to the pass's longest trimmed length)."""
+    n, width = x.shape[0], x.shape[-1]
+    if trim is None:
+        return chunks(n, max(1, pass_bytes // max(1, example_bytes)))
+    lengths = [trim(x[i:i + 1]).shape[-1] for i in range(n)]
+    out, start = [], 0
+    while start < n:
+        stop, longest = start + 1, lengths[start]
+        while stop < n and (stop + 1 - start) * example_bytes * max(longest, lengths[stop]) // width <= pass_bytes:
+            longest = max(longest, lengths[stop])
+            stop += 1
+        out.append(slice(start, stop))
+        start = stop
+    return out
+
+
+def capture_batched(f: Callable, params: Mapping[str, torch.Tensor], names: list[str], x: torch.Tensor, c: int,
+                    pass_bytes: int, example_bytes: int, trim: Callable | None = None) -> Captured:
+    """capture() of x in passes of at most ``pass_bytes`` (``capture_passes``; each pass cut by ``trim``),
+    merged into one Captured.
+
+    A pass's factors are copied into tensors of all of x's examples, their token axes zero-padded to the
+    longest pass's: a zero a_t with a zero g_t adds nothing to sum_t g_t a_t^T nor to the Grams, and a
+    padded id carries a zero gradient row, so every block is exact. The passes' activations are those of one
+    pass, however many examples x holds. The longest pass goes first (its shapes size the merged tensors;
+    a signature is that pass's); uses that share an input (q, k and v) share its merged tensor."""
+    n = x.shape[0]
+    parts = capture_passes(x, trim, pass_bytes, example_bytes)
+    if len(parts) == 1:
+        return capture(f, params, names, x if trim is None else trim(x), c)
+    lengths = [(trim(x[s]).shape[-1] if trim is not None else x.shape[-1]) for s in parts]
+    order = sorted(range(len(parts)), key=lambda i: -lengths[i])
+    out: Captured | None = None
+    for i in order:
+        s = parts[i]
+        xs = x[s] if trim is None else trim(x[s])
+        k = capture(f, params, names, xs, c)
+        if out is None:
+            shared: dict = {}
+
+            def merged(t, fill=0):
+                key = (t.data_ptr(), tuple(t.shape), tuple(t.stride()))
+                if key not in shared:
+                    shared[key] = _padded_like(t, n, fill)
+                return shared[key]
+
+            out = Captured(other=set(k.other), signature=k.signature)
+            for m, uses in k.weights.items():
+                out.weights[m] = [(merged(a), merged(g)) for a, g in uses]
+            for m, uses in k.embeddings.items():
+                out.embeddings[m] = [(merged(ids, 0 if pad is None else pad), pad, merged(g)) for ids, pad, g in uses]
+            for m, v in k.vectors.items():
+                out.vectors[m] = v.new_zeros((n,) + tuple(v.shape[1:]))
+        out.other |= k.other
+        done: set = set()
+
+        def place(dst, src, axis):
+            if id(dst) not in done:   # an input shared by several uses is copied once
+                done.add(id(dst))
+                _place(dst, src, s, axis)
+
+        for m, uses in k.weights.items():
+            for (a, g), (ma, mg) in zip(uses, out.weights.get(m, [])):
+                place(ma, a, 1)
+                place(mg, g, 2)
+        for m, uses in k.embeddings.items():
+            for (ids, _, g), (mi, _, mg) in zip(uses, out.embeddings.get(m, [])):
+                place(mi, ids, 1)
+                place(mg, g, 2)
+        for m, v in k.vectors.items():
+            if m in out.vectors and out.vectors[m].shape[1:] == v.shape[1:]:
+                out.vectors[m][s] = v
+            else:
+                out.other.add(m)
+        for m in set(k.weights) ^ set(out.weights) | set(k.embeddings) ^ set(out.embeddings) \
+                | set(k.vectors) ^ set(out.vectors):
+            out.other.add(m)    # captured in one pass but not another: not covered
+    return out
+
+
+def _padded_like(t: torch.Tensor, n: int, fill=0) -> torch.Tensor:
+    """A tensor like t (its token axis as long as t's) with n examples on axis 0, filled with ``fill``."""
+    return torch.full((n,) + tuple(t.shape[1:]), fill, dtype=t.dtype, device=t.device)
+
+
+def _place(dst: torch.Tensor, src: torch.Tensor, s: slice, axis: int) -> None:
+    """dst[s] = src on the first src.shape[axis] positions of the token axis ``axis`` (the rest stays padding)."""
+    if src.dim() != dst.dim() or any(a != b for i, (a, b) in enumerate(zip(src.shape[1:], dst.shape[1:]), 1)
+                                     if i != axis) or src.shape[axis] > dst.shape[axis]:
+        raise ValueError(f"a capture pass of shape {tuple(src.shape)} does not fit the merged {tuple(dst.shape)}")
+    dst[s].narrow(axis, 0, src.shape[axis]).copy_(src)
+
+
 def covered(cap: Captured, params: Mapping[str, torch.Tensor], names: list[str]) -> list[str]:
     """Names whose gradient the capture reproduces exactly: captured, never used otherwise, shapes consistent."""
     out = []
@@ -373,6 +483,15 @@ class ColumnFeatures:
         self.used += size
         return True
 
+    def put_tensors(self, key, tensors: tuple) -> bool:
+        """Keeps a tuple of tensors under ``key`` if their bytes fit; False if not."""
+        size = sum(t.numel() * t.element_size() for t in tensors)
+        if not self.fits(size):
+            return False
+        self.store[key] = tensors
+        self.used += size
+        return True
+
     def get(self, key, make, exact_sign: bool, buffer=None) -> torch.Tensor:
         """The float features under ``key`` (made by ``make()`` on a miss, and kept when they fit); a kept
         bit form is expanded into ``buffer(shape, dtype)`` when given, else into a new tensor."""
@@ -386,6 +505,15 @@ class ColumnFeatures:
         self.put(key, pack_int8_signs(value.to(torch.int8)) + (value.shape[1], value.dtype) if exact_sign
                  else value.clone())
         return value
+
+    def matmul(self, key, P1: torch.Tensor) -> torch.Tensor | None:
+        """P1 @ F^T for the features F kept as bits under ``key`` (float_sign_matmul: unpacked a cache-sized
+        block at a time, never whole); None when ``key`` holds no bits."""
+        got = self.store.get(key)
+        if not isinstance(got, tuple) or len(got) != 4:
+            return None
+        mask, neg, p, _ = got
+        return float_sign_matmul(P1, neg, p, mask)
 
     def get_int8(self, key, make_int8, buffer) -> torch.Tensor:
         """Exact signs as int8 [rows, p] under ``key``: unpacked into ``buffer(shape)`` when kept, else
@@ -416,6 +544,34 @@ def example_signs(g: torch.Tensor, a: torch.Tensor, s: slice, scratch: torch.Ten
     return out
 
 
+def example_sign_bits(g: torch.Tensor, a: torch.Tensor, s: slice, scratch: torch.Tensor,
+                      small: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The signs of the per-example gradients sum_t g_t a_t^T of the examples in ``s`` as bits, (nonzero mask
+    or None when no entry is 0, negative bit), each [b C, ceil(N / 8)] uint8 as ``pack_int8_signs``.
+
+    One example at a time, everything in cache: its gradient formed in ``scratch`` (float, C N entries) and
+    signed there, converted into ``small`` (int8, C N entries) and packed from it; only the bits reach memory
+    (against the int8 signs of ``example_signs`` written out and packed in passes over memory afterwards)."""
+    c, n_out, n_in = g.shape[1], g.shape[-1], a.shape[-1]
+    N, b = n_out * n_in, s.stop - s.start
+    gt = g[s].transpose(2, 3).reshape(b, c * n_out, -1)
+    buf = scratch[: c * N].view(c * n_out, n_in)
+    i8 = small[: c * N].view(c, N)
+    u = i8.view(torch.uint8)
+    nb = -(-N // 8)
+    neg = torch.empty(b * c, nb, dtype=torch.uint8, device=g.device)
+    mask = torch.empty(b * c, nb, dtype=torch.uint8, device=g.device)
+    zeros = False
+    for i in range(b):
+        torch.mm(gt[i], a[s.start + i], out=buf)
+        torch.sign(buf, out=buf)
+        i8.copy_(buf.view(c, N))
+        neg[i * c:(i + 1) * c] = pack_bits(u >> 7)
+        mask[i * c:(i + 1) * c] = pack_bits(u & 1)
+        zeros = zeros or int(torch.count_nonzero(i8)) < c * N
+    return (mask if zeros else None), neg
+
+
 def _weight_block(spec: Spec, n: str, f1, f2, cols: ColumnFeatures | None = None, key=None) -> torch.Tensor:
     """K_W block [b1, C, b2, C] from the factors of both sides; ``cols`` keeps the column side's features
     (under ``key``, which names the column chunk) for the next chunk of rows."""
@@ -433,16 +589,20 @@ def _weight_block(spec: Spec, n: str, f1, f2, cols: ColumnFeatures | None = None
             G2, A2 = torch.sign(G2), torch.sign(A2)
         GG = (G1.reshape(b1 * c, n_out) @ G2.reshape(b2 * c, n_out).T).reshape(b1, c, b2, c)
         return GG * (A1 @ A2.T)[:, None, :, None]
-    gram_flops = b1 * t1 * b2 * t2 * (c * c * n_out + n_in + c * c)
     mat_flops = (b1 + b2) * c * t1 * n_out * n_in + b1 * b2 * c * c * n_out * n_in
     out = torch.empty(b1, c, b2, c, dtype=spec.dtype, device=spec.device)
-    if kind is KernelKind.SGD and gram_flops <= mat_flops:
-        rows = max(1, (spec.budget // 8) // max(1, c * t1 * b2 * c * t2 * isz))
-        for s in chunks(b1, rows):
-            GG = (g1[s].reshape(-1, n_out) @ g2.reshape(-1, n_out).T).reshape(-1, c, t1, b2, c, t2)
-            AA = (a1[s].reshape(-1, n_in) @ a2.reshape(-1, n_in).T).reshape(-1, t1, b2, t2)
-            out[s] = torch.einsum("icsjdt,isjt->icjd", GG, AA)
-        return out
+    if kind is KernelKind.SGD:
+        live1 = live_tokens(g1)
+        # the held column side's packed tokens are kept in ``cols`` across chunks of rows when they fit
+        packed2 = cols.store.get(("packed", n, key)) if cols is not None else None
+        if packed2 is None:
+            packed2 = _pack(a2, g2, live_tokens(g2), spec.dtype)
+            if cols is not None:
+                cols.put_tensors(("packed", n, key), packed2)
+        m1, m2 = int(live1.sum()), packed2[0].shape[0]
+        gram_flops = m1 * m2 * (c * c * n_out + n_in + c * c + b1 * c * c)
+        if gram_flops <= mat_flops:
+            return _packed_gram(spec, (a1, g1, live1), packed2, out)
     # per-example gradients from the factors, sum_t g_t a_t^T, a few examples at a time, written into
     # reused buffers (Scratch) and signed in place
     per = _examples_per_chunk(spec, c, n_out, n_in)
@@ -467,12 +627,64 @@ def _weight_block(spec: Spec, n: str, f1, f2, cols: ColumnFeatures | None = None
             raw1 = raw1.clone()   # its sign is needed beside it below
         P1 = phi_inplace(spec, 1, n, raw1)
         for r in chunks(b2, per):
-            if same and r == s:
-                P2 = P1 if spec.kind is KernelKind.SIGNGD else spec.phi2(n, raw1)
-            else:
-                P2 = column_features(spec, n, f2, r, cols, key)
-            out[s, :, r, :] = (P1 @ P2.T).reshape(s.stop - s.start, c, r.stop - r.start, c)
+            prod = None if cols is None or (same and r == s) else cols.matmul((n, key, r.start), P1)
+            if prod is None:
+                if same and r == s:
+                    P2 = P1 if spec.kind is KernelKind.SIGNGD else spec.phi2(n, raw1)
+                else:
+                    P2 = column_features(spec, n, f2, r, cols, key)
+                prod = P1 @ (P2 if P2.dtype == P1.dtype else P2.to(P1.dtype)).T
+            out[s, :, r, :] = prod.reshape(s.stop - s.start, c, r.stop - r.start, c)
     return out
+
+
+def live_tokens(g: torch.Tensor) -> torch.Tensor:
+    """[B, T] bool: the token positions where some output's gradient g [B, C, T, n_out] is nonzero. The others
+    (padding, positions the output does not see) add nothing to sum_t g_t a_t^T or to any Gram."""
+    return g.any(3).any(1)   # any() of a float tensor is its != 0, without the bool copy (twice as fast)
+
+
+def _packed_gram(spec: Spec, side1, packed2, out: torch.Tensor) -> torch.Tensor:
+    """The sgd block K_W[i,a,j,b] = sum_{t in i, s in j} <g^a_t, g^b_s> <a_t, a_s> over live tokens only.
+
+    side1 = (a, g, live) of the rows, packed2 = ``_pack`` of the columns. Each side's live tokens are packed
+    (a [M, n_in], g [M, C, n_out], the example of each token), so padding costs nothing: GG = G1 G2^T
+    [M1 C, M2 C] and AA = A1 A2^T [M1, M2] are multiplied elementwise and summed over each example's tokens
+    by one-hot matmuls, S1 (GG * AA) S2^T. Rows of side 1 come a few examples at a time so that GG takes at
+    most an eighth of the budget. A side without live tokens (a gradient that is exactly 0) gives 0."""
+    (a1, g1, live1), (A2, G2, S2) = side1, packed2
+    b1, c, _, n_out = g1.shape
+    m2 = A2.shape[0]
+    if m2 == 0 or not bool(live1.any()):
+        return out.zero_()
+    G2 = G2.reshape(m2 * c, n_out)
+    per_token = max(1, c * c * m2 * spec.itemsize)
+    counts = live1.sum(1).tolist()
+    start = 0
+    while start < b1:
+        stop, tokens = start + 1, counts[start]
+        while stop < b1 and (tokens + counts[stop]) * per_token <= spec.budget // 8:
+            tokens += counts[stop]
+            stop += 1
+        s = slice(start, stop)
+        A1, G1, S1 = _pack(a1[s], g1[s], live1[s], spec.dtype)
+        m1 = A1.shape[0]
+        Z = (G1.reshape(m1 * c, n_out) @ G2.T).view(m1, c, m2, c)
+        Z.mul_((A1 @ A2.T)[:, None, :, None])
+        Y = (S1 @ Z.view(m1, c * m2 * c)).view(stop - start, c, m2, c)  # summed over each row's tokens
+        out[s] = (Y.permute(0, 1, 3, 2) @ S2.T).permute(0, 1, 3, 2)     # and over each column's
+        start = stop
+    return out
+
+
+def _pack(a: torch.Tensor, g: torch.Tensor, live: torch.Tensor, dtype) -> tuple:
+    """(a [M, n_in], g [M, C, n_out], one-hot [B, M] of each live token's example) for the live tokens."""
+    A = a[live]
+    G = g.transpose(1, 2)[live]
+    ex = live.nonzero()[:, 0]
+    S = torch.zeros(live.shape[0], A.shape[0], dtype=dtype, device=a.device)
+    S[ex, torch.arange(A.shape[0], device=a.device)] = 1
+    return A, G, S
 
 
 def _examples_per_chunk(spec: Spec, c: int, n_out: int, n_in: int) -> int:
@@ -485,16 +697,23 @@ def _int8_signs(spec: Spec, n: str) -> bool:
     return spec.kind is KernelKind.SIGNGD and spec.eps[n] == 0 and spec.device.type == "cpu"
 
 
+def _int8_columns(spec: Spec, n: str) -> bool:
+    """asym_signgd with exact signs: the column side's signs are formed as int8 in cache (``example_signs``,
+    2.4 G entries/s against 0.6 for float32 gradients signed and converted) and kept as bits, and the rows'
+    float gradients are multiplied by them block by block (``ColumnFeatures.matmul``)."""
+    return spec.kind is KernelKind.ASYM_SIGNGD and spec.eps[n] == 0
+
+
 def column_features(spec: Spec, n: str, f2, r: slice, cols: ColumnFeatures | None, key) -> torch.Tensor:
     """phi2 of the per-example gradients of weight n for the column examples ``r`` of the column chunk
-    ``key`` (factors f2 = (a, g)): int8 signs where _int8_signs, else spec.dtype; from ``cols`` when
+    ``key`` (factors f2 = (a, g)): int8 signs where _int8_signs or _int8_columns, else spec.dtype; from ``cols`` when
     kept there, else formed (and kept when they fit)."""
     a2, g2 = f2
     c, n_out, n_in = g2.shape[1], g2.shape[-1], a2.shape[-1]
     N = n_out * n_in
     scratch = spec.extra.setdefault("scratch", Scratch())
     rows = (r.stop - r.start) * c
-    if _int8_signs(spec, n):
+    if _int8_signs(spec, n) or _int8_columns(spec, n):
         take = lambda shape: scratch.take("p2i8", shape, torch.int8, spec.device)  # noqa: E731
         make = lambda: example_signs(g2, a2, r, scratch.take("g1", (c * N,), spec.dtype, spec.device),  # noqa: E731
                                      take((rows, N)))
@@ -516,11 +735,20 @@ def keep_column_features(spec: Spec, n: str, f2, cols: ColumnFeatures, key) -> b
     chunk ``key``; True when all of them are kept (the factors f2 are then no longer needed)."""
     a2, g2 = f2
     b2, c, _, n_out = g2.shape
-    per = _examples_per_chunk(spec, c, n_out, a2.shape[-1])
+    n_in = a2.shape[-1]
+    per = _examples_per_chunk(spec, c, n_out, n_in)
+    scratch = spec.extra.setdefault("scratch", Scratch())
     ok = True
     for r in chunks(b2, per):
-        column_features(spec, n, f2, r, cols, key)
-        ok = ok and (n, key, r.start) in cols.store
+        where = (n, key, r.start)
+        if (_int8_signs(spec, n) or _int8_columns(spec, n)) and where not in cols.store:
+            if cols.fits((r.stop - r.start) * c * (-(-n_out * n_in // 8))):   # the negative bits at least
+                bits = example_sign_bits(g2, a2, r, scratch.take("g1", (c * n_out * n_in,), spec.dtype, spec.device),
+                                         scratch.take("p1i8", (c * n_out * n_in,), torch.int8, spec.device))
+                cols.put(where, bits + (n_out * n_in, torch.int8))
+        else:
+            column_features(spec, n, f2, r, cols, key)
+        ok = ok and where in cols.store
     return ok
 
 
@@ -637,14 +865,24 @@ def probe(f: Callable, params: Mapping[str, torch.Tensor], names: list[str], x: 
 
 
 def _capture_bytes(cap: Captured, names: list[str]) -> int:
+    """Bytes of the factors of ``names`` in cap, an input shared by several uses (q, k, v) counted once."""
+    seen: set = set()
+
+    def size(t: torch.Tensor, times: int = 1) -> int:
+        key = (t.data_ptr(), tuple(t.shape))
+        if key in seen:
+            return 0
+        seen.add(key)
+        return times * t.numel() * t.element_size()
+
     tot = 0
     for n in names:
         if n in cap.weights:
-            tot += sum(a.numel() * a.element_size() + g.numel() * g.element_size() for a, g in cap.weights[n])
+            tot += sum(size(a) + size(g) for a, g in cap.weights[n])
         if n in cap.embeddings:
-            tot += sum(i.numel() * i.element_size() + 2 * g.numel() * g.element_size() for i, _, g in cap.embeddings[n])
+            tot += sum(size(i) + size(g, 2) for i, _, g in cap.embeddings[n])
         if n in cap.vectors:
-            tot += cap.vectors[n].numel() * cap.vectors[n].element_size()
+            tot += size(cap.vectors[n])
     return tot
 
 
@@ -719,11 +957,15 @@ def _structured_part(f, params, x1, x2, c, spec, acc, cover, per_ex, sig):
 
     trim = spec.extra.get("trim")
 
+    # capture passes of at most CAPTURE_PASS_BYTES whatever a chunk holds: their activations, and what
+    # the forward pass saves for the C backward passes (``saved_bytes``), are those of one pass
+    pass_cost = per_ex + 2 * saved_bytes(f, params, x1[:1])
+    pass_bytes = capture_pass_bytes(spec.device, spec.budget)
+
     def cap(x):
         want = expected(x)
-        if trim is not None:
-            x = trim(x)   # a shorter sequence axis: uses are compared by their feature width
-        k = capture(f, params, cover, x, c)
+        # each pass cut by trim (a shorter sequence axis: uses are compared by their feature width)
+        k = capture_batched(f, params, cover, x, c, pass_bytes, pass_cost, trim)
         # trimmed: the same uses, each of the same rank and feature width (ids [T] only by rank)
         same_sig = (lambda u, v: u == v) if trim is None else (
             lambda u, v: u is not None and len(u) == len(v)
@@ -746,12 +988,6 @@ def _structured_part(f, params, x1, x2, c, spec, acc, cover, per_ex, sig):
         if u[0] == "t":
             return _tied_block(spec, n, params[n].shape, u[1], v[1], cols, bj)
         return _vector_block(spec, n, u[1], v[1])
-
-    def row_cost() -> int:
-        """Bytes a chunk of rows takes per example while it is captured: its factors, and what its forward
-        pass saves for the C backward passes (``saved_bytes`` of one example, twice: the backward passes'
-        own temporaries are of that size)."""
-        return per_ex + 2 * saved_bytes(f, params, x1[:1])
 
     sl2 = chunks(n2, b1) if same else chunks(n2, b2)
     hold2, avail = None, 0
@@ -776,12 +1012,16 @@ def _structured_part(f, params, x1, x2, c, spec, acc, cover, per_ex, sig):
             cols = ColumnFeatures(spec.budget // 4)
     if hold2 is None and hold:
         hold2 = [cap(xb[s]) for s in sl2]
+        if not signs:   # sgd: the held columns' packed live tokens (_packed_gram), kept in an eighth
+            cols = ColumnFeatures(spec.budget // 8)
         # the rows' chunks take what the held columns leave of eleven sixteenths (the rest: buffers, Gram
         # intermediates, kept features): fewer chunks, so the columns' per-example gradients that the
         # materialized path forms for every chunk of rows are formed fewer times
         held = sum(_view_bytes(v) for v in hold2) + (cols.limit if cols is not None else 0)
         avail = spec.budget * 11 // 16 - held
-    rows = chunks(n1, b1) if same or avail <= 0 else _row_chunks(x1, trim, b1, avail, row_cost())
+    # a chunk of rows: its factors (per_ex an example), beside one capture pass's activations
+    avail -= min(pass_bytes, n1 * pass_cost)
+    rows = chunks(n1, b1) if same or avail <= 0 else _row_chunks(x1, trim, b1, avail, per_ex)
     for bi, si in enumerate(rows):
         c1 = cap(x1[si])
         for bj, sj in enumerate(sl2):
@@ -793,6 +1033,8 @@ def _structured_part(f, params, x1, x2, c, spec, acc, cover, per_ex, sig):
                 acc.add(n, blk, si, sj)
                 if same and spec.kind.symmetric and bj > bi:
                     acc.add(n, blk.permute(2, 3, 0, 1), sj, si)
+            c2 = blk = None     # freed before the next capture: a chunk's factors are held once, not twice
+        c1 = None
 
 
 def _row_chunks(x: torch.Tensor, trim, least: int, avail: int, cost: int) -> list[slice]:

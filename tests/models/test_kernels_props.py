@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from ntkcheck.models import NTK, build, functional
 from ntkcheck.models.kernels import (empirical_kernel, flatten, intrinsic_dimension_kernel, jl_epsilon, lora_kernel,
                                      pack_signs, packed_dot)
-from ntkcheck.models.kernels.packed import (int8_dot, pack_int8_signs, popcount64, sign_matmul, unpack_float,
-                                           unpack_int8)
+from ntkcheck.models.kernels.packed import (float_sign_matmul, int8_dot, pack_int8_signs, popcount64, sign_matmul,
+                                           unpack_float, unpack_int8)
 from ntkcheck.models.kernels.sketch import projection_block
 
 DT = torch.float64
@@ -75,6 +75,65 @@ def test_int8_signs_round_trip_through_bits_and_multiply_exactly(seed, p, zero):
     exact = su.long() @ sv.long().T
     assert torch.equal(sign_matmul(su, sv).long(), exact)
     assert torch.equal(int8_dot(su, sv), exact)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**20), b1=st.integers(1, 5), b2=st.integers(1, 4), dead=st.sampled_from([0, 1, 3]),
+       budget=st.sampled_from([256, 2**30]))
+def test_packed_gram_is_the_padded_gram(seed, b1, b2, dead, budget):
+    """_packed_gram over live tokens equals sum_{t,s} <g_t, g_s> <a_t, a_s> over all positions, with padding
+    (zero g), examples without a live token (``dead`` rows of g zeroed) and rows in chunks of one example
+    (budget 256 bytes) alike."""
+    from ntkcheck.models.kernels.common import KernelKind, Spec
+    from ntkcheck.models.kernels.structured import _pack, _packed_gram, live_tokens
+
+    gen = torch.Generator().manual_seed(seed)
+    C, T, n_in, n_out = 2, 5, 3, 4
+    a1, g1 = torch.randn(b1, T, n_in, generator=gen, dtype=DT), torch.randn(b1, C, T, n_out, generator=gen, dtype=DT)
+    a2, g2 = torch.randn(b2, T, n_in, generator=gen, dtype=DT), torch.randn(b2, C, T, n_out, generator=gen, dtype=DT)
+    g1[:, :, 3:] = 0                      # padding of the rows
+    g2[:, :, 4:] = 0
+    g1[:min(dead, b1)] = 0                # rows whose gradient is exactly 0
+    ref = torch.einsum("ictd,jbsd,itn,jsn->icjb", g1, g2, a1, a2)
+    spec = Spec(kind=KernelKind.SGD, names=["w"], weights={"w": 1.0}, eps={"w": 0.0}, dtype=DT,
+                device=torch.device("cpu"), budget=budget)
+    out = _packed_gram(spec, (a1, g1, live_tokens(g1)), _pack(a2, g2, live_tokens(g2), DT),
+                       torch.empty(b1, C, b2, C, dtype=DT))
+    assert torch.allclose(out, ref, rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**20), n_out=st.integers(1, 9), n_in=st.integers(1, 17), zero=st.booleans())
+def test_example_sign_bits_are_the_packed_signs_of_the_gradients(seed, n_out, n_in, zero):
+    """example_sign_bits (formed, signed and packed one example at a time in cache) gives pack_int8_signs of
+    the int8 signs example_signs writes out, mask included exactly when some entry is 0 (a zero row of g)."""
+    from ntkcheck.models.kernels.structured import example_sign_bits, example_signs
+
+    gen = torch.Generator().manual_seed(seed)
+    B, C, T = 3, 2, 4
+    g, a = torch.randn(B, C, T, n_out, generator=gen), torch.randn(B, T, n_in, generator=gen)
+    if zero:
+        g[1, :, :, 0] = 0      # example 1: a zero output row, so zero gradient entries
+    s, N = slice(1, 3), n_out * n_in
+    ref = example_signs(g, a, s, torch.empty(C * N), torch.empty(2 * C, N, dtype=torch.int8))
+    mask, neg = example_sign_bits(g, a, s, torch.empty(C * N), torch.empty(C * N, dtype=torch.int8))
+    ref_mask, ref_neg = pack_int8_signs(ref)
+    assert torch.equal(neg, ref_neg) and (mask is None) == (ref_mask is None) == (not zero)
+    if zero:
+        assert torch.equal(mask, ref_mask)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**20), p=st.integers(1, 300), zero=st.sampled_from([0.0, 0.3]),
+       block=st.sampled_from([1, 40, 2**24]))
+def test_float_times_packed_signs_in_blocks(seed, p, zero, block):
+    """float_sign_matmul(a, bits of S) = a @ S^T for S in {-1, 0, 1} (with and without a mask), whether S is
+    unpacked one packed byte at a time, in blocks of a few bytes, or whole: float64 products by +-1 are exact,
+    so only the order of the sums differs."""
+    a, v = ternary(seed, 3, p, 0.0), ternary(seed + 1, 4, p, zero)
+    mask, neg = pack_int8_signs(torch.sign(v).to(torch.int8))
+    out = float_sign_matmul(a, neg, p, mask, block_bytes=block)
+    assert out.dtype == DT and torch.allclose(out, a @ torch.sign(v).T, rtol=1e-13, atol=1e-12)
 
 
 @settings(max_examples=30, deadline=None)
@@ -218,6 +277,30 @@ _MEMORY_SCRIPT = textwrap.dedent("""
 """)
 
 
+def test_peak_rss_sees_a_block_freed_at_once(monkeypatch):
+    """PeakRSS reads the kernel's own peak (VmHWM, reset on entry): a 400 MB tensor filled and freed inside
+    the block shows in peak_delta, and not in a later block that allocates nothing (the reset works). The
+    sampling fallback (reset refused) sees a block held for 50 ms as well."""
+    import time
+
+    import ntkcheck.models.kernels.memory as mem
+
+    big = 100_000_000
+    with mem.PeakRSS() as m:
+        x = torch.ones(big)
+        del x
+    assert m.exact and m.peak_delta >= 0.9 * 4 * big, m.peak_delta
+    with mem.PeakRSS() as m:
+        pass
+    assert m.peak_delta < 0.1 * 4 * big, m.peak_delta
+    monkeypatch.setattr(mem, "_reset_peak", lambda: False)
+    with mem.PeakRSS() as m:
+        x = torch.ones(big)
+        time.sleep(0.05)
+        del x
+    assert not m.exact and m.peak_delta >= 0.9 * 4 * big, m.peak_delta
+
+
 def test_saved_bytes_counts_what_autograd_keeps_for_backward():
     """saved_bytes of f = tanh(x W^T) * 2 is the input x (kept for grad W) and tanh's output (kept for its own
     derivative), each once, and not W itself; the product by a constant keeps nothing."""
@@ -230,6 +313,26 @@ def test_saved_bytes_counts_what_autograd_keeps_for_backward():
     assert saved_bytes(lambda p, x: F.linear(x, p["W"]) * 2.0, params, x) == 3 * 5 * 8
 
 
+def test_saved_bytes_keeps_no_tensor_alive():
+    """saved_bytes of f = tanh(x W^T), whose saved output would sit in a reference cycle with its own graph if
+    the pack hook kept it, frees everything: five calls with fresh 32 MB weights leave RSS within 40 MB (it
+    grew by 32 MB a call before the fix)."""
+    import gc
+
+    from ntkcheck.models.kernels.common import saved_bytes
+    from ntkcheck.models.kernels.memory import rss_bytes
+
+    x = torch.randn(1, 2000, dtype=DT)
+    f = lambda p, x: torch.tanh(F.linear(x, p["W"]))  # noqa: E731
+    saved_bytes(f, {"W": torch.randn(2000, 2000, dtype=DT)}, x)
+    gc.collect()
+    r0 = rss_bytes()
+    for _ in range(5):
+        saved_bytes(f, {"W": torch.randn(2000, 2000, dtype=DT)}, x)
+    gc.collect()
+    assert rss_bytes() - r0 < 40 * 2**20, (rss_bytes() - r0) / 2**20
+
+
 def test_memory_budget_respected():
     """Peak RSS (sampled, glibc set to mmap tensors) of each exact method stays under the budget, while
     holding all Jacobians (the control) needs over 2x the budget -- so the meter sees what is allocated."""
@@ -237,7 +340,7 @@ def test_memory_budget_respected():
 
     budget = 8 * 2**20
     res = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, str(budget)], capture_output=True, text=True,
-                         env=child_env(), timeout=300)
+                         env=child_env(threshold=65536), timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["held_jacobians"] >= 0.8 * out["jacobian_bytes"] > 2 * budget, out
@@ -246,15 +349,15 @@ def test_memory_budget_respected():
 
 
 def test_mmap_large_blocks_returns_freed_tensors_to_the_os():
-    """After mmap_large_blocks() (what ntkcheck lm calls), freeing every other one of 2000 tensors of 800 kB
-    gives their memory back (RSS falls by about half); glibc's default keeps the holes in its heap (RSS
-    unchanged: the control). Fresh processes, default environment."""
+    """After mmap_large_blocks() (what ntkcheck lm calls), freeing every other one of 200 tensors of 5 MB
+    (above its 4 MiB threshold) gives their memory back (RSS falls by about half); glibc's default keeps the
+    holes in its heap (RSS unchanged: the control). Fresh processes, default environment."""
     script = textwrap.dedent("""
         import json, sys, torch
         from ntkcheck.models.kernels.memory import mmap_large_blocks, rss_bytes
         ok = mmap_large_blocks() if sys.argv[1] == "1" else None
         big = torch.ones(4_000_000); del big   # a large free, after which glibc raises its threshold
-        r0 = rss_bytes(); x = [torch.ones(200_000) for _ in range(2000)]; r1 = rss_bytes()
+        r0 = rss_bytes(); x = [torch.ones(1_250_000) for _ in range(200)]; r1 = rss_bytes()
         for i in range(0, len(x), 2):
             x[i] = None
         print(json.dumps({"ok": ok, "held": r1 - r0, "left": rss_bytes() - r0}))

@@ -152,10 +152,11 @@ def test_cli_make_tiny_and_solve(tmp_path, separable_dir, capsys):
 
 
 @pytest.mark.parametrize("arch", ["roberta", "bert", "gpt-neo", "llama"])
-def test_structured_covers_every_lm_tensor_and_sides_of_different_lengths(tmp_path, arch):
+def test_structured_covers_every_lm_tensor_and_sides_of_different_lengths(tmp_path, monkeypatch, arch):
     """All parameters, x1 and x2 encoded apart (padded to different lengths): the structured path covers every
     tensor (RMSNorm weights and the tied embedding / LM head included, nothing falls back to Jacobians) and
     equals the per-example autograd loop for every kind."""
+    import ntkcheck.models.kernels.structured as st
     from ntkcheck.models.kernels import empirical_kernel
     from ntkcheck.models.kernels.structured import probe
     from ntkcheck.realmodels.adapters import load_pretrained, make_adapter
@@ -179,9 +180,13 @@ def test_structured_covers_every_lm_tensor_and_sides_of_different_lengths(tmp_pa
             # trim: examples sorted by length, each chunk cut to its longest prompt; K unchanged (not for
             # GPT-Neo, whose attention runs in float32 whatever the model's dtype: another sequence length
             # rounds differently, at 1e-7)
-            cases = ((None, None), (800_000, None), (1_100_000, None)) + (((800_000, ad.trim),)
-                                                                          if arch != "gpt-neo" else ())
-            for budget, trim in cases:
+            # passes of one example (CAPTURE_PASS_BYTES 1) in whole chunks: each pass cut to its own length
+            # and merged into the chunk's factors, zero-padded
+            big = st.CAPTURE_PASS_BYTES["cpu"]
+            cases = ((None, None, big), (800_000, None, big), (1_100_000, None, big)) + (
+                ((800_000, ad.trim, big), (None, ad.trim, 1)) if arch != "gpt-neo" else ())
+            for budget, trim, passes in cases:
+                monkeypatch.setitem(st.CAPTURE_PASS_BYTES, "cpu", passes)
                 K = empirical_kernel(ad.f, ad.params, a, b, kind=kind, method="structured", memory_budget=budget,
                                      trim=trim)
                 assert K.shape == ref.shape == (len(a), 2, len(b), 2)
@@ -209,18 +214,34 @@ def test_sign_kernels_from_column_bits_and_dropped_column_factors(tmp_path, monk
     x2 = enc(["bad", "a very good film , it was great"])
     ref, slack = _naive(ad, x1, x2, kind, with_slack=True)
     per_ex = st.probe(ad.f, ad.params, ad.select, x1, ad.num_outputs)[1]
-    sizes = []
-    real_cap = st.capture
-    monkeypatch.setattr(st, "capture", lambda f, p, n, x, c: (sizes.append(x.shape[0]), real_cap(f, p, n, x, c))[1])
-    for budget in (16 * per_ex, 5 * per_ex, 4 * per_ex):
+    passes, sizes = [], []      # capture passes within capture_batched (not the probes'), its chunks
+    real_cap, real_batched = st.capture, st.capture_batched
+
+    def batched(f, p, n, x, c, *rest):
+        sizes.append(x.shape[0])
+        monkeypatch.setattr(st, "capture", lambda f, p, n, x, c: (passes.append(x.shape[0]), real_cap(f, p, n, x, c))[1])
+        try:
+            return real_batched(f, p, n, x, c, *rest)
+        finally:
+            monkeypatch.setattr(st, "capture", real_cap)
+
+    monkeypatch.setattr(st, "capture_batched", batched)
+    for budget in (16 * per_ex, 5 * per_ex, 4 * per_ex, 64 * per_ex):
+        passes.clear()
         sizes.clear()
         K = empirical_kernel(ad.f, ad.params, x1, x2, kind=kind, method="structured", memory_budget=budget)
         assert bool(((K - ref).abs() <= 1e-9 * ref.abs().max() + slack).all()), budget // per_ex
+        # capture passes of at most an eighth of the budget (factors and forward tensors), however large the
+        # chunk: a chunk of 8 rows at 64 factors' budget comes in passes of fewer
+        assert sum(passes) == sum(sizes) and max(passes) <= max(1, (budget // 8) // per_ex), (budget // per_ex,
+                                                                                                passes, sizes)
         if budget == 16 * per_ex:
-            # the probes of x1 (2, 3 examples) and of x2's length (2), the two columns once, then the rows in
-            # chunks of what the columns' bits leave of 11/16 of the budget (factors and forward tensors per
-            # row), larger than the eighth (2 examples) that holding the columns' factors leaves
-            assert sizes[:4] == [2, 3, 2, 2] and sum(sizes[4:]) == len(x1) and max(sizes[4:]) > 2, sizes
+            # the two columns once, then the rows in chunks of what the columns' bits leave of 11/16 of the
+            # budget beside one capture pass, larger than the eighth (2 examples) that holding the columns'
+            # factors leaves
+            assert sizes[0] == 2 and sum(sizes[1:]) == len(x1) and max(sizes[1:]) > 2, sizes
+        if budget == 64 * per_ex:
+            assert max(sizes) > max(passes), (sizes, passes)
 
 
 @pytest.mark.parametrize("arch", ["roberta", "llama"])
