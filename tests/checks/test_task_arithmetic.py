@@ -11,6 +11,13 @@ def result(quick_result):
     return quick_result("task_arithmetic")
 
 
+def test_quick_verdict_passes_with_controls(result):
+    bad = [c.id for c in result.claims if not c.holds]
+    assert not bad and result.verdict == "pass"
+    controls = [c for c in result.claims if c.control]
+    assert controls and all(c.holds for c in controls)
+
+
 def test_claims_present_with_their_relations(result):
     assert result.claim("negation.effect").relation == "==" and result.claim("negation.effect").predicted == 1.0
     assert abs(result.claim("negation.effect").measured - 1.0) < 0.05
