@@ -38,7 +38,7 @@ from typing import Callable, Mapping
 import torch
 
 from ntkcheck.models.kernels.common import (DEFAULT_MEMORY_BUDGET, Accumulator, KernelKind, MemoryBudgetError,
-                                            Spec, activation_bytes, chunks, group_key, parse_kind, saved_bytes,
+                                            Spec, activation_bytes, chunks, group_key, parse_kind,
                                             select_names)
 from ntkcheck.models.kernels.jacobian import jacobian_rows, plan_groups
 from ntkcheck.models.optim import eps_sign
@@ -176,8 +176,9 @@ def _countsketch_structured(f, params, x, c, cover, probed, spec: Spec, cs: Coun
     """{key: [N C, k]} = sum_{M in key} Pi_M^T phi(grad_M f(x)) for the tensors the structured capture
     covers: per-example gradients formed from the captured factors a chunk of examples at a time (linear
     weights by one batched matmul, embedding tables as their nonzero rows), each sketched in one pass."""
-    from ntkcheck.models.kernels.structured import (Scratch, capture, capture_pass_bytes, capture_passes, phi_inplace,
-                                                    tied_gradients, tied_rows, views, weight_gradients)
+    from ntkcheck.models.kernels.structured import (Scratch, capture, capture_example_bytes, capture_pass_bytes,
+                                                    capture_passes, phi_inplace, tied_gradients, tied_rows, views,
+                                                    weight_gradients)
 
     scratch = spec.extra.setdefault("scratch", Scratch())
 
@@ -185,7 +186,7 @@ def _countsketch_structured(f, params, x, c, cover, probed, spec: Spec, cs: Coun
     per_ex = probed[1]
     # one capture pass at a time (capture_passes): each example is sketched on its own, so nothing gains
     # from holding more examples' factors than a pass's
-    pass_cost = per_ex + 2 * saved_bytes(f, params, x[:1])
+    pass_cost = capture_example_bytes(f, params, x, per_ex)
     pass_bytes = max(pass_cost, capture_pass_bytes(spec.device, spec.budget))
     if per_ex > spec.budget // 4:
         raise MemoryBudgetError(f"one example's captured factors take {per_ex:,} bytes, more than a quarter of the "

@@ -246,6 +246,12 @@ def capture_pass_bytes(device, budget: int) -> int:
     return max(1, min(want, budget // 8))
 
 
+def capture_example_bytes(f: Callable, params: Mapping[str, torch.Tensor], x: torch.Tensor, per_ex: int) -> int:
+    """Bytes one example of x's padded length takes in a capture pass: its factors (``per_ex``, from probe)
+    and twice what the forward pass saves for the C backward passes (``saved_bytes`` of one example)."""
+    return per_ex + 2 * saved_bytes(f, params, x[:1])
+
+
 def capture_passes(x: torch.Tensor, trim: Callable | None, pass_bytes: int, example_bytes: int) -> list[slice]:
     """Consecutive passes over x's examples, each as many as fit in ``pass_bytes`` at ``example_bytes`` an
     example of x's padded length (with ``trim``, in proportion to the pass's longest trimmed length)."""
@@ -278,13 +284,12 @@ def capture_batched(f: Callable, params: Mapping[str, torch.Tensor], names: list
     parts = capture_passes(x, trim, pass_bytes, example_bytes)
     if len(parts) == 1:
         return capture(f, params, names, x if trim is None else trim(x), c)
-    lengths = [(trim(x[s]).shape[-1] if trim is not None else x.shape[-1]) for s in parts]
-    order = sorted(range(len(parts)), key=lambda i: -lengths[i])
+    inputs = [x[s] if trim is None else trim(x[s]) for s in parts]   # each pass cut once
+    order = sorted(range(len(parts)), key=lambda i: -inputs[i].shape[-1])
     out: Captured | None = None
     for i in order:
         s = parts[i]
-        xs = x[s] if trim is None else trim(x[s])
-        k = capture(f, params, names, xs, c)
+        k = capture(f, params, names, inputs[i], c)
         if out is None:
             shared: dict = {}
 
@@ -959,7 +964,7 @@ def _structured_part(f, params, x1, x2, c, spec, acc, cover, per_ex, sig):
 
     # capture passes of at most CAPTURE_PASS_BYTES whatever a chunk holds: their activations, and what
     # the forward pass saves for the C backward passes (``saved_bytes``), are those of one pass
-    pass_cost = per_ex + 2 * saved_bytes(f, params, x1[:1])
+    pass_cost = capture_example_bytes(f, params, x1, per_ex)
     pass_bytes = capture_pass_bytes(spec.device, spec.budget)
 
     def cap(x):
