@@ -34,7 +34,9 @@ Measured in this process, on the same inputs:
   to c >= ||u||^2, ||v||^2, so looser for entries much smaller than c).
 Per row: seconds, seconds per example (over R + U), x floor, the peak RSS
 during the call above the RSS with the model loaded (CPU; the kernel's VmHWM,
-ntkcheck.models.kernels.memory) or torch.cuda.max_memory_allocated (GPU), and
+ntkcheck.models.kernels.memory) or torch.cuda.max_memory_allocated (GPU), the
+memory budget the kernel function took (by default a share of the memory
+available when it was made, so what earlier rows left resident lowers it), and
 the machine's load average. The process runs with glibc's mmap threshold at
 4 MiB (``memory.child_env``, as ``ntkcheck lm`` sets it), floor and kernels alike.
 """
@@ -205,13 +207,15 @@ def main(argv=None) -> int:
     floor = floor_seconds(ad, [x_rows, x_cols], args.batch)
     n_ex = R + U
     rows = [dict(row="floor", seconds=floor, per_example=floor / n_ex, x_floor=1.0, peak_bytes=None)]
-    print(f"{'row':<28}{'seconds':>9}{'s/example':>11}{'x floor':>9}{'peak MiB':>10}{'median rel err':>16}")
+    print(f"{'row':<28}{'seconds':>9}{'s/example':>11}{'x floor':>9}{'peak MiB':>10}{'budget MiB':>12}"
+          f"{'median rel err':>16}")
 
     def show(r):
         pk = "" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**20:.0f}"
         e1 = "" if r.get("median_rel_err") is None else f"{100 * r['median_rel_err']:.2f}%"
-        print(f"{r['row']:<28}{r['seconds']:>9.2f}{r['per_example']:>11.3f}{r['x_floor']:>9.2f}{pk:>10}{e1:>16}",
-              flush=True)
+        bu = "" if r.get("budget_bytes") is None else f"{r['budget_bytes'] / 2**20:.0f}"
+        print(f"{r['row']:<28}{r['seconds']:>9.2f}{r['per_example']:>11.3f}{r['x_floor']:>9.2f}{pk:>10}{bu:>12}"
+              f"{e1:>16}", flush=True)
 
     show(rows[0])
     budget = None if args.memory_gb is None else int(args.memory_gb * 2**30)
@@ -221,7 +225,7 @@ def main(argv=None) -> int:
         K, sec, peak = timed(lambda: fn(x_rows, x_cols), device, baseline)
         exact[kind] = K
         rows.append(dict(row=f"exact {kind}", seconds=sec, per_example=sec / n_ex, x_floor=sec / floor, peak_bytes=peak,
-                         method=fn.plans[next(iter(fn.plans))].method.value))
+                         budget_bytes=fn.budget, method=fn.plans[next(iter(fn.plans))].method.value))
         show(rows[-1])
     if args.sketch_dim:
         k = args.sketch_dim
@@ -231,7 +235,7 @@ def main(argv=None) -> int:
                                 sketch=args.sketch, seed=0, memory_budget=budget, trim=ad.trim)
             Kh, sec, peak = timed(lambda: fn(x_rows, x_cols), device, baseline)
             r = dict(row=f"{args.sketch} k=2^{int(math.log2(k))} {kind}", seconds=sec, per_example=sec / n_ex,
-                     x_floor=sec / floor, peak_bytes=peak, lemma_d3_eps_at_half=eps)
+                     x_floor=sec / floor, peak_bytes=peak, budget_bytes=fn.budget, lemma_d3_eps_at_half=eps)
             if kind in exact:
                 r["median_rel_err"] = sketch_error(Kh, exact[kind])
             rows.append(r)

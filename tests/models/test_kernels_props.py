@@ -383,6 +383,32 @@ def test_mmap_large_blocks_returns_freed_tensors_to_the_os():
     assert out["0"]["left"] > 0.9 * out["0"]["held"], out
 
 
+def test_freed_heap_blocks_count_as_available():
+    """Freeing 400 MB of 64 KiB tensors (below the 4 MiB mmap threshold, so glibc keeps them in its heap,
+    behind a live sentinel that stops it trimming) raises heap_free_bytes by about 400 MB, and the CPU's
+    available_bytes is MemAvailable plus that. Fresh process, the engine's environment (child_env)."""
+    from ntkcheck.models.kernels.memory import child_env
+
+    script = textwrap.dedent("""
+        import json, torch
+        from ntkcheck.models.kernels.memory import available_bytes, heap_free_bytes
+        from ntkcheck.resources import available_memory
+        f0 = heap_free_bytes()
+        x = [torch.ones(16384) for _ in range(6400)]     # 6400 x 64 KiB = 400 MiB
+        sentinel = torch.ones(16384)
+        x = None
+        f1 = heap_free_bytes()
+        a, m, f2 = available_bytes("cpu"), available_memory(), heap_free_bytes()
+        print(json.dumps({"freed": f1 - f0, "avail": a, "mem": m, "heap": f2}))
+    """)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=child_env(), timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert 0.9 * 400 * 2**20 <= out["freed"] <= 1.1 * 400 * 2**20, out
+    # available_bytes read MemAvailable a moment before available_memory did: equal up to other processes
+    assert abs(out["avail"] - (out["mem"] + out["heap"])) < 64 * 2**20, out
+
+
 def _flat_grads(f, params, x):
     J = torch.func.vmap(torch.func.jacrev(lambda p, xi: f(p, xi[None])[0]), in_dims=(None, 0))(params, x)
     return torch.cat([J[n].reshape(J[n].shape[0] * J[n].shape[1], -1) for n in params], dim=-1)  # [N C, P]
