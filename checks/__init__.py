@@ -4,8 +4,8 @@
     result = run_check("tp_scaling", quick=True, out="runs")
     result = coord_check(lambda n: make_my_model(n), widths=[64, 128, 256, 512], optimizer="adam")
 """
-from ntkcheck.checks.api import run_check
+from ntkcheck.checks.api import run_check, run_checks
 from ntkcheck.checks.coord import coord_check
 from ntkcheck.checks.registry import CheckSpec, all_checks, get
 
-__all__ = ["run_check", "coord_check", "all_checks", "get", "CheckSpec"]
+__all__ = ["run_check", "run_checks", "coord_check", "all_checks", "get", "CheckSpec"]

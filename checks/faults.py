@@ -88,25 +88,13 @@ class Outcome:
         return self.caught_by_design and self.observed in ("pass", "inconclusive")
 
 
-def _spec_ref(spec) -> tuple[str, str]:
-    """(module, attribute) under which ``spec`` is importable: how a worker process finds it again (a
-    CheckSpec holds functions and fault patches, which do not pickle)."""
-    import sys
-
-    module = sys.modules[spec.run.__module__]
-    for name, value in vars(module).items():
-        if value is spec:
-            return module.__name__, name
-    raise ValueError(f"check {spec.name!r}: its CheckSpec is not a module attribute of {module.__name__}, so a "
-                     "worker process cannot import it (run with jobs=1)")
-
-
 def _run_fault(spec_ref, fault_name: str, config: Any, where: Path) -> tuple[str, dict | None, str, float]:
     """(verdict or 'error', {claim id: state}, error text, seconds) of one check run under one fault.
     ``spec_ref``: the CheckSpec itself, or its (module, attribute) in a worker process."""
     from ntkcheck.checks.api import run_check
+    from ntkcheck.checks.workers import resolve
 
-    spec = getattr(importlib.import_module(spec_ref[0]), spec_ref[1]) if isinstance(spec_ref, tuple) else spec_ref
+    spec = resolve(spec_ref)
     fault = next(f for f in spec.faults if f.name == fault_name)
     t0 = time.time()
     try:
@@ -115,16 +103,6 @@ def _run_fault(spec_ref, fault_name: str, config: Any, where: Path) -> tuple[str
     except Exception as e:  # the fault broke the run itself: loud, so caught, and reported as such
         return "error", None, f"the run raised {type(e).__name__}: {str(e).splitlines()[0][:120]}", time.time() - t0
     return res.verdict, {c.id: c.state for c in res.claims}, "", time.time() - t0
-
-
-def _worker_init() -> None:
-    """A fault-run worker: one thread (two workers on two cores), libraries' chatter off as in the CLI."""
-    import torch
-
-    from ntkcheck.log import quiet_libraries
-
-    torch.set_num_threads(1)
-    quiet_libraries()
 
 
 def selftest(spec, *, quick: bool = True, out: str | Path | None = None, faults: list[str] | None = None,
@@ -146,16 +124,11 @@ def selftest(spec, *, quick: bool = True, out: str | Path | None = None, faults:
             # the fault changes predictions only: reuse the clean run's finished points
             shutil.copytree(root / "clean" / spec.name / "points", where / spec.name / "points")
     if jobs > 1 and len(chosen) > 1:
-        # fresh interpreters ("spawn"), not fork: a child forked after torch has run its OpenMP pool in
-        # this process hangs in its first parallel region
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+        from ntkcheck.checks.workers import pool, spec_ref
 
-        ref = _spec_ref(spec)
-        with ProcessPoolExecutor(max_workers=min(jobs, len(chosen)), mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_worker_init) as pool:
-            futures = [pool.submit(_run_fault, ref, f.name, config, places[f.name]) for f in chosen]
-            runs = [fu.result() for fu in futures]
+        ref = spec_ref(spec)
+        with pool(min(jobs, len(chosen))) as workers:
+            runs = workers.starmap(_run_fault, [(ref, f.name, config, places[f.name]) for f in chosen])
     else:
         runs = [_run_fault(spec, f.name, config, places[f.name]) for f in chosen]
     outcomes = []

@@ -59,6 +59,7 @@ def _positive_int(flag: str):
         if v <= 0:
             raise UserError(f"invalid {flag} {text!r}: expected a positive integer")
         return v
+    parse.__name__ = "positive integer"   # argparse's message: "argument --jobs: invalid positive integer value: '0'"
     return parse
 
 
@@ -71,6 +72,7 @@ def _nonneg_int(flag: str):
         if v < 0:
             raise UserError(f"invalid {flag} {text!r}: expected an integer >= 0")
         return v
+    parse.__name__ = "integer >= 0"
     return parse
 
 
@@ -84,6 +86,7 @@ def _float(flag: str, positive: bool = True):
             raise UserError(f"invalid {flag} {text!r}: expected a {'positive' if positive else 'non-negative'} "
                             "finite number")
         return v
+    parse.__name__ = "positive number" if positive else "non-negative number"
     return parse
 
 
@@ -103,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed-base", type=_nonneg_int("--seed-base"), default=None,
                      help="shift every seed by N: the same sweep on other draws (default 0)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    run.add_argument("--jobs", type=_positive_int("--jobs"), default=1,
+                     help="run this many checks at once, each in its own process (default 1; one per core is "
+                          "the most that helps: a check keeps one core busy)")
     st = sub.add_parser("selftest", help="inject each check's listed faults and show that its verdict catches them")
     st.add_argument("checks", nargs="*", metavar="CHECK")
     st.add_argument("--quick", action="store_true", help="the quick sweeps (what CI runs)")
@@ -154,7 +160,7 @@ def print_result(result, where: Path) -> None:
 
 
 def _cmd_run(args) -> int:
-    from ntkcheck.checks import all_checks, get, run_check
+    from ntkcheck.checks import all_checks, get, run_check, run_checks
     from ntkcheck.checks.config import axes, with_overrides
     from ntkcheck.report import write_report
     from ntkcheck.store import ensure_writable
@@ -170,12 +176,22 @@ def _cmd_run(args) -> int:
                               seed_base=args.seed_base, sets=args.set) for s in specs]
     out = ensure_writable(args.out)
     main_rank = distributed.is_main()   # under torchrun rank 0 prints and writes the report
-    for spec, config in zip(specs, configs):
-        if main_rank:
+    if args.jobs > 1 and len(specs) > 1:
+        if distributed.world_size() > 1:
+            raise UserError(f"--jobs {args.jobs}: under torchrun the ranks already share the sweep points; "
+                            "drop --jobs")
+        print(f"running {len(specs)} checks in {min(args.jobs, len(specs))} processes; each is shown when it "
+              "finishes", flush=True)
+        for spec, result in run_checks(specs, configs, out, jobs=args.jobs):
             print(f"== {spec.name}: {spec.summary}", flush=True)
-        result = run_check(spec, config, out)
-        if main_rank:
             print_result(result, out / spec.name)
+    else:
+        for spec, config in zip(specs, configs):
+            if main_rank:
+                print(f"== {spec.name}: {spec.summary}", flush=True)
+            result = run_check(spec, config, out)
+            if main_rank:
+                print_result(result, out / spec.name)
     if main_rank:
         print(f"report: {write_report(out)}")
     return 0

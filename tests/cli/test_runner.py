@@ -153,6 +153,19 @@ def test_cli_run_writes_contract_and_reruns_fast(tmp_path, capsys):
     assert len(list((out / "tp_scaling" / "points").rglob("*.json"))) > len(points)
 
 
+def test_cli_run_jobs_runs_checks_in_processes_and_reports_each(tmp_path, capsys):
+    """`ntkcheck run --jobs 2` with two quick checks: each result written and passing, each shown once
+    when it finishes, one report over both (the results equal one process's: tests/checks/test_workers.py)."""
+    out = tmp_path / "runs"
+    assert main(["run", "signgd_kernel", "jl_subspace", "--quick", "--jobs", "2", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "running 2 checks in 2 processes" in text
+    for name in ("signgd_kernel", "jl_subspace"):
+        assert text.count(f"== {name}:") == 1
+        assert json.loads((out / name / "result.json").read_text())["verdict"] == "pass"
+        assert f"| {name} |" in (out / "report.md").read_text()
+
+
 @pytest.mark.parametrize("argv, fragment", [
     (["run", "nosuchcheck"], "'nosuchcheck'"),
     (["run", "tp_scaling", "--widths", "0"], "'0'"),
