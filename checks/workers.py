@@ -34,14 +34,19 @@ def resolve(ref):
 def _init(threads: int) -> None:
     """A worker: ``threads`` torch threads, no progress bars (N bars would interleave on one terminal;
     the parent reports each check as it finishes), libraries' chatter off as in the CLI, and Ctrl-C left
-    to the parent (which stops the workers), so an interrupt prints no worker tracebacks."""
+    to the parent (which stops the workers), so an interrupt prints no worker tracebacks. tqdm's write
+    lock is a thread lock here: its default holds a multiprocessing semaphore, which a terminated worker
+    would leave for the resource tracker to warn about."""
     import signal
+    import threading
 
     import torch
+    from tqdm import tqdm
 
     from ntkcheck.log import quiet_libraries
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    tqdm.set_lock(threading.RLock())
     os.environ["NTKCHECK_PROGRESS"] = "0"
     torch.set_num_threads(threads)
     quiet_libraries()
