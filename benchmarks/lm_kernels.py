@@ -33,11 +33,11 @@ Measured in this process, on the same inputs:
   kernel, beside [KV] Lemma D.3's bound at probability 1/2 (which is relative
   to c >= ||u||^2, ||v||^2, so looser for entries much smaller than c).
 Per row: seconds, seconds per example (over R + U), x floor, the peak RSS
-during the call above the RSS with the model loaded (CPU; the kernel's VmHWM,
-ntkcheck.models.kernels.memory) or torch.cuda.max_memory_allocated (GPU), the
-memory budget the kernel function took (by default a share of the memory
-available when it was made, so what earlier rows left resident lowers it), and
-the machine's load average. The process runs with glibc's mmap threshold at
+during the call above the RSS at its start, the heap's free blocks having gone
+back to the OS first (CPU; the kernel's VmHWM, ntkcheck.models.kernels.memory),
+or torch.cuda.max_memory_allocated (GPU), the memory budget the kernel function
+took (by default 40% of the memory available when it was made, the heap's free
+blocks included), and the machine's load average. The process runs with glibc's mmap threshold at
 4 MiB (``memory.child_env``, as ``ntkcheck lm`` sets it), floor and kernels alike.
 """
 from __future__ import annotations
@@ -131,11 +131,14 @@ def floor_seconds(ad, xs: list[torch.Tensor], batch: int) -> float:
     return time.perf_counter() - t0
 
 
-def timed(fn, device, baseline: int = 0):
+def timed(fn, device):
     """(result, seconds, peak bytes) of fn(): on CPU the peak RSS during the call (PeakRSS: the kernel's own
-    VmHWM, no sampling thread to slow the call) minus ``baseline`` (the RSS with the model loaded, before
-    any row: memory an earlier row left in glibc's heap counts, as it is resident)."""
-    from ntkcheck.models.kernels.memory import PeakRSS
+    VmHWM, no sampling thread to slow the call) minus the RSS at its start, after the heap's free blocks
+    went back to the OS (``memory.release_free_heap``), so that what an earlier row left in glibc's heap
+    neither counts in this row's peak nor hides in it."""
+    import gc
+
+    from ntkcheck.models.kernels.memory import PeakRSS, release_free_heap
 
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -145,11 +148,13 @@ def timed(fn, device, baseline: int = 0):
         out = fn()
         torch.cuda.synchronize()
         return out, time.perf_counter() - t0, torch.cuda.max_memory_allocated() - base
+    gc.collect()
+    release_free_heap()
     with PeakRSS() as m:
         t0 = time.perf_counter()
         out = fn()
         sec = time.perf_counter() - t0
-    return out, sec, m.peak - (baseline or m.start)
+    return out, sec, m.peak - m.start
 
 
 def sketch_error(K_hat: torch.Tensor, K: torch.Tensor) -> float:
@@ -200,9 +205,6 @@ def main(argv=None) -> int:
           f"mean prompt {tokens:.1f} tokens (padded {x_rows.shape[-1]} / {x_cols.shape[-1]}), {args.model_dtype}, "
           f"{args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}")
     print(f"# load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores")
-    from ntkcheck.models.kernels.memory import rss_bytes
-
-    baseline = rss_bytes() if device.type == "cpu" else 0
     floor_seconds(ad, [x_cols[:2]], args.batch)  # warm-up
     floor = floor_seconds(ad, [x_rows, x_cols], args.batch)
     n_ex = R + U
@@ -222,7 +224,7 @@ def main(argv=None) -> int:
     exact = {}
     for kind in args.kinds:
         fn = make_kernel_fn(ad.f, ad.params, kind=kind, select=ad.select, memory_budget=budget, trim=ad.trim)
-        K, sec, peak = timed(lambda: fn(x_rows, x_cols), device, baseline)
+        K, sec, peak = timed(lambda: fn(x_rows, x_cols), device)
         exact[kind] = K
         rows.append(dict(row=f"exact {kind}", seconds=sec, per_example=sec / n_ex, x_floor=sec / floor, peak_bytes=peak,
                          budget_bytes=fn.budget, method=fn.plans[next(iter(fn.plans))].method.value))
@@ -233,7 +235,7 @@ def main(argv=None) -> int:
         for kind in args.kinds:
             fn = make_kernel_fn(ad.f, ad.params, kind=kind, select=ad.select, method="sketch", sketch_dim=k,
                                 sketch=args.sketch, seed=0, memory_budget=budget, trim=ad.trim)
-            Kh, sec, peak = timed(lambda: fn(x_rows, x_cols), device, baseline)
+            Kh, sec, peak = timed(lambda: fn(x_rows, x_cols), device)
             r = dict(row=f"{args.sketch} k=2^{int(math.log2(k))} {kind}", seconds=sec, per_example=sec / n_ex,
                      x_floor=sec / floor, peak_bytes=peak, budget_bytes=fn.budget, lemma_d3_eps_at_half=eps)
             if kind in exact:

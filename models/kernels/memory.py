@@ -147,12 +147,26 @@ def heap_free_bytes() -> int:
     return int(fn().fordblks)
 
 
+def release_free_heap() -> bool:
+    """Give the heap's free blocks back to the OS (glibc's malloc_trim(0)); True if any memory was released.
+    A benchmark calls it between rows so that each row's peak RSS is its own, not what earlier rows left in
+    the heap. Hand-rolled with ctypes, as heap_free_bytes. Linux/glibc only (False elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
 def available_bytes(device=None) -> int:
     """Memory free for new allocations: CUDA's ``mem_get_info`` free bytes on a GPU; on the CPU what the OS
     can give (ntkcheck.resources.available_memory: /proc/meminfo's MemAvailable) plus what this process's
     heap holds free (``heap_free_bytes``). Without the second term a kernel made after another in the same
     process got a smaller default budget by what the first left in the heap (SmolLM2-135M, 164 x 32: 5282,
-    4754, 4125 MiB for the three kinds one after another), and ran slower for it."""
+    4754, 4125 MiB for the three kinds one after another), and ran slower for it. The free blocks serve the
+    small allocations (a pass's activations) that left them, while a block above the mmap threshold is
+    mapped fresh; the default budget's 40% share of the sum leaves room for that difference."""
     import torch
 
     from ntkcheck.resources import available_memory

@@ -19,7 +19,7 @@ from ntkcheck.models.kernels import (empirical_kernel, flatten, intrinsic_dimens
                                      pack_signs, packed_dot)
 from ntkcheck.models.kernels.packed import (float_sign_matmul, int8_dot, pack_int8_signs, popcount64, sign_matmul,
                                            unpack_float, unpack_int8)
-from ntkcheck.models.kernels.sketch import projection_block
+from ntkcheck.models.kernels.sketch import exact_tensors, projection_block
 
 DT = torch.float64
 
@@ -208,12 +208,20 @@ def test_sketch_within_jl_bound(kind, sketch, mlp):
 
 
 def test_intrinsic_dimension_kernel(mlp):
-    """Def. D.1: grad_{theta_hat} f = Pi^T grad f. sgd: equals the Gaussian sketch with the same seed;
-    signgd takes signs of the dim-vector, so entries are integers of magnitude <= dim."""
+    """Def. D.1: grad_{theta_hat} f = Pi^T grad f over every tensor, small ones included (unlike the sketch
+    kernel, which keeps those exact). sgd: equals the per-example gradients projected by hand with the
+    seeded Gaussian blocks; signgd takes signs of the dim-vector, so entries are integers of magnitude <= dim."""
+    from ntkcheck.models.kernels.sketch import project
+
     _, f, params, x = mlp
     KI = intrinsic_dimension_kernel(f, params, x, dim=64, seed=5)
+    G, start, S = _flat_grads(f, params, x), 0, 0
+    for i, (n, p) in enumerate(params.items()):
+        S = S + project(G[:, start:start + p.numel()], 64, 5, i, "gaussian", 1 << 30)
+        start += p.numel()
+    torch.testing.assert_close(KI.reshape(S.shape[0], -1), S @ S.T, rtol=1e-12, atol=1e-12)
     KS = empirical_kernel(f, params, x, method="sketch", sketch_dim=64, seed=5)
-    assert torch.allclose(KI, KS, rtol=1e-12, atol=1e-14)
+    assert not torch.allclose(KI, KS, rtol=1e-6)   # the sketch kernel keeps the biases exact
     Ks = intrinsic_dimension_kernel(f, params, x, dim=64, kind="signgd", seed=5)
     assert torch.equal(Ks, Ks.round()) and float(Ks.abs().max()) <= 64
 
@@ -417,12 +425,19 @@ def _flat_grads(f, params, x):
 @pytest.mark.parametrize("kind", ["sgd", "signgd", "asym_signgd"])
 def test_countsketch_is_unbiased_with_its_variance(kind, mlp):
     """E[<Pi^T u, Pi^T v>] = <u, v> and Var = (|u|^2 |v|^2 + <u, v>^2 - 2 sum_p u_p^2 v_p^2) / k for
-    CountSketch: the mean over 400 seeds lies within 4.5 standard errors of the exact kernel, entry by entry,
-    and the empirical variance within a factor 1.5 of the formula."""
+    CountSketch, u and v over the tensors not kept exact (exact_tensors): the mean over 400 seeds lies within 4.5
+    standard errors of the exact kernel, entry by entry, and the empirical variance within a factor 1.5
+    of the formula."""
     _, f, params, x = mlp
     k, S = 32, 400
     K = empirical_kernel(f, params, x, kind=kind, method="jacobian")
     G = _flat_grads(f, params, x)
+    # the smallest tensors, at most k entries in all (two biases), enter exactly: the variance is the rest's
+    exact = exact_tensors({n: p.numel() for n, p in params.items()}, {n: "total" for n in params}, k)
+    assert 0 < sum(params[n].numel() for n in exact) <= k
+    sketched = torch.cat([torch.full((p.numel(),), n not in exact) for n, p in params.items()])
+    assert 0 < int(sketched.sum()) < G.shape[1]
+    G = G[:, sketched]
     u = torch.sign(G) if kind == "signgd" else G
     v = G if kind == "sgd" else torch.sign(G)
     var = ((u * u).sum(1)[:, None] * (v * v).sum(1)[None] + (u @ v.T) ** 2 - 2 * (u * u) @ (v * v).T) / k
@@ -437,10 +452,29 @@ def test_countsketch_is_unbiased_with_its_variance(kind, mlp):
     assert 0.67 < float(ratio) < 1.5
 
 
+@pytest.mark.parametrize("sketch", ["countsketch", "gaussian"])
+@pytest.mark.parametrize("kind", ["sgd", "signgd", "asym_signgd"])
+def test_small_tensors_enter_the_sketch_exactly(kind, sketch, mlp):
+    """With k at least the number of parameters nothing is projected (exact_tensors takes the smallest
+    tensors while their sizes sum to at most k): the sketched kernel is the exact one to float64 rounding,
+    by the structured capture (countsketch) and the Jacobian path (gaussian) alike. With k one below the
+    largest tensor's size that tensor alone is projected, and (pigeonhole: at least two of its coordinates
+    share a bucket) the kernel is not exact: the control. (At k = P - 1 its 256 coordinates fall into 417
+    buckets without a collision: multiply-shift hashing spreads consecutive coordinates evenly.)"""
+    _, f, params, x = mlp
+    big = sum(p.numel() for p in params.values())
+    K = empirical_kernel(f, params, x, kind=kind, method="jacobian")
+    Kh = empirical_kernel(f, params, x, kind=kind, method="sketch", sketch=sketch, sketch_dim=big, seed=3)
+    torch.testing.assert_close(Kh, K, rtol=1e-12, atol=1e-12 * float(K.abs().max()))
+    largest = max(p.numel() for p in params.values())
+    Kh = empirical_kernel(f, params, x, kind=kind, method="sketch", sketch=sketch, sketch_dim=largest - 1, seed=3)
+    assert float((Kh - K).abs().max()) > 1e-6 * float(K.abs().max())
+
+
 def test_countsketch_from_the_structured_capture_equals_the_jacobian_path(mlp):
     """The same hashes applied to per-example gradients formed from captured factors and to per-example
     Jacobians give the same sketch: the structured path is exact, only the projection is random."""
-    from ntkcheck.models.kernels.sketch import count_hash
+    from ntkcheck.models.kernels.sketch import count_hash, exact_tensors
 
     _, f, params, x = mlp
     k = 64
@@ -449,15 +483,22 @@ def test_countsketch_from_the_structured_capture_equals_the_jacobian_path(mlp):
                               sketch_dim=k, seed=9)
         G = _flat_grads(f, params, x)
         idx = {n: i for i, n in enumerate(params)}
-        # the sketch by hand: per tensor, bucket and sign of each coordinate
+        # the sketch by hand: per tensor, bucket and sign of each coordinate; the small tensors
+        # (exact_tensors) appended unprojected
         def sk(M):
-            out = torch.zeros(M.shape[0], k, dtype=M.dtype)
+            out, exact = torch.zeros(M.shape[0], k, dtype=M.dtype), []
             start = 0
+            small = exact_tensors({n: p.numel() for n, p in params.items()}, {n: "total" for n in params}, k)
             for n, p in params.items():
-                b, s = count_hash(torch.arange(p.numel()), k, 9, idx[n])
-                out.index_add_(1, b, M[:, start:start + p.numel()] * s.to(M.dtype))
+                block = M[:, start:start + p.numel()]
+                if n in small:
+                    exact.append(block)
+                else:
+                    b, s = count_hash(torch.arange(p.numel()), k, 9, idx[n])
+                    out.index_add_(1, b, block * s.to(M.dtype))
                 start += p.numel()
-            return out
+            assert exact and len(exact) < len(params)
+            return torch.cat([out] + exact, dim=1)
         phi1 = torch.sign if kind == "signgd" else (lambda t: t)
         phi2 = (lambda t: t) if kind == "sgd" else torch.sign
         S1, S2 = sk(phi1(G)), sk(phi2(G[:4 * 2]))

@@ -247,9 +247,10 @@ def test_sign_kernels_from_column_bits_and_dropped_column_factors(tmp_path, monk
 @pytest.mark.parametrize("arch", ["roberta", "llama"])
 def test_countsketch_of_lm_gradients_from_the_capture(tmp_path, arch):
     """The countsketch kernel of a tiny LM (embedding rows, tied head, RMSNorm / LayerNorm, sides of different
-    lengths) equals the same hashes applied to autograd's per-example gradients: only the projection is random."""
+    lengths) equals the same hashes applied to autograd's per-example gradients (the smallest tensors,
+    at most k entries in all, unprojected): only the projection is random."""
     from ntkcheck.models.kernels import empirical_kernel
-    from ntkcheck.models.kernels.sketch import count_hash
+    from ntkcheck.models.kernels.sketch import count_hash, exact_tensors
     from ntkcheck.realmodels.adapters import load_pretrained, make_adapter
     from ntkcheck.realmodels.data import Example
     from ntkcheck.realmodels.tasks import TASKS
@@ -263,6 +264,8 @@ def test_countsketch_of_lm_gradients_from_the_capture(tmp_path, arch):
     # an attention key bias has gradient exactly 0 (softmax ignores q.b, the same for every key); its
     # round-off (1e-17) has random signs, which a sign kind would sketch as O(1) noise on either path
     sel = [n for n in ad.select if not n.endswith("key.bias")]
+    small = set(exact_tensors({n: ad.params[n].numel() for n in sel}, {n: "total" for n in sel}, k))
+    assert small
 
     def sketched(x, phi):
         rows = []
@@ -270,12 +273,15 @@ def test_countsketch_of_lm_gradients_from_the_capture(tmp_path, arch):
             for a in range(ad.num_outputs):
                 p = {n: v.clone().requires_grad_(n in sel) for n, v in ad.params.items()}
                 gs = torch.autograd.grad(ad.f(p, x[i:i + 1])[0, a], [p[n] for n in sel], allow_unused=True)
-                row = torch.zeros(k, dtype=torch.float64)
+                row, exact = torch.zeros(k, dtype=torch.float64), []
                 for n, g in zip(sel, gs):
                     g = torch.zeros_like(p[n]) if g is None else g
+                    if n in small:      # the smallest tensors, at most k entries in all, enter unprojected
+                        exact.append(phi(g.reshape(-1)))
+                        continue
                     b, s = count_hash(torch.arange(g.numel()), k, 4, index[n])
                     row.index_add_(0, b, phi(g.reshape(-1)) * s.double())
-                rows.append(row)
+                rows.append(torch.cat([row] + exact))
         return torch.stack(rows)
 
     for kind in ("sgd", "asym_signgd"):
