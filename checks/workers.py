@@ -2,8 +2,8 @@
 
 The checks' tensors are small (a quick sweep point is milliseconds of BLAS), so one check keeps
 one core busy whatever torch's thread count; running N checks at once in N single-threaded
-processes is what uses N cores. concurrent.futures' ProcessPoolExecutor does the scheduling;
-what is ntkcheck's own here is how a worker finds a CheckSpec again (it holds functions and
+processes is what uses N cores. multiprocessing's Pool does the scheduling; what is
+ntkcheck's own here is how a worker finds a CheckSpec again (it holds functions and
 fault patches, which do not pickle) and how it is set up (threads, progress bars, libraries'
 chatter), so that both commands do it one way.
 """

@@ -180,11 +180,15 @@ def _cmd_run(args) -> int:
         if distributed.world_size() > 1:
             raise UserError(f"--jobs {args.jobs}: under torchrun the ranks already share the sweep points; "
                             "drop --jobs")
+        from ntkcheck.log import progress_bar
+
         print(f"running {len(specs)} checks in {min(args.jobs, len(specs))} processes; each is shown when it "
               "finishes", flush=True)
-        for spec, result in run_checks(specs, configs, out, jobs=args.jobs):
-            print(f"== {spec.name}: {spec.summary}", flush=True)
-            print_result(result, out / spec.name)
+        with progress_bar(total=len(specs), desc="checks finished", unit="check") as bar:
+            for spec, result in run_checks(specs, configs, out, jobs=args.jobs):
+                print(f"== {spec.name}: {spec.summary}", flush=True)
+                print_result(result, out / spec.name)
+                bar.update(1)
     else:
         for spec, config in zip(specs, configs):
             if main_rank:
