@@ -53,19 +53,10 @@ TOY = CheckSpec(name="toy", summary="toy", config_cls=ToyConfig, run=run, faults
 
 
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory):
+def toy(tmp_path_factory, importable_module):
     """The toy check as an importable module (worker processes import it by name, as they do real checks)."""
-    import importlib
-    import sys
-
-    where = tmp_path_factory.mktemp("toycheck")
-    (where / "ntkcheck_toy_check.py").write_text(TOY_MODULE)
-    sys.path.insert(0, str(where))
-    try:
-        yield importlib.import_module("ntkcheck_toy_check")
-    finally:
-        sys.path.remove(str(where))
-        sys.modules.pop("ntkcheck_toy_check", None)
+    with importable_module(tmp_path_factory.mktemp("toycheck"), "ntkcheck_toy_check", TOY_MODULE) as module:
+        yield module
 
 
 def test_inject_replaces_and_restores_even_on_error(toy):

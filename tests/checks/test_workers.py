@@ -61,19 +61,10 @@ BROKEN = CheckSpec(name="toy_broken", summary="broken", config_cls=ToyConfig, ru
 
 
 @pytest.fixture(scope="module")
-def toys(tmp_path_factory):
+def toys(tmp_path_factory, importable_module):
     """The toy checks as an importable module (workers import a CheckSpec by its module and name)."""
-    import importlib
-    import sys
-
-    where = tmp_path_factory.mktemp("toyrun")
-    (where / "ntkcheck_toy_run.py").write_text(TOY_MODULE)
-    sys.path.insert(0, str(where))
-    try:
-        yield importlib.import_module("ntkcheck_toy_run")
-    finally:
-        sys.path.remove(str(where))
-        sys.modules.pop("ntkcheck_toy_run", None)
+    with importable_module(tmp_path_factory.mktemp("toyrun"), "ntkcheck_toy_run", TOY_MODULE) as module:
+        yield module
 
 
 def _claims(result):
