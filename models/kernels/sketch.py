@@ -50,6 +50,9 @@ from ntkcheck.models.optim import eps_sign
 
 SKETCHES = ("gaussian", "sparse_sign", "countsketch")
 _SPARSITY = 3.0
+#: a sketch's capture pass may take budget / SKETCH_PASS_SHARE: it holds one pass's factors at a time (each
+#: example is sketched on its own), beside the hash tables (a quarter) and a chunk's gradients (an eighth)
+SKETCH_PASS_SHARE = 4
 
 
 def jl_failure_probability(k: int, eps: float, n_pairs: int = 1) -> float:
@@ -255,8 +258,8 @@ def _countsketch_structured(f, params, x, c, cover, probed, spec: Spec, cs: Coun
     per_ex = probed[1]
     # one capture pass at a time (capture_passes): each example is sketched on its own, so nothing gains
     # from holding more examples' factors than a pass's
-    pass_cost = capture_example_bytes(f, params, x, per_ex)
-    pass_bytes = max(pass_cost, capture_pass_bytes(spec.device, spec.budget))
+    pass_cost = capture_example_bytes(f, params, cover, x, c)
+    pass_bytes = max(pass_cost, capture_pass_bytes(spec.device, spec.budget, share=SKETCH_PASS_SHARE))
     if per_ex > spec.budget // 4:
         raise MemoryBudgetError(f"one example's captured factors take {per_ex:,} bytes, more than a quarter of the "
                                 f"memory budget of {spec.budget:,} bytes: give a larger memory_budget (--memory-gb) "

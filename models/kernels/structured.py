@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-from ntkcheck.models.kernels.common import Accumulator, KernelKind, MemoryBudgetError, Spec, chunks, saved_bytes
+from ntkcheck.models.kernels.common import Accumulator, KernelKind, MemoryBudgetError, Spec, chunks
 from ntkcheck.models.kernels.jacobian import jacobian_kernel
 from ntkcheck.models.kernels.packed import (float_sign_matmul, pack_bits, pack_int8_signs, sign_matmul,
                                             unpack_float, unpack_int8)
@@ -201,24 +201,28 @@ def capture(f: Callable, params: Mapping[str, torch.Tensor], names: list[str], x
         with mode:
             out = f(params, x)
         out = out.reshape(out.shape[0], -1)
-        grads = [[] for _ in mode.deltas]
+        # each output's gradients written into [B, C, ...] tensors as its backward pass returns them, so
+        # that one output's gradients, not all C and then their stacked copy, are held beside the result
+        grads = [d.new_zeros((d.shape[0], c) + tuple(d.shape[1:])) for d in mode.deltas]
         for a in range(c):
             if mode.deltas:
                 gs = torch.autograd.grad(out[:, a].sum(), mode.deltas, retain_graph=a < c - 1, allow_unused=True)
-            else:
-                gs = []
-            for k, g in enumerate(gs):
-                grads[k].append(torch.zeros_like(mode.deltas[k]) if g is None else g.detach())
+                for k, g in enumerate(gs):
+                    if g is not None:
+                        grads[k][:, a] = g
+                gs = g = None
+        out = None
+    mode.deltas.clear()
     cap = Captured(other=set(mode.other), signature=mode.sig)
     B = x.shape[0]
     for n, a, k in mode.wrec:
-        g = torch.stack(grads[k], dim=1)  # [B, C, ..., n_out]
+        g = grads[k]  # [B, C, ..., n_out]
         cap.weights.setdefault(n, []).append((a.reshape(B, -1, a.shape[-1]), g.reshape(B, c, -1, g.shape[-1])))
     for n, ids, pad, k in mode.erec:
-        g = torch.stack(grads[k], dim=1)
+        g = grads[k]
         cap.embeddings.setdefault(n, []).append((ids, pad, g.reshape(B, c, -1, g.shape[-1])))
     for n, feat, m, k in mode.vrec:
-        g = torch.stack(grads[k], dim=1)
+        g = grads[k]
         if feat is not None:
             g = g * feat.unsqueeze(1)
         v = m * g.reshape(B, c, -1, g.shape[-1]).sum(2)
@@ -232,24 +236,54 @@ def capture(f: Callable, params: Mapping[str, torch.Tensor], names: list[str], x
     return cap
 
 
-#: the most bytes (factors and forward tensors) one capture pass takes, by device type. On CPU the passes
-#: run fastest at about 500 tokens of SmolLM2-135M (2 GiB; 2 cores, 32 examples): 5.4 s in passes of 8 at 56
-#: tokens against 17.8 s in one pass of 32; 1.6 s in passes of 32 at 15 tokens against 3.0 s in passes of 4.
-#: Elsewhere 16 GiB (not measured; a GPU wants large batches). Either way at most an eighth of the budget.
-CAPTURE_PASS_BYTES = {"cpu": 2 * 2**30}
-_CAPTURE_PASS_BYTES_ELSEWHERE = 16 * 2**30
+#: the most bytes one capture pass takes (capture_example_bytes: what the pass holds at its high water), by
+#: device type. On CPU the passes run fastest at about 500 tokens of SmolLM2-135M (5 GiB; 2 cores, 32
+#: examples): 5.4 s in passes of 8 at 56 tokens against 17.8 s in one pass of 32; 1.6 s in passes of 32 at 15
+#: tokens against 3.0 s in passes of 4. Elsewhere 40 GiB (not measured; a GPU wants large batches). Either
+#: way at most ``budget // PASS_SHARE``.
+CAPTURE_PASS_BYTES = {"cpu": 5 * 2**30}
+_CAPTURE_PASS_BYTES_ELSEWHERE = 40 * 2**30
+PASS_SHARE = 8
 
 
-def capture_pass_bytes(device, budget: int) -> int:
-    """The bytes one capture pass may take on ``device`` under ``budget``: CAPTURE_PASS_BYTES, at most budget / 8."""
+def capture_pass_bytes(device, budget: int, share: int = PASS_SHARE) -> int:
+    """The bytes one capture pass may take on ``device`` under ``budget``: CAPTURE_PASS_BYTES, at most
+    budget / share."""
     want = CAPTURE_PASS_BYTES.get(torch.device(device).type, _CAPTURE_PASS_BYTES_ELSEWHERE)
-    return max(1, min(want, budget // 8))
+    return max(1, min(want, budget // share))
 
 
-def capture_example_bytes(f: Callable, params: Mapping[str, torch.Tensor], x: torch.Tensor, per_ex: int) -> int:
-    """Bytes one example of x's padded length takes in a capture pass: its factors (``per_ex``, from probe)
-    and twice what the forward pass saves for the C backward passes (``saved_bytes`` of one example)."""
-    return per_ex + 2 * saved_bytes(f, params, x[:1])
+def capture_example_bytes(f: Callable, params: Mapping[str, torch.Tensor], names: list[str], x: torch.Tensor,
+                          c: int) -> int:
+    """Bytes one example of x's padded length takes in a capture pass at its high water (the end of a
+    backward pass), counted on a forward pass of x[:1] under capture's mode:
+
+        saved + inputs + (C + 3) D
+
+    saved: what autograd keeps for the backward passes (the parameters not counted); inputs: the captured
+    uses' inputs that autograd does not keep; D: the bytes of the zero tensors added to the captured
+    outputs (the delta leaves the gradients are taken against), held through the pass; C D the
+    per-output gradients written into the result; D one backward pass's gradients of every delta before
+    they are copied; D the backward pass's own intermediates, measured (SmolLM2-135M, 42 tokens: 206 MiB
+    an example at its high water against 205 from this count; the earlier count, the factors plus
+    twice the plain forward pass's saved tensors, said 85)."""
+    own = {t.untyped_storage().data_ptr() for t in params.values()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in own:
+            seen[ptr] = max(seen.get(ptr, 0), t.untyped_storage().nbytes())
+        return None     # nothing kept: no backward pass follows (see common.saved_bytes)
+
+    mode = _Mode({id(params[n]): n for n in names}, 1)
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda _: None):
+        with mode:
+            f(params, x[:1])
+    deltas = sum(d.numel() * d.element_size() for d in mode.deltas)
+    inputs = {a.untyped_storage().data_ptr(): a.numel() * a.element_size() for _, a, _ in mode.wrec}  # q, k, v: one
+    unsaved = sum(b for ptr, b in inputs.items() if ptr not in seen and ptr not in own)
+    return max(1, sum(seen.values()) + unsaved + (c + 3) * deltas)
 
 
 def capture_passes(x: torch.Tensor, trim: Callable | None, pass_bytes: int, example_bytes: int) -> list[slice]:
@@ -962,9 +996,9 @@ def _structured_part(f, params, x1, x2, c, spec, acc, cover, per_ex, sig):
 
     trim = spec.extra.get("trim")
 
-    # capture passes of at most CAPTURE_PASS_BYTES whatever a chunk holds: their activations, and what
-    # the forward pass saves for the C backward passes (``saved_bytes``), are those of one pass
-    pass_cost = capture_example_bytes(f, params, x1, per_ex)
+    # capture passes of at most CAPTURE_PASS_BYTES whatever a chunk holds: their activations, saved
+    # tensors and gradients (capture_example_bytes) are those of one pass
+    pass_cost = capture_example_bytes(f, params, cover, x1, c)
     pass_bytes = capture_pass_bytes(spec.device, spec.budget)
 
     def cap(x):

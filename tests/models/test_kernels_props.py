@@ -321,6 +321,23 @@ def test_saved_bytes_counts_what_autograd_keeps_for_backward():
     assert saved_bytes(lambda p, x: F.linear(x, p["W"]) * 2.0, params, x) == 3 * 5 * 8
 
 
+def test_capture_example_bytes_counts_a_pass_at_its_high_water():
+    """For f = sum_t tanh(x_t W^T) (C = 7 outputs, T = 4 tokens, W not requiring grad) one example of a capture
+    pass holds tanh's saved output (T x 7), the linear's input that autograd does not keep (T x 5), the
+    delta leaf (T x 7), and C + 2 more of the delta's size (the result's gradients, one backward pass's,
+    the backward intermediates): 28 + 20 + (7 + 3) 28 float64 entries. The count before this one (factors
+    plus twice the plain forward's saved tensors) said 2.4x too little on SmolLM2."""
+    from ntkcheck.models.kernels.structured import capture_example_bytes
+
+    params = {"W": torch.randn(7, 5, dtype=DT)}
+    x = torch.randn(3, 4, 5, dtype=DT)
+    f = lambda p, x: torch.tanh(F.linear(x, p["W"])).sum(1)  # noqa: E731
+    assert capture_example_bytes(f, params, ["W"], x, 7) == (28 + 20 + 10 * 28) * 8
+    # a second use of the same input (q and k of one hidden state) adds its delta, not its input again
+    g = lambda p, x: (torch.tanh(F.linear(x, p["W"])) + F.linear(x, p["W"])).sum(1)  # noqa: E731
+    assert capture_example_bytes(g, params, ["W"], x, 7) == (28 + 20 + 10 * 2 * 28) * 8
+
+
 _SAVED_BYTES_SCRIPT = textwrap.dedent("""
     import gc, torch, torch.nn.functional as F
     from ntkcheck.models.kernels.common import saved_bytes
