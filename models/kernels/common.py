@@ -248,26 +248,33 @@ def activation_bytes(f: Callable, params: Mapping[str, torch.Tensor], x: torch.T
     return max(1, total[0])
 
 
-def saved_bytes(f: Callable, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> int:
-    """Bytes autograd saves for the backward pass of one forward pass of f on x (every parameter requiring
-    a gradient; the parameters themselves and views of one buffer counted once, not at all): what a
-    batch's forward pass keeps alive until its backward passes, far less than ``activation_bytes``, which
-    counts every tensor the pass creates. torch.autograd.graph.saved_tensors_hooks sees each saved tensor."""
-    own = {t.data_ptr() for t in params.values()}
+def saved_storages(run: Callable[[], object], exclude: set[int]) -> dict[int, int]:
+    """{storage pointer: bytes} of what autograd saves for the backward pass while ``run()`` builds a graph,
+    storages in ``exclude`` (the parameters) left out: torch.autograd.graph.saved_tensors_hooks sees each
+    saved tensor; views of one buffer count once, as the whole buffer."""
     seen: dict[int, int] = {}
 
     def pack(t):
         ptr = t.untyped_storage().data_ptr()
-        if ptr not in own:
+        if ptr not in exclude:
             seen[ptr] = max(seen.get(ptr, 0), t.untyped_storage().nbytes())
         # nothing is kept (no backward pass follows): returning t itself would tie a saved output to its
         # own graph in a reference cycle that outlives the call (every call leaked the model's tensors)
         return None
 
-    p = {k: v.detach().requires_grad_(v.is_floating_point()) for k, v in params.items()}
     with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda _: None):
-        f(p, x)
-    return max(1, sum(seen.values()))
+        run()
+    return seen
+
+
+def saved_bytes(f: Callable, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> int:
+    """Bytes autograd saves for the backward pass of one forward pass of f on x (every parameter requiring
+    a gradient; the parameters themselves and views of one buffer counted once, not at all): what a
+    batch's forward pass keeps alive until its backward passes, far less than ``activation_bytes``, which
+    counts every tensor the pass creates (``saved_storages``)."""
+    own = {t.data_ptr() for t in params.values()}
+    p = {k: v.detach().requires_grad_(v.is_floating_point()) for k, v in params.items()}
+    return max(1, sum(saved_storages(lambda: f(p, x), own).values()))
 
 
 # ---------------------------------------------------------------- shapes

@@ -43,7 +43,8 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-from ntkcheck.models.kernels.common import Accumulator, KernelKind, MemoryBudgetError, Spec, chunks
+from ntkcheck.models.kernels.common import (Accumulator, KernelKind, MemoryBudgetError, Spec, chunks,
+                                            saved_storages)
 from ntkcheck.models.kernels.jacobian import jacobian_kernel
 from ntkcheck.models.kernels.packed import (float_sign_matmul, pack_bits, pack_int8_signs, sign_matmul,
                                             unpack_float, unpack_int8)
@@ -268,18 +269,13 @@ def capture_example_bytes(f: Callable, params: Mapping[str, torch.Tensor], names
     an example at its high water against 205 from this count; the earlier count, the factors plus
     twice the plain forward pass's saved tensors, said 85)."""
     own = {t.untyped_storage().data_ptr() for t in params.values()}
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in own:
-            seen[ptr] = max(seen.get(ptr, 0), t.untyped_storage().nbytes())
-        return None     # nothing kept: no backward pass follows (see common.saved_bytes)
-
     mode = _Mode({id(params[n]): n for n in names}, 1)
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda _: None):
+
+    def forward():
         with mode:
             f(params, x[:1])
+
+    seen = saved_storages(forward, own)
     deltas = sum(d.numel() * d.element_size() for d in mode.deltas)
     inputs = {a.untyped_storage().data_ptr(): a.numel() * a.element_size() for _, a, _ in mode.wrec}  # q, k, v: one
     unsaved = sum(b for ptr, b in inputs.items() if ptr not in seen and ptr not in own)
