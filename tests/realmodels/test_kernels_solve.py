@@ -193,6 +193,43 @@ def test_structured_covers_every_lm_tensor_and_sides_of_different_lengths(tmp_pa
                 assert bool(((K - ref).abs() <= 1e-9 * ref.abs().max() + slack).all()), (kind, budget)
 
 
+def test_columns_held_when_their_own_lengths_fit(tmp_path, monkeypatch):
+    """Short columns beside one long row, a budget of 4 examples' factors at the rows' padded width: there the
+    4 columns would take more than half of it, at their own lengths they fit. They are captured once and
+    held while the rows come in several chunks (the old plan captured every column again per chunk of
+    rows), and K equals the per-example autograd loop. RoBERTa, because a float64 Llama is not
+    length-invariant: transformers computes its rotary angles in float32, and a batch cut to another
+    width moves its outputs by 1.6e-7 relative."""
+    import ntkcheck.models.kernels.structured as st
+    from ntkcheck.models.kernels import empirical_kernel
+    from ntkcheck.realmodels.adapters import load_pretrained, make_adapter
+    from ntkcheck.realmodels.data import Example
+    from ntkcheck.realmodels.tasks import TASKS
+    from ntkcheck.realmodels.tiny import make_tiny
+
+    model, tok, mode = load_pretrained(make_tiny(tmp_path / "roberta", "roberta", hidden=16, layers=2, heads=2,
+                                                 seed=0))
+    ad = make_adapter(model.double(), tok, mode, task=TASKS["sst2"])
+    enc = lambda texts: ad.encode([Example(text=t, label=0) for t in texts])  # noqa: E731
+    x1 = enc(["a very long and rather good film , it was great , fun and not terrible at all , really",
+              "a great movie", "the story was terrible", "bad", "not good at all", "a fine film , great",
+              "what a terrible one", "good", "it was great and fun"])
+    x2 = enc(["bad", "good", "fine", "a great one"])
+    per_ex = st.probe(ad.f, ad.params, ad.select, x1, ad.num_outputs)[1]
+    budget = 4 * per_ex
+    assert len(x2) * per_ex > budget // 2 and x1.shape[-1] > 2 * x2.shape[-1], (x1.shape, x2.shape)
+    sizes = []
+    real_batched = st.capture_batched
+    monkeypatch.setattr(st, "capture_batched", lambda f, p, n, x, c, *rest: (sizes.append(x.shape[0]),
+                                                                            real_batched(f, p, n, x, c, *rest))[1])
+    K = empirical_kernel(ad.f, ad.params, x1, x2, kind="sgd", method="structured", memory_budget=budget,
+                         trim=ad.trim)
+    ref = _naive(ad, x1, x2, "sgd")
+    assert bool(((K - ref).abs() <= 1e-9 * ref.abs().max()).all())
+    n_col_chunks = next(i for i in range(len(sizes) + 1) if sum(sizes[:i]) == len(x2))
+    assert sum(sizes) == len(x1) + len(x2) and len(sizes) - n_col_chunks > 1, sizes
+
+
 @pytest.mark.parametrize("kind", ["signgd", "asym_signgd"])
 def test_sign_kernels_from_column_bits_and_dropped_column_factors(tmp_path, monkeypatch, kind):
     """Many rows, few columns, budgets of a few examples' factors: the column side is captured first, its
