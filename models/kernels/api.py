@@ -284,7 +284,9 @@ class KernelFn:
 
 def _length_order(trim, x: torch.Tensor) -> torch.Tensor:
     """Indices of x's examples by the trailing length trim leaves them (stable), longest first."""
-    lengths = torch.tensor([trim(x[i:i + 1]).shape[-1] for i in range(x.shape[0])])
+    from ntkcheck.models.kernels.structured import trimmed_length
+
+    lengths = torch.tensor([trimmed_length(x, trim, i) for i in range(x.shape[0])])
     return torch.argsort(-lengths, stable=True).to(x.device)
 
 

@@ -282,13 +282,18 @@ def capture_example_bytes(f: Callable, params: Mapping[str, torch.Tensor], names
     return max(1, sum(seen.values()) + unsaved + (c + 3) * deltas)
 
 
+def trimmed_length(x: torch.Tensor, trim: Callable | None, i: int) -> int:
+    """The sequence length that ``trim`` leaves example i of x (x's padded width without trim)."""
+    return trim(x[i:i + 1]).shape[-1] if trim is not None else x.shape[-1]
+
+
 def capture_passes(x: torch.Tensor, trim: Callable | None, pass_bytes: int, example_bytes: int) -> list[slice]:
     """Consecutive passes over x's examples, each as many as fit in ``pass_bytes`` at ``example_bytes`` an
     example of x's padded length (with ``trim``, in proportion to the pass's longest trimmed length)."""
     n, width = x.shape[0], x.shape[-1]
     if trim is None:
         return chunks(n, max(1, pass_bytes // max(1, example_bytes)))
-    lengths = [trim(x[i:i + 1]).shape[-1] for i in range(n)]
+    lengths = [trimmed_length(x, trim, i) for i in range(n)]
     out, start = [], 0
     while start < n:
         stop, longest = start + 1, lengths[start]
@@ -979,13 +984,13 @@ def _structured_part(f, params, x1, x2, c, spec, acc, cover, per_ex, sig):
     # each of 12 chunks of 256 rows.
     trim = spec.extra.get("trim")
     per_token = per_ex / x1.shape[-1]
-    sl2 = _row_chunks(xb, trim, 1, spec.budget // (4 if same else 16), int(per_token * xb.shape[-1]))
-    side1 = _chunks_bytes(x1, trim, [slice(0, n1)], per_token)
+    col_chunks = lambda share: _row_chunks(xb, trim, 1, spec.budget // share, int(per_token * xb.shape[-1]))  # noqa: E731
     signs = not same and spec.kind is not KernelKind.SGD
+    sl2 = col_chunks(4 if same else 16)
     hold = not same and _chunks_bytes(xb, trim, sl2, per_token) <= spec.budget * (3 if signs else 4) // 8 \
-        and side1 > spec.budget // 4
+        and _chunks_bytes(x1, trim, [slice(0, n1)], per_token) > spec.budget // 4
     if not same and not hold:
-        sl2 = _row_chunks(xb, trim, 1, spec.budget // 4, int(per_token * xb.shape[-1]))
+        sl2 = col_chunks(4)
 
     sigs = {tuple(x1.shape[1:]): sig}
 
@@ -1065,12 +1070,9 @@ def _structured_part(f, params, x1, x2, c, spec, acc, cover, per_ex, sig):
         avail = spec.budget * 11 // 16 - held
     # a chunk of rows: its factors (per_ex an example), beside one capture pass's activations
     avail -= min(pass_bytes, n1 * pass_cost)
-    if same:
-        rows = sl2
-    elif avail > 0:
-        rows = _row_chunks(x1, trim, 1, max(avail, spec.budget // 8), per_ex)
-    else:
-        rows = _row_chunks(x1, trim, 1, spec.budget // (8 if hold else 4), per_ex)
+    # (avail > 0 only beside a held column side, whose chunks of rows take at least an eighth)
+    least = spec.budget // (8 if hold or hold2 is not None else 4)
+    rows = sl2 if same else _row_chunks(x1, trim, 1, max(avail, least), per_ex)
     for bi, si in enumerate(rows):
         c1 = cap(x1[si])
         for bj, sj in enumerate(sl2):
@@ -1092,7 +1094,7 @@ def _row_chunks(x: torch.Tensor, trim, least: int, avail: int, cost: int) -> lis
     first row's length), in proportion to the length its chunk is cut to: later chunks take more rows."""
     n, width, out, start = x.shape[0], x.shape[-1], [], 0
     while start < n:
-        length = trim(x[start:start + 1]).shape[-1] if trim is not None else width
+        length = trimmed_length(x, trim, start)
         size = max(least, int(avail // max(1, cost * length // width)))
         out.append(slice(start, min(n, start + size)))
         start = out[-1].stop
@@ -1103,9 +1105,7 @@ def _chunks_bytes(x: torch.Tensor, trim, parts: list[slice], per_token: float) -
     """The factor bytes of x's examples captured in ``parts``, each part padded to its first (with ``trim``
     and examples sorted longest first: its longest) example's trimmed length, at ``per_token`` an example
     and token."""
-    def length(i):
-        return trim(x[i:i + 1]).shape[-1] if trim is not None else x.shape[-1]
-    return int(sum((s.stop - s.start) * per_token * length(s.start) for s in parts))
+    return int(sum((s.stop - s.start) * per_token * trimmed_length(x, trim, s.start) for s in parts))
 
 
 def _view_bytes(view: dict) -> int:
