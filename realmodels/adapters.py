@@ -456,7 +456,7 @@ def make_adapter(model: nn.Module, tokenizer, mode: str, *, task: Task | None = 
     model.eval()
     device = next(model.parameters()).device
     pair = bool(task.pair) if task is not None else False
-    template = template or (task.template if task is not None else None)
+    template = template or (task.template_for(mode) if task is not None else None)
     words = tuple(label_words or (task.label_words if task is not None else ()))
     info: dict = {"bos": bos}
     if mode in ("mlm", "causal"):

@@ -193,6 +193,8 @@ def _tasks(args) -> int:
         src = f"{t.train_file}" + (f" / {t.test_file}" if t.test_file else " (test held out)") if t.train_file \
             else f"DATA/{t.name}/{{train,test}}.jsonl|tsv|csv"
         print(f"{t.name:7s} {t.metric:3s} {t.template!r:40s} {', '.join(t.label_words):55s} {src}")
+        if t.causal_template:
+            print(f"{'':7s} {'':3s} {t.causal_template!r:40s} (causal LMs)")
     return 0
 
 

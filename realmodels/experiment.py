@@ -384,3 +384,13 @@ def iter_sessions(cfg: LMConfig, check: str, bundle=None):
         return
     for s in cfg.seeds:
         yield open_session(replace(cfg, seeds=(s,)), check, model_bundle=bundle)
+
+
+def check_sessions(configs: Sequence[LMConfig], check: str, bundle) -> None:
+    """Open every session of each config once and let it go, before any kernel or training starts: each
+    task's data encoded, its template read in the model's mode, its label words tokenized and the LoRA
+    targets found, so a bad one is a UserError up front rather than after the tasks before it have run.
+    (Each session holds a copy of the parameters, so none is kept.)"""
+    for c in configs:
+        for sess in iter_sessions(c, check, bundle=bundle):
+            del sess

@@ -27,8 +27,8 @@ import torch
 
 from ntkcheck.errors import UserError
 from ntkcheck.provenance import now_iso, provenance
-from ntkcheck.realmodels.experiment import (LMConfig, Session, _load_tensor, _save_tensor, iter_sessions,
-                                            load_bundle, model_slug, validate_lm_config)
+from ntkcheck.realmodels.experiment import (LMConfig, Session, _load_tensor, _save_tensor, check_sessions,
+                                            iter_sessions, load_bundle, model_slug, validate_lm_config)
 from ntkcheck.checks.fit import mean_ci
 from ntkcheck.realmodels.metrics import METHOD_LABELS, TASK_LABELS, mean_std, score, table2
 from ntkcheck.result import Claim, Result, measurement
@@ -392,8 +392,9 @@ def taskvec_cmd(cfg: LMConfig, ft, tasks: Sequence[str], *, scale: float = 1.0) 
     if bundle[2] == "head":
         raise UserError("lm taskvec needs a prompt mode (mlm or causal): heads differ between tasks")
     seed = cfg.seeds[0]
-    vectors = task_vectors({t: replace(cfg, task=t, seeds=(seed,), template=None, label_words=None) for t in tasks},
-                           ft, seed, bundle, "lm_taskvec", scale=scale)
+    configs = {t: replace(cfg, task=t, seeds=(seed,), template=None, label_words=None) for t in tasks}
+    check_sessions(list(configs.values()), "lm_taskvec", bundle)   # every task's prompt, before any training
+    vectors = task_vectors(configs, ft, seed, bundle, "lm_taskvec", scale=scale)
     names, cos, rows = vectors["tasks"], vectors["cosine"], vectors["rows"]
     store = ResultStore(Path(cfg.out), f"lm_taskvec_{'-'.join(names)}_k{cfg.k}_{model_slug(cfg.model)}")
     store.write_measurements(rows)

@@ -44,8 +44,8 @@ import numpy as np
 
 from ntkcheck.errors import UserError
 from ntkcheck.log import note
-from ntkcheck.realmodels.experiment import (LMConfig, iter_sessions, load_bundle, model_slug, resolve_task,
-                                            validate_lm_config)
+from ntkcheck.realmodels.experiment import (LMConfig, check_sessions, iter_sessions, load_bundle, model_slug,
+                                            resolve_task, validate_lm_config)
 from ntkcheck.realmodels.measure import scalar_columns
 from ntkcheck.realmodels.metrics import METHOD_LABELS, TASK_LABELS, bootstrap_stat, table2
 from ntkcheck.result import Claim, claim, measurement
@@ -101,12 +101,8 @@ def reproduce(cfg: LMConfig, opts: ReproduceOptions) -> dict:
     bundle = load_bundle(replace(cfg, lora_rank=None))
     head = bundle[2] == "head"
     configs = {t: replace(cfg, task=t) for t in tasks}
+    check_sessions([v for c in configs.values() for v in _variants(c)], "lm_reproduce", bundle)
     for t, c in configs.items():
-        # every task's sessions opened once (data encoded, label words and LoRA targets checked) before any
-        # kernel or training starts, then let go: each holds a copy of the parameters
-        for variant in _variants(c):
-            for sess in iter_sessions(variant, "lm_reproduce", bundle=bundle):
-                del sess
         train, _ = load_task(resolve_task(c), cfg.data, holdout=cfg.holdout)
         if opts.spectrum_samples > len(train):
             raise UserError(f"--spectrum-samples {opts.spectrum_samples}: {t} has only {len(train)} training examples")

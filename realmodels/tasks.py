@@ -3,7 +3,10 @@
 A template is a string with the slots ``<S1>`` (first sentence), ``<S2>``
 (second sentence, pair tasks only) and ``[MASK]`` (the position whose label-word
 logits are the model output, [KV] Sec. 3.1). Label words are listed in label
-order: label i is predicted by ``label_words[i]``.
+order: label i is predicted by ``label_words[i]``. A causal LM reads the label
+word's logits after the text, so a template whose ``[MASK]`` comes before a
+sentence (TREC's ``[MASK] : <S1>``, the pair tasks') has a causal form,
+``causal_template``, with the same label words at the end (``Task.template_for``).
 
 Files: the four tasks shipped in ``shared/data`` (SST-2, SST-5, Subj, TREC) use
 the one-example-per-line ``LABEL SENTENCE`` format; every task can also be read
@@ -13,7 +16,7 @@ files can run all 14.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ntkcheck.errors import UserError
 
@@ -40,15 +43,24 @@ class Task:
     train_file: str | None = None
     test_file: str | None = None
     label_aliases: dict = field(default_factory=dict)
+    causal_template: str | None = None   # for causal LMs, when ``template`` puts [MASK] before a sentence
 
     @property
     def num_labels(self) -> int:
         return len(self.label_words)
 
+    def template_for(self, mode: str) -> str:
+        """The template of adapter ``mode``: ``causal_template`` for a causal LM when the task has one (the
+        label word must follow every sentence it reads), else ``template`` ([KV] Table 3)."""
+        return self.causal_template if mode == "causal" and self.causal_template else self.template
+
 
 _SENT = "<S1> It was [MASK] ."
 _NLI = "<S1> ? [MASK] , <S2>"
 _PARA = "<S1> [MASK] , <S2>"
+# causal forms (not in [KV], which prompts masked LMs): the same label words, read after both sentences
+_NLI_CAUSAL = "<S1> Question : <S2> ? Answer : [MASK]"
+_PARA_CAUSAL = "<S1> <S2> Same meaning ? [MASK]"
 
 TASKS: dict[str, Task] = {t.name: t for t in [
     Task("sst2", _SENT, ("terrible", "great"), ("negative", "positive"),
@@ -68,16 +80,23 @@ TASKS: dict[str, Task] = {t.name: t for t in [
     Task("trec", "[MASK] : <S1>", ("Description", "Entity", "Expression", "Human", "Location", "Number"),
          ("description", "entity", "abbreviation", "human", "location", "number"),
          train_file="TREC.train.all", test_file="TREC.test.all",
-         label_aliases={"DESC": 0, "ENTY": 1, "ABBR": 2, "HUM": 3, "LOC": 4, "NUM": 5}),
+         label_aliases={"DESC": 0, "ENTY": 1, "ABBR": 2, "HUM": 3, "LOC": 4, "NUM": 5},
+         causal_template="<S1> Category : [MASK]"),
     Task("agnews", "<S1> This article is about [MASK] news .", ("world", "sports", "business", "tech"),
          ("world", "sports", "business", "sci/tech"),
          label_aliases={"World": 0, "Sports": 1, "Business": 2, "Sci/Tech": 3}),
-    Task("mnli", _NLI, ("Yes", "Maybe", "No"), ("entailment", "neutral", "contradiction"), pair=True),
-    Task("snli", _NLI, ("Yes", "Maybe", "No"), ("entailment", "neutral", "contradiction"), pair=True),
-    Task("qnli", _NLI, ("Yes", "No"), ("entailment", "not_entailment"), pair=True),
-    Task("rte", _NLI, ("Yes", "No"), ("entailment", "not_entailment"), pair=True),
-    Task("mrpc", _PARA, ("No", "Yes"), ("not_equivalent", "equivalent"), pair=True, metric="f1"),
-    Task("qqp", _PARA, ("No", "Yes"), ("not_duplicate", "duplicate"), pair=True, metric="f1"),
+    Task("mnli", _NLI, ("Yes", "Maybe", "No"), ("entailment", "neutral", "contradiction"), pair=True,
+         causal_template=_NLI_CAUSAL),
+    Task("snli", _NLI, ("Yes", "Maybe", "No"), ("entailment", "neutral", "contradiction"), pair=True,
+         causal_template=_NLI_CAUSAL),
+    Task("qnli", _NLI, ("Yes", "No"), ("entailment", "not_entailment"), pair=True,
+         causal_template=_NLI_CAUSAL),
+    Task("rte", _NLI, ("Yes", "No"), ("entailment", "not_entailment"), pair=True,
+         causal_template=_NLI_CAUSAL),
+    Task("mrpc", _PARA, ("No", "Yes"), ("not_equivalent", "equivalent"), pair=True, metric="f1",
+         causal_template=_PARA_CAUSAL),
+    Task("qqp", _PARA, ("No", "Yes"), ("not_duplicate", "duplicate"), pair=True, metric="f1",
+         causal_template=_PARA_CAUSAL),
 ]}
 
 
@@ -93,8 +112,9 @@ def get_task(name: str) -> Task:
 
 def custom_task(base: Task, template: str | None = None, label_words: list[str] | None = None) -> Task:
     """``base`` with its template and/or label words replaced (validated by ``check_template``)."""
-    t = Task(base.name, template or base.template, tuple(label_words or base.label_words), base.label_names,
-             base.pair, base.metric, base.train_file, base.test_file, base.label_aliases)
+    # a --template given applies in every mode (its causal form is the user's to write)
+    t = replace(base, label_words=tuple(label_words or base.label_words),
+                **({"template": template, "causal_template": None} if template else {}))
     if len(t.label_words) != len(base.label_names):
         raise UserError(f"--label-words {','.join(t.label_words)!r}: task {base.name} has "
                         f"{len(base.label_names)} labels ({', '.join(base.label_names)})")

@@ -4,7 +4,7 @@ import torch
 
 from ntkcheck.errors import UserError
 from ntkcheck.realmodels.data import Example
-from ntkcheck.realmodels.tasks import get_task
+from ntkcheck.realmodels.tasks import MASK, S1, S2, TASKS, custom_task, get_task
 
 pytestmark = pytest.mark.hf
 
@@ -85,8 +85,8 @@ def test_template_errors(loaded):
     with pytest.raises(UserError, match="has no <S1>"):
         make_adapter(model, tok, mode, template="It was [MASK] .", label_words=["bad", "good"])
     cmodel, ctok, cmode = loaded["gpt-neo"]
-    with pytest.raises(UserError, match=r"causal LM predicts the word after"):
-        make_adapter(cmodel, ctok, cmode, task=get_task("trec"))
+    with pytest.raises(UserError, match=r"template '\[MASK\] : <S1>': a causal LM predicts the word after"):
+        make_adapter(cmodel, ctok, cmode, task=custom_task(get_task("trec"), "[MASK] : <S1>"))
     with pytest.raises(UserError, match="no mask token"):
         make_adapter(cmodel, ctok, "mlm", task=get_task("sst2"))
     with pytest.raises(UserError, match="--params 'nomatch' matches no parameter"):
@@ -115,3 +115,34 @@ def test_head_adapters(loaded):
     dec = make_adapter(cmodel, ctok, "head", task=get_task("sst2"))
     xd = dec.encode(ex)
     assert int(xd[0, 2].argmax()) == int(xd[0, 1].sum()) - 1  # decoder: last real token
+
+
+def test_causal_templates_read_every_sentence_before_the_label_word():
+    """A causal LM scores the label word after the text: every registered task's causal template puts [MASK]
+    after all its sentence slots, keeps [KV] Table 3's template for masked LMs, and a --template replaces both."""
+    moved = []
+    for t in TASKS.values():
+        c = t.template_for("causal")
+        prefix = c.split(MASK)[0]
+        assert S1 in prefix and (S2 in prefix) == t.pair, t.name
+        assert t.template_for("mlm") == t.template_for("head") == t.template
+        if c != t.template:
+            moved.append(t.name)
+    assert moved == ["trec", "mnli", "snli", "qnli", "rte", "mrpc", "qqp"]   # [MASK] first in Table 3
+    mine = custom_task(get_task("trec"), "<S1> It is about [MASK] .")
+    assert mine.template_for("causal") == mine.template == "<S1> It is about [MASK] ."
+    assert custom_task(get_task("trec"), label_words=list("abcdef")).template_for("causal") == "<S1> Category : [MASK]"
+
+
+def test_trec_causal_adapter_reads_the_label_word_last(loaded):
+    """TREC on a causal LM takes its causal template, and f is the model's logits at the last prompt token."""
+    from ntkcheck.realmodels.adapters import make_adapter
+
+    model, tok, mode = loaded["gpt-neo"]
+    ad = make_adapter(model, tok, mode, task=get_task("trec"))
+    assert ad.template == "<S1> Category : [MASK]" and len(ad.label_words) == 6
+    x = ad.encode([Example("what is the capital of france ?", 4), Example("who wrote it ?", 3)])
+    toks = tok.convert_ids_to_tokens(x[0, 0, : int(x[0, 1].sum())].tolist())
+    assert toks[-2:] == ["<unk>", ":"] and int(x[0, 2].argmax()) == len(toks) - 1   # "category": not a tiny word
+    ref = _reference(model, x, [i[0] for i in ad.label_ids])
+    torch.testing.assert_close(ad.f(ad.params, x), ref, rtol=1e-5, atol=1e-5)

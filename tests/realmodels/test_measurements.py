@@ -76,3 +76,22 @@ def test_task_vectors(tiny_models, data_dir, tmp_path):
     out = tmp_path / "lm_taskvec_sst2-subj_k1_gpt-neo"
     assert (out / "cosine.png").exists()
     assert res["result"].claim("cos.sst2.subj").measured == pytest.approx(cos[0, 1])
+
+
+def test_task_vectors_check_every_prompt_before_training(tiny_models, data_dir, tmp_path, monkeypatch):
+    """A task whose prompt the model cannot read (here subj with [MASK] first, on a causal LM) is a UserError
+    before the tasks before it are fine-tuned: a session saw SST-2, SST-5 and Subj trained for 14 minutes,
+    then TREC's template refused."""
+    from dataclasses import replace
+
+    import ntkcheck.realmodels.finetune as finetune
+    from ntkcheck.errors import UserError
+    from ntkcheck.realmodels.measure import taskvec_cmd
+    from ntkcheck.realmodels.tasks import TASKS
+
+    monkeypatch.setitem(TASKS, "subj", replace(TASKS["subj"], template="[MASK] : <S1>", causal_template=None))
+    monkeypatch.setattr(finetune, "run_finetune", lambda *a, **k: pytest.fail("trained before every prompt was read"))
+    cfg = _cfg(tiny_models, data_dir, tmp_path, k=1, test_max=4)
+    ft = FTConfig(optimizers=("sgd",), lrs_sgd=(0.1,), batch_sizes=(2,), steps=2, eval_every=2)
+    with pytest.raises(UserError, match=r"template '\[MASK\] : <S1>': a causal LM predicts"):
+        taskvec_cmd(cfg, ft, ["sst2", "subj"])
