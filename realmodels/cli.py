@@ -115,6 +115,9 @@ def _common(p: argparse.ArgumentParser, kinds: bool = True) -> None:
                    help="dtype the model's weights are loaded and run in (default float32)")
     p.add_argument("--method", default="auto", choices=["auto", "jacobian", "structured", "ntk_vp", "sketch", "packed"],
                    help="kernel engine method (default auto)")
+    p.add_argument("--sketch-dim", type=_int("--sketch-dim"), default=None, metavar="K",
+                   help="countsketch every parameter's gradient to K buckets (e.g. 131072) instead of the exact "
+                        "kernel: for shapes the exact one cannot reach; the small tensors stay exact")
     p.add_argument("--block", type=_int("--block"), default=256, help="kernel rows per cached block")
     p.add_argument("--memory-gb", type=_positive_float("--memory-gb"), default=None,
                    help="kernel engine memory budget in GiB (default: 40%% of the memory available on the device)")
@@ -155,7 +158,7 @@ def config_from_args(args):
                     label_words=args.label_words, multi_token=args.multi_token, params=args.params,
                     max_length=args.max_length, device=distributed.rank_device(args.device), kinds=tuple(getattr(args, "kinds", ("sgd",))),
                     kernel_dtype=args.kernel_dtype, model_dtype=args.model_dtype, method=args.method,
-                    block=args.block,
+                    sketch_dim=args.sketch_dim, block=args.block,
                     memory_budget_gb=args.memory_gb, holdout=args.holdout, bos=args.bos,
                     gguf_file=args.gguf_file, lora_rank=args.lora, lora_alpha=args.lora_alpha,
                     lora_targets=tuple(args.lora_targets) if args.lora_targets else None, out=args.out)

@@ -12,8 +12,9 @@ ntkcheck.models.kernels). Rows are computed in blocks; every finished block is
 a file written atomically under DIR/lm_kernels/<fingerprint>/ (shared by all `lm` commands), so an
 interrupted run resumes at the first missing block, and a block that fails to
 load is recomputed. The fingerprint hashes everything the kernel depends on
-(model folder, its weights' size and mtime, mode, template, label words,
-parameter subset, max length, k, seeds, test cap, dtype).
+(model folder, its weights' size and mtime, mode, the task's resolved templates and label
+words, parameter subset, max length, k, seeds, test cap, dtype, and the sketch dimension
+of a countsketched run, `--sketch-dim`).
 """
 from __future__ import annotations
 
@@ -57,6 +58,7 @@ class LMConfig:
     kernel_dtype: str = "float64"  # what kernels are summed and stored in; the model runs in model_dtype
     model_dtype: str = "float32"
     method: str = "auto"
+    sketch_dim: int | None = None  # --sketch-dim K: countsketched kernels (all parameters, k buckets), else exact
     block: int = 256
     memory_budget_gb: float | None = None  # None: the engine's share of the memory free on the device
     holdout: int = 2000
@@ -76,11 +78,18 @@ class LMConfig:
         return LoRASpec(self.lora_rank, self.lora_alpha, self.lora_targets)
 
     def kernel_fields(self) -> dict:
-        """The fields the kernels depend on (kinds and output folder excluded)."""
+        """The fields the kernels depend on (kinds and output folder excluded), with the task's resolved
+        prompt: the registry's templates and label words, so that editing a registered task's prompt
+        invalidates its cached kernels, not only a --template given on the command line."""
         d = asdict(self)
         for k in ("kinds", "out", "device", "block", "memory_budget_gb"):
             d.pop(k)
+        if d["sketch_dim"] is None:   # an exact kernel's key has no sketch field
+            d.pop("sketch_dim")
         d["model_id"] = model_identity(self.model, self.gguf_file)
+        task = resolve_task(self)
+        d["prompt"] = {"template": task.template, "causal_template": task.causal_template,
+                       "label_words": list(task.label_words)}
         if self.lora_rank is not None:
             from ntkcheck.realmodels.lora import fingerprint_fields
 
@@ -110,8 +119,10 @@ def model_slug(path: str) -> str:
 
 
 def result_name(command: str, task: str, cfg: "LMConfig") -> str:
-    """The result folder name of an LM measurement: <command>_<task>_k<k>_<model folder name>[_lora<r>]."""
-    return f"{command}_{task}_k{cfg.k}_{model_slug(cfg.model)}" + (f"_lora{cfg.lora_rank}" if cfg.lora_rank else "")
+    """The result folder name of an LM measurement: <command>_<task>_k<k>_<model folder name>[_lora<r>][_cs<k>]
+    (a countsketched run beside the exact one, not over it)."""
+    return (f"{command}_{task}_k{cfg.k}_{model_slug(cfg.model)}" + (f"_lora{cfg.lora_rank}" if cfg.lora_rank else "")
+            + (f"_cs{cfg.sketch_dim}" if cfg.sketch_dim else ""))
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -162,8 +173,13 @@ class Session:
         if kind not in self.kernel_fns:
             cfg, ad = self.config, self.adapter
             budget = None if cfg.memory_budget_gb is None else int(cfg.memory_budget_gb * 2**30)
+            # --sketch-dim: the countsketch of every parameter's gradient to k buckets (sketch.py), seed 0, so
+            # every block, seed and stage (kernels, distance, spectrum) shares one projection
+            sketched = {} if cfg.sketch_dim is None else {"method": "sketch", "sketch": "countsketch",
+                                                          "sketch_dim": cfg.sketch_dim, "seed": 0}
             # the model computes in its own dtype (no float64 copy); K is summed in kernel_dtype
-            self.kernel_fns[kind] = make_kernel_fn(ad.f, ad.params, kind=kind, select=ad.select, method=cfg.method,
+            self.kernel_fns[kind] = make_kernel_fn(ad.f, ad.params, kind=kind, select=ad.select,
+                                                   **({"method": cfg.method} | sketched),
                                                    accumulate=_dtype(cfg.kernel_dtype), device=ad.device,
                                                    memory_budget=budget, trim=ad.trim)
         return self.kernel_fns[kind]
@@ -223,6 +239,8 @@ class Session:
             bar.close()
         if world > 1:
             note(f"rank {distributed.rank()} of {world}: computed {mine} of {len(starts)} {kind} kernel block(s)")
+        if kind in self.kernel_fns:   # a sketch's column features, held across the blocks, are not needed now
+            self.kernel_fns[kind].side_memo.clear()
         return torch.cat(blocks, 0)
 
     def block(self, K: torch.Tensor, seed: int, rows: str, cols: str = "train") -> torch.Tensor:
@@ -334,6 +352,14 @@ def validate_lm_config(cfg: LMConfig, tasks: Sequence[str] = ()) -> None:
     if cfg.memory_budget_gb is not None and not (isinstance(cfg.memory_budget_gb, (int, float))
                                                  and math.isfinite(cfg.memory_budget_gb) and cfg.memory_budget_gb > 0):
         raise UserError(f"--memory-gb {cfg.memory_budget_gb!r}: must be a positive number of GiB")
+    if cfg.sketch_dim is not None:
+        if not (isinstance(cfg.sketch_dim, int) and 1 <= cfg.sketch_dim < 2**31):
+            raise UserError(f"--sketch-dim {cfg.sketch_dim!r}: expected an integer in [1, 2^31)")
+        if cfg.method not in ("auto", "sketch"):
+            raise UserError(f"--method {cfg.method} with --sketch-dim {cfg.sketch_dim}: the sketch is its own method; "
+                            "drop one of them")
+    elif cfg.method == "sketch":
+        raise UserError("--method sketch needs --sketch-dim K (the countsketch's buckets, e.g. 131072)")
     _dtype(cfg.kernel_dtype)
     resolve_model_dtype(cfg.model_dtype, cfg.device)
     if cfg.mode not in MODES + ("auto",):

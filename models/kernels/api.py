@@ -224,6 +224,8 @@ class KernelFn:
             raise ValueError(f"trim must be a callable x -> x without the padding it does not need, got {trim!r}")
         self.trim = trim
         self.plans: dict[tuple, Plan] = {}
+        #: the sketch's x2-side features of the last call at these parameters (sketch._remembered_side)
+        self.side_memo: dict = {}
 
     def spec(self) -> Spec:
         return Spec(kind=self.kind, names=self.names, weights=self.weights, eps={}, dtype=self.dtype,
@@ -266,6 +268,8 @@ class KernelFn:
             if x2 is not None:
                 order2 = _length_order(self.trim, x2)
                 x2 = x2[order2]
+        if params is None:   # the tensors are held here, so (id, version) names their values
+            spec.extra["side_memo"] = (self.side_memo, tuple((id(t), t._version) for t in self.params.values()))
         acc = Accumulator(spec, n1, c, n2)
         plan = self.plan(p, x1, x2, c, spec)
         METHODS[plan.method](self.f, p, x1, x2, c, spec, acc, plan)

@@ -310,6 +310,35 @@ def _countsketch_structured(f, params, x, c, cover, probed, spec: Spec, cs: Coun
     return out
 
 
+def side_key(x: torch.Tensor, spec: Spec) -> tuple:
+    """What the x2 side's sketch features depend on within one kernel function and its own parameters: x2's
+    bytes (after the length order) and the per-tensor eps of sign kinds (eps="auto" is resolved per call)."""
+    import hashlib
+
+    digest = hashlib.sha256(x.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+    return (tuple(x.shape), str(x.dtype), digest, tuple(sorted(spec.eps.items())))
+
+
+def _remembered_side(spec: Spec, x2: torch.Tensor, compute: Callable[[], dict]) -> dict:
+    """The x2 side's features {key: [N2 C, k']}, reused from the previous call of the same kernel function
+    when x2, eps and the parameters are the same (KernelFn passes ``spec.extra["side_memo"]`` = (memo dict,
+    its parameters' identity and versions) only for calls at its own parameters). A language model's kernel
+    is computed in blocks of rows against one set of columns, which would otherwise be captured again for
+    every block. The features are held only while they fit in a quarter of the budget."""
+    held = spec.extra.get("side_memo")
+    if held is None:
+        return compute()
+    memo, params_key = held
+    key = (params_key, side_key(x2, spec))
+    if memo.get("key") == key:
+        return memo["value"]
+    memo.clear()
+    value = compute()
+    if sum(v.numel() * v.element_size() for v in value.values()) <= spec.budget // 4:
+        memo.update(key=key, value=value)
+    return value
+
+
 def sketch_kernel(f: Callable, params: Mapping[str, torch.Tensor], x1: torch.Tensor, x2: torch.Tensor | None,
                   c: int, spec: Spec, acc: Accumulator, plan=None) -> None:
     """Adds the sketched kernel (module docstring) into ``acc``: an unbiased estimate of the exact one.
@@ -366,8 +395,10 @@ def sketch_kernel(f: Callable, params: Mapping[str, torch.Tensor], x1: torch.Ten
     S1 = side(x1, phi1)
     if x2 is None and spec.kind.symmetric and nonneg:
         S2 = S1
+    elif x2 is None:
+        S2 = side(x1, phi2)
     else:
-        S2 = side(x1 if x2 is None else x2, phi2)
+        S2 = _remembered_side(spec, x2, lambda: side(x2, phi2))
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
     for key, A in S1.items():

@@ -521,3 +521,42 @@ def test_countsketch_from_the_structured_capture_equals_the_jacobian_path(mlp):
         S1, S2 = sk(phi1(G)), sk(phi2(G[:4 * 2]))
         ref = (S1 @ S2.T).reshape(6, 2, 4, 2)
         torch.testing.assert_close(Kh, ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["sgd", "asym_signgd"])
+def test_sketch_column_side_is_reused_across_blocks_of_rows(kind, mlp, monkeypatch):
+    """A kernel computed in blocks of rows against one set of columns (how `ntkcheck lm` computes K) sketches
+    the columns once: the second block's call takes the columns' features from the first call, and each
+    block equals the one a fresh kernel function computes. An in-place change of a parameter, other columns
+    or explicit params= make it sketch the columns again (the control: a stale reuse would give the old
+    kernel)."""
+    from ntkcheck.models.kernels import make_kernel_fn
+    from ntkcheck.models.kernels import sketch as sketch_mod
+
+    _, f, params, x = mlp
+    params = {n: p.clone() for n, p in params.items()}
+    x = torch.randn(12, x.shape[1], generator=torch.Generator().manual_seed(2), dtype=DT)
+    sides = []
+    real = sketch_mod._countsketch_structured
+    monkeypatch.setattr(sketch_mod, "_countsketch_structured",
+                        lambda f_, p_, x_, *a, **kw: sides.append(x_.shape[0]) or real(f_, p_, x_, *a, **kw))
+    kw = dict(kind=kind, method="sketch", sketch="countsketch", sketch_dim=64, seed=5)
+    kfn = make_kernel_fn(f, params, **kw)
+    cols, rows = x[:5], x[5:]
+    blocks = [kfn(rows[:4], cols), kfn(rows[4:], cols)]
+    assert sides == [4, 5, len(rows) - 4]     # rows, columns, rows: the columns sketched once
+    for b, r in zip(blocks, (rows[:4], rows[4:])):
+        torch.testing.assert_close(b, make_kernel_fn(f, params, **kw)(r, cols), rtol=0, atol=0)
+    sides.clear()
+    kfn(rows[:4], x[:4])                         # other columns
+    assert sides == [4, 4]
+    with torch.no_grad():
+        next(iter(params.values())).mul_(1.5)    # the function's own tensors changed in place
+    sides.clear()
+    K_new = kfn(rows[:4], x[:4])
+    assert sides == [4, 4]
+    torch.testing.assert_close(K_new, make_kernel_fn(f, params, **kw)(rows[:4], x[:4]), rtol=0, atol=0)
+    sides.clear()
+    kfn(rows[:4], x[:4], params={n: p * 2 for n, p in params.items()})
+    kfn(rows[:4], x[:4], params={n: p * 2 for n, p in params.items()})
+    assert sides == [4, 4, 4, 4]                 # explicit params are never remembered

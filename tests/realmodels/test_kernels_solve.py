@@ -328,3 +328,67 @@ def test_countsketch_of_lm_gradients_from_the_capture(tmp_path, arch):
         S2 = sketched(x2, (lambda g: g) if kind == "sgd" else torch.sign)
         ref = (S1 @ S2.T).reshape(2, 2, 2, 2)
         torch.testing.assert_close(K, ref, rtol=1e-9, atol=1e-9 * float(ref.abs().max()))
+
+
+def test_sketched_session_kernels(tiny_models, separable_dir, tmp_path):
+    """--sketch-dim: with k at least the number of parameters nothing is projected and the session's
+    kernels are the exact ones; a small k gives an estimate that is not (the control). Blocks of rows share
+    one sketch of the columns and equal one block of every row. The sketched kernels are cached under their
+    own fingerprint and results go to their own folder, beside the exact run's."""
+    from dataclasses import replace
+
+    from ntkcheck.realmodels.experiment import result_name
+
+    cfg = LMConfig(model=str(tiny_models["gpt-neo"]), task="sst2", data=str(separable_dir), k=2, seeds=(13, 21),
+                   model_dtype="float64", test_max=3, out=str(tmp_path), block=3, kinds=("sgd", "asym_signgd"))
+    exact = next(iter_sessions(cfg, "lm_kernel"))
+    P = sum(v.numel() for v in exact.adapter.trainable.values())
+    big = next(iter_sessions(replace(cfg, sketch_dim=P), "lm_kernel"))
+    small = next(iter_sessions(replace(cfg, sketch_dim=64), "lm_kernel"))
+    one_block = next(iter_sessions(replace(cfg, sketch_dim=64, block=100), "lm_kernel"))
+    dirs = {exact.kernel_dir(), big.kernel_dir(), small.kernel_dir()}
+    assert len(dirs) == 3 and one_block.kernel_dir() == small.kernel_dir()
+    assert small.store.dir.name == result_name("lm_kernel", "sst2", cfg) + "_cs64"
+    for kind in cfg.kinds:
+        K = exact.kernel(kind)
+        torch.testing.assert_close(big.kernel(kind), K, rtol=1e-10, atol=1e-10 * float(K.abs().max()))
+        Ks = small.kernel(kind)
+        assert float((Ks - K).abs().max()) > 1e-3 * float(K.abs().max())
+        for p in small.kernel_dir().glob(f"{kind}_*.pt"):
+            p.unlink()
+        torch.testing.assert_close(one_block.kernel(kind), Ks, rtol=1e-12, atol=1e-12 * float(K.abs().max()))
+        assert not small.kernel_fns[kind].side_memo    # let go once the kernel is complete
+
+
+def test_kernel_cache_key_follows_the_registered_prompt(tiny_models, separable_dir, tmp_path, monkeypatch):
+    """Editing a registered task's template or label words changes the kernel cache's key (a cached kernel of
+    the old prompt is never reused); a --template override does too, and the sketch dimension."""
+    from dataclasses import replace
+
+    from ntkcheck.realmodels import tasks
+
+    cfg = LMConfig(model=str(tiny_models["gpt-neo"]), task="sst2", data=str(separable_dir), out=str(tmp_path))
+    base = cfg.kernel_fields()
+    assert base["prompt"]["template"] == tasks.TASKS["sst2"].template
+    monkeypatch.setitem(tasks.TASKS, "sst2", replace(tasks.TASKS["sst2"], template="<S1> It felt [MASK] ."))
+    edited = cfg.kernel_fields()
+    monkeypatch.setitem(tasks.TASKS, "sst2", replace(tasks.TASKS["sst2"], label_words=("bad", "good")))
+    words = cfg.kernel_fields()
+    keys = [base, edited, words, replace(cfg, template="<S1> So [MASK] .").kernel_fields(),
+            replace(cfg, sketch_dim=1024).kernel_fields()]
+    assert len({json.dumps(k, sort_keys=True) for k in keys}) == len(keys)
+
+
+def test_sketch_flags_bad_input_is_one_line(tmp_path, separable_dir, capsys):
+    from ntkcheck.cli import main
+
+    model = tmp_path / "tiny"
+    assert main(["lm", "make-tiny", str(model), "--arch", "gpt-neo", "--hidden", "8", "--layers", "1"]) == 0
+    common = ["lm", "solve", "--model", str(model), "--data", str(separable_dir), "--out", str(tmp_path / "r")]
+    for extra, says in ((["--method", "jacobian", "--sketch-dim", "64"], "--method jacobian with --sketch-dim 64"),
+                        (["--method", "sketch"], "--method sketch needs --sketch-dim"),
+                        (["--sketch-dim", "0"], "--sketch-dim '0': must be >= 1")):
+        capsys.readouterr()
+        assert main(common + extra) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], err
