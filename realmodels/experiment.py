@@ -387,6 +387,16 @@ def validate_lm_config(cfg: LMConfig, tasks: Sequence[str] = ()) -> None:
         load_task(task, cfg.data, holdout=cfg.holdout)
 
 
+def refuse_sketched_spectrum(cfg: LMConfig, samples: int) -> None:
+    """A UserError for a Gram spectrum of a countsketched kernel: beta is fitted on eigenvalues down to
+    lam_1 / 10^4, and the sketch's noise (entries off by about 0.3% of the diagonal at k = 2^17, a noise
+    matrix of norm ~ that times sqrt(N C)) lies above them."""
+    if cfg.sketch_dim is not None and samples:
+        raise UserError(f"--sketch-dim {cfg.sketch_dim} with a spectrum of {samples} samples: the sketch's noise is "
+                        "above the small eigenvalues beta is fitted on; take the spectrum without --sketch-dim "
+                        "(or pass --spectrum-samples 0)")
+
+
 def load_bundle(cfg: LMConfig):
     """(model, tokenizer, mode) of ``cfg`` (loaded once, shared by sessions), after validating every value."""
     from ntkcheck.realmodels.adapters import load_pretrained

@@ -342,10 +342,11 @@ def spectrum_cmd(cfg: LMConfig, *, samples: int = 100, reduce: str = "flatten", 
     """
     from ntkcheck.checks.plots import loglog_panels
     from ntkcheck.realmodels.data import load_task
-    from ntkcheck.realmodels.experiment import resolve_task
+    from ntkcheck.realmodels.experiment import refuse_sketched_spectrum, resolve_task
 
     if reduce not in ("flatten", "trace"):
         raise UserError(f"--reduce {reduce!r}: expected flatten or trace")
+    refuse_sketched_spectrum(cfg, samples)
     clock = _Clock()
     bundle = load_bundle(cfg)
     rows, series, store = [], [], None

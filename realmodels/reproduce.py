@@ -44,8 +44,8 @@ import numpy as np
 
 from ntkcheck.errors import UserError
 from ntkcheck.log import note
-from ntkcheck.realmodels.experiment import (LMConfig, check_sessions, iter_sessions, load_bundle, model_slug,
-                                            resolve_task, validate_lm_config)
+from ntkcheck.realmodels.experiment import (LMConfig, check_sessions, iter_sessions, load_bundle,
+                                            refuse_sketched_spectrum, resolve_task, result_name, validate_lm_config)
 from ntkcheck.realmodels.measure import scalar_columns
 from ntkcheck.realmodels.metrics import METHOD_LABELS, TASK_LABELS, bootstrap_stat, table2
 from ntkcheck.result import Claim, claim, measurement
@@ -97,6 +97,7 @@ def reproduce(cfg: LMConfig, opts: ReproduceOptions) -> dict:
     if len(tasks) > 1 and (cfg.template or cfg.label_words):
         raise UserError("--template / --label-words apply to one task; with several --tasks each uses its own")
     validate_lm_config(replace(cfg, task=tasks[0]), tasks)   # every value and every task's data, up front
+    refuse_sketched_spectrum(cfg, opts.spectrum_samples)
     clock = _Clock()
     bundle = load_bundle(replace(cfg, lora_rank=None))
     head = bundle[2] == "head"
@@ -118,8 +119,7 @@ def reproduce(cfg: LMConfig, opts: ReproduceOptions) -> dict:
         claims += task_claims(t, per_task[t], judged=not head)
     if vectors is not None:
         claims += _vector_claims(vectors)
-    store = ResultStore(Path(cfg.out), f"lm_reproduce_{'-'.join(tasks)}_k{cfg.k}_{model_slug(cfg.model)}"
-                        + (f"_lora{cfg.lora_rank}" if cfg.lora_rank else ""))
+    store = ResultStore(Path(cfg.out), result_name("lm_reproduce", "-".join(tasks), cfg))
     rows = [dict(r, task=t) for t in tasks for r in scalar_columns(per_task[t]["rows"])]
     store.write_measurements(rows)
     details = {"options": {k: (asdict(v) if hasattr(v, "__dataclass_fields__") else v)
@@ -128,7 +128,7 @@ def reproduce(cfg: LMConfig, opts: ReproduceOptions) -> dict:
                "task_vectors": vectors and {k: (v.tolist() if isinstance(v, np.ndarray) else v)
                                             for k, v in vectors.items()}}
     result = write_lm_result(store, claims, cfg, clock, details)
-    table = reproduce_table(per_task, cfg.k)
+    table = reproduce_table(per_task, cfg.k, sketch_dim=cfg.sketch_dim)
     atomic_write_text(store.path("table.md"), table + "\n")
     _plots(store, per_task, vectors)
     report = write_report(cfg.out)
@@ -311,8 +311,9 @@ def _vector_claims(v: dict) -> list[Claim]:
 
 
 # ------------------------------------------------------------------ table and plots
-def reproduce_table(per_task: dict, k: int) -> str:
-    """[KV] Table 2 layout (mean (std) over seeds) of every method and task, then Lin./distance per task."""
+def reproduce_table(per_task: dict, k: int, sketch_dim: int | None = None) -> str:
+    """[KV] Table 2 layout (mean (std) over seeds) of every method and task, then Lin./distance per task; a
+    line under it says when the kernels were countsketched (--sketch-dim)."""
     results: dict = {}
     for t, data in per_task.items():
         for r in data["rows"]:
@@ -328,6 +329,9 @@ def reproduce_table(per_task: dict, k: int) -> str:
                              f"{np.mean([r['lin_gain_fraction'] for r in rows]):.2f} | "
                              f"{np.mean([r['kernel_distance'] for r in rows]):.3f} | "
                              f"{np.mean([r['chi_mean'] for r in rows]):.3f} | {beta:.3f} |")
+    if sketch_dim:
+        lines += ["", f"Kernels (and kernel distances, spectra) are countsketched to k = {sketch_dim} buckets plus the "
+                      "smallest tensors exactly (--sketch-dim): unbiased estimates of the exact ones."]
     return "\n".join(lines)
 
 

@@ -123,6 +123,31 @@ def test_reproduce_each_architecture(tiny4, data_dir, tmp_path, arch, mode):
     assert res["result"].claim("sst2.signgd_solves").state == "measured"   # K(SignGD) has no claim of its own
 
 
+def test_reproduce_with_a_sketch_of_every_parameter_is_the_exact_run(tiny4, data_dir, tmp_path):
+    """--sketch-dim at least the number of parameters projects nothing: every kernel's test predictions and
+    the kernel distances equal the exact run's; the result goes to its own folder and its table says the
+    kernels were countsketched."""
+    from dataclasses import replace
+
+    from ntkcheck.realmodels.reproduce import reproduce
+
+    cfg = _cfg(tiny4["gpt-neo"], data_dir, tmp_path, seeds=(13,), model_dtype="float64")
+    opts = _opts(("sst2",), finetune=FTConfig(optimizers=("sgd",), lrs_sgd=(0.1,), batch_sizes=(2,), steps=4,
+                                              eval_every=2), lora_finetune=None, spectrum_samples=0)
+    exact = reproduce(cfg, opts)
+    from ntkcheck.realmodels.experiment import iter_sessions
+
+    P = sum(v.numel() for v in next(iter_sessions(cfg, "probe")).adapter.trainable.values())
+    sk = reproduce(replace(cfg, sketch_dim=P), opts)
+    assert sk["dir"] != exact["dir"] and sk["dir"].endswith(f"_cs{P}")
+    assert f"countsketched to k = {P}" in sk["table"] and "countsketched" not in exact["table"]
+    a, b = exact["per_task"]["sst2"], sk["per_task"]["sst2"]
+    for m in ("sgd", "asym_signgd", "ft_sgd", "lin_sgd"):
+        np.testing.assert_array_equal(b["preds"][m], a["preds"][m])
+    assert np.allclose([r["kernel_distance"] for r in b["behavior"]], [r["kernel_distance"] for r in a["behavior"]],
+                       rtol=1e-8)
+
+
 def test_reproduce_resumes_after_interruption(tiny4, data_dir, tmp_path):
     """A run stopped in the middle of fine-tuning resumes: finished grid points are not trained again."""
     from ntkcheck.realmodels import finetune
@@ -335,6 +360,7 @@ def test_model_by_hub_id_from_the_local_cache(tiny4, tmp_path, monkeypatch, data
     (["--tasks", "sst2", "--lora", "2", "--params", "layers"], "--params 'layers' with --lora"),
     (["--tasks", "sst2", "--spectrum-samples", "100000"], "--spectrum-samples 100000"),
     (["--tasks", "sst2", "--model", "nobody/nothing"], "'nobody/nothing' is not a folder or file"),
+    (["--tasks", "sst2", "--sketch-dim", "1024"], "--sketch-dim 1024 with a spectrum of 100 samples"),
 ])
 def test_reproduce_bad_input_is_one_line(tiny4, data_dir, tmp_path, argv, message):
     argv = ["--model", str(tiny4["gpt-neo"])] + argv if "--model" not in argv else argv
