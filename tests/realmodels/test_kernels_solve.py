@@ -172,6 +172,9 @@ def test_structured_covers_every_lm_tensor_and_sides_of_different_lengths(tmp_pa
     assert x1.shape[-1] != x2.shape[-1]
     covered, _, _ = probe(ad.f, ad.params, ad.select, x1, ad.num_outputs)
     assert set(covered) == set(ad.select), sorted(set(ad.select) - set(covered))
+    # transformers 5.25 runs parts of a float64 Llama in float32 (RMSNorm's variance, the rotary angles), whose
+    # rounding moves with the batch's shape: a chunk of examples against one at a time differs at 1e-7
+    rtol = 1e-6 if arch == "llama" else 1e-9
     for kind in ("sgd", "signgd", "asym_signgd"):
         for a, b in ((x1, x2), (x2, x1)):
             ref, slack = _naive(ad, a, b, kind, with_slack=True)
@@ -190,7 +193,7 @@ def test_structured_covers_every_lm_tensor_and_sides_of_different_lengths(tmp_pa
                 K = empirical_kernel(ad.f, ad.params, a, b, kind=kind, method="structured", memory_budget=budget,
                                      trim=trim)
                 assert K.shape == ref.shape == (len(a), 2, len(b), 2)
-                assert bool(((K - ref).abs() <= 1e-9 * ref.abs().max() + slack).all()), (kind, budget)
+                assert bool(((K - ref).abs() <= rtol * ref.abs().max() + slack).all()), (kind, budget)
 
 
 def test_columns_held_when_their_own_lengths_fit(tmp_path, monkeypatch):
