@@ -330,8 +330,8 @@ def reproduce_table(per_task: dict, k: int, sketch_dim: int | None = None) -> st
                              f"{np.mean([r['kernel_distance'] for r in rows]):.3f} | "
                              f"{np.mean([r['chi_mean'] for r in rows]):.3f} | {beta:.3f} |")
     if sketch_dim:
-        lines += ["", f"Kernels (and kernel distances, spectra) are countsketched to k = {sketch_dim} buckets plus the "
-                      "smallest tensors exactly (--sketch-dim): unbiased estimates of the exact ones."]
+        lines += ["", f"Kernels and kernel distances are countsketched to k = {sketch_dim} buckets plus the smallest "
+                      "tensors exactly (--sketch-dim): unbiased estimates of the exact ones."]
     return "\n".join(lines)
 
 
