@@ -54,6 +54,9 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+# `python benchmarks/lm_kernels.py` puts benchmarks/ first on the path, where kernels.py (the engine's benchmark)
+# would shadow the `kernels` package that transformers' hub integration probes for (ImportError on import)
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 #: the real configurations (transformers' config classes, values from the models' config.json files)
 ARCHS = {
