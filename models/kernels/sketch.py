@@ -339,6 +339,43 @@ def _remembered_side(spec: Spec, x2: torch.Tensor, compute: Callable[[], dict]) 
     return value
 
 
+def _rows_in(x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(i1, i2, rest): x1[i1] equals x2[i2] byte for byte (the first such row of x2), rest the rows of x1
+    found in no row of x2. Rows are compared whole, padding included (one encoded batch sliced into rows and
+    columns pads both alike); rows padded differently are simply not shared."""
+    if tuple(x1.shape[1:]) != tuple(x2.shape[1:]) or x1.dtype != x2.dtype:
+        return torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), torch.arange(x1.shape[0])
+    as_bytes = lambda x: [r.tobytes() for r in x.detach().contiguous().cpu().reshape(x.shape[0], -1)  # noqa: E731
+                          .view(torch.uint8).numpy()]
+    where: dict[bytes, int] = {}
+    for j, b in enumerate(as_bytes(x2)):
+        where.setdefault(b, j)
+    i1, i2, rest = [], [], []
+    for i, b in enumerate(as_bytes(x1)):
+        if b in where:
+            i1.append(i)
+            i2.append(where[b])
+        else:
+            rest.append(i)
+    t = lambda v: torch.tensor(v, dtype=torch.long)  # noqa: E731
+    return t(i1), t(i2), t(rest)
+
+
+def _gather_rows(S2: dict, shared, S_rest: dict | None, n1: int, c: int) -> dict:
+    """x1's features [n1 C, k'] per key: the shared rows' from S2 (rows i2 C .. i2 C + C - 1), the others'
+    from S_rest (x1[rest]'s, in that order)."""
+    i1, i2, rest = shared
+    per_class = lambda idx: (idx[:, None] * c + torch.arange(c)).reshape(-1)  # noqa: E731
+    out = {}
+    for key, A2 in S2.items():
+        A1 = A2.new_empty((n1 * c, A2.shape[1]))
+        A1[per_class(i1).to(A2.device)] = A2[per_class(i2).to(A2.device)]
+        if rest.numel():
+            A1[per_class(rest).to(A2.device)] = S_rest[key]
+        out[key] = A1
+    return out
+
+
 def sketch_kernel(f: Callable, params: Mapping[str, torch.Tensor], x1: torch.Tensor, x2: torch.Tensor | None,
                   c: int, spec: Spec, acc: Accumulator, plan=None) -> None:
     """Adds the sketched kernel (module docstring) into ``acc``: an unbiased estimate of the exact one.
@@ -392,13 +429,21 @@ def sketch_kernel(f: Callable, params: Mapping[str, torch.Tensor], x1: torch.Ten
                 out[key] = out[key] + v if key in out else v
         return out
 
-    S1 = side(x1, phi1)
-    if x2 is None and spec.kind.symmetric and nonneg:
-        S2 = S1
-    elif x2 is None:
-        S2 = side(x1, phi2)
-    else:
+    same_phi = spec.kind.symmetric and nonneg    # then an example's x1 features are its x2 features
+    shared = _rows_in(x1, x2) if same_phi and x2 is not None else None
+    if shared is not None and shared[0].numel():
+        # rows that are also columns (how `ntkcheck lm` orders its rows: the training examples first, so its
+        # first block holds them all) take the columns' features: each example is sketched once
         S2 = _remembered_side(spec, x2, lambda: side(x2, phi2))
+        S1 = _gather_rows(S2, shared, side(x1[shared[2]], phi1) if shared[2].numel() else None, x1.shape[0], c)
+    else:
+        S1 = side(x1, phi1)
+        if x2 is None and same_phi:
+            S2 = S1
+        elif x2 is None:
+            S2 = side(x1, phi2)
+        else:
+            S2 = _remembered_side(spec, x2, lambda: side(x2, phi2))
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
     for key, A in S1.items():

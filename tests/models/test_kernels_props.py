@@ -523,6 +523,35 @@ def test_countsketch_from_the_structured_capture_equals_the_jacobian_path(mlp):
         torch.testing.assert_close(Kh, ref, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("kind", ["sgd", "signgd", "asym_signgd"])
+def test_sketch_rows_that_are_columns_take_the_columns_features(kind, mlp, monkeypatch):
+    """Rows of x1 that are also rows of x2 (`ntkcheck lm` puts the training examples, its columns, first
+    among its rows) are sketched once, as columns, when the kind's two sides map a gradient alike (sgd,
+    signgd); the kernel equals the one computed with every example sketched on each side, rows in any order.
+    asym_signgd (sign on one side only) sketches both sides in full."""
+    from ntkcheck.models.kernels import make_kernel_fn
+    from ntkcheck.models.kernels import sketch as sketch_mod
+
+    _, f, params, x = mlp
+    x = torch.randn(12, x.shape[1], generator=torch.Generator().manual_seed(3), dtype=DT)
+    sides = []
+    real = sketch_mod._countsketch_structured
+    monkeypatch.setattr(sketch_mod, "_countsketch_structured",
+                        lambda f_, p_, x_, *a, **kw: sides.append(x_.shape[0]) or real(f_, p_, x_, *a, **kw))
+    kw = dict(kind=kind, method="sketch", sketch="countsketch", sketch_dim=64, seed=5)
+    cols, new = x[:5], x[5:9]
+    pick = [3, 0, 4]                                  # shared rows, out of the columns' order, among new ones
+    rows = torch.cat([new[:1], cols[pick], new[1:]])
+    K = make_kernel_fn(f, params, **kw)(rows, cols)
+    assert sides == ([5, 4] if kind != "asym_signgd" else [7, 5])
+    every = torch.cat([cols, new])                    # each example sketched on each side (x2 = None)
+    K_all = make_kernel_fn(f, params, **kw)(every)
+    order = torch.tensor([5] + pick + [6, 7, 8])
+    torch.testing.assert_close(K, K_all[order][:, :, :5], rtol=1e-12, atol=1e-12)
+    i1, i2, rest = sketch_mod._rows_in(rows, cols)
+    assert i1.tolist() == [1, 2, 3] and i2.tolist() == pick and rest.tolist() == [0, 4, 5, 6]
+
+
 @pytest.mark.parametrize("kind", ["sgd", "asym_signgd"])
 def test_sketch_column_side_is_reused_across_blocks_of_rows(kind, mlp, monkeypatch):
     """A kernel computed in blocks of rows against one set of columns (how `ntkcheck lm` computes K) sketches
