@@ -333,14 +333,22 @@ def test_countsketch_of_lm_gradients_from_the_capture(tmp_path, arch):
         torch.testing.assert_close(K, ref, rtol=1e-9, atol=1e-9 * float(ref.abs().max()))
 
 
-def test_sketched_session_kernels(tiny_models, separable_dir, tmp_path):
+def test_sketched_session_kernels(tiny_models, separable_dir, tmp_path, monkeypatch):
     """--sketch-dim: with k at least the number of parameters nothing is projected and the session's
     kernels are the exact ones; a small k gives an estimate that is not (the control). Blocks of rows share
     one sketch of the columns and equal one block of every row. The sketched kernels are cached under their
-    own fingerprint and results go to their own folder, beside the exact run's."""
+    own fingerprint and results go to their own folder, beside the exact run's. Every example is captured
+    once for sgd (the training examples are the first rows and take the columns' features), rows and columns
+    apart for asym_signgd."""
     from dataclasses import replace
 
+    from ntkcheck.models.kernels import sketch as sketch_mod
     from ntkcheck.realmodels.experiment import result_name
+
+    captured = []
+    real = sketch_mod._countsketch_structured
+    monkeypatch.setattr(sketch_mod, "_countsketch_structured",
+                        lambda f_, p_, x_, *a, **kw: captured.append(x_.shape[0]) or real(f_, p_, x_, *a, **kw))
 
     cfg = LMConfig(model=str(tiny_models["gpt-neo"]), task="sst2", data=str(separable_dir), k=2, seeds=(13, 21),
                    model_dtype="float64", test_max=3, out=str(tmp_path), block=3, kinds=("sgd", "asym_signgd"))
@@ -359,7 +367,12 @@ def test_sketched_session_kernels(tiny_models, separable_dir, tmp_path):
         assert float((Ks - K).abs().max()) > 1e-3 * float(K.abs().max())
         for p in small.kernel_dir().glob(f"{kind}_*.pt"):
             p.unlink()
+        captured.clear()
         torch.testing.assert_close(one_block.kernel(kind), Ks, rtol=1e-12, atol=1e-12 * float(K.abs().max()))
+        R, U = len(one_block.rows), one_block.n_cols
+        as_bytes = [r.numpy().tobytes() for r in one_block.x_rows]
+        others = sum(b not in set(as_bytes[:U]) for b in as_bytes[U:])   # here 0: test inputs repeat train's
+        assert sum(captured) == (U + others if kind == "sgd" else R + U) and U < R
         assert not small.kernel_fns[kind].side_memo    # let go once the kernel is complete
 
 
