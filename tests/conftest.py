@@ -1,6 +1,7 @@
 """Shared test settings: deterministic hypothesis, no progress bars, float64 defaults stay explicit."""
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 os.environ.setdefault("NTKCHECK_PROGRESS", "0")
@@ -20,3 +21,16 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
 settings.register_profile("ntkcheck", derandomize=True, deadline=None, max_examples=25,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ntkcheck"))
+
+
+@pytest.fixture
+def sketch_captures(monkeypatch) -> list[int]:
+    """The number of examples of each countsketch capture (sketch._countsketch_structured) in this test, in
+    call order: how tests see which side was sketched and which was reused."""
+    from ntkcheck.models.kernels import sketch as sketch_mod
+
+    seen: list[int] = []
+    real = sketch_mod._countsketch_structured
+    monkeypatch.setattr(sketch_mod, "_countsketch_structured",
+                        lambda f_, p_, x_, *a, **kw: seen.append(x_.shape[0]) or real(f_, p_, x_, *a, **kw))
+    return seen

@@ -524,7 +524,7 @@ def test_countsketch_from_the_structured_capture_equals_the_jacobian_path(mlp):
 
 
 @pytest.mark.parametrize("kind", ["sgd", "signgd", "asym_signgd"])
-def test_sketch_rows_that_are_columns_take_the_columns_features(kind, mlp, monkeypatch):
+def test_sketch_rows_that_are_columns_take_the_columns_features(kind, mlp, sketch_captures):
     """Rows of x1 that are also rows of x2 (`ntkcheck lm` puts the training examples, its columns, first
     among its rows) are sketched once, as columns, when the kind's two sides map a gradient alike (sgd,
     signgd); the kernel equals the one computed with every example sketched on each side, rows in any order.
@@ -534,10 +534,7 @@ def test_sketch_rows_that_are_columns_take_the_columns_features(kind, mlp, monke
 
     _, f, params, x = mlp
     x = torch.randn(12, x.shape[1], generator=torch.Generator().manual_seed(3), dtype=DT)
-    sides = []
-    real = sketch_mod._countsketch_structured
-    monkeypatch.setattr(sketch_mod, "_countsketch_structured",
-                        lambda f_, p_, x_, *a, **kw: sides.append(x_.shape[0]) or real(f_, p_, x_, *a, **kw))
+    sides = sketch_captures
     kw = dict(kind=kind, method="sketch", sketch="countsketch", sketch_dim=64, seed=5)
     cols, new = x[:5], x[5:9]
     pick = [3, 0, 4]                                  # shared rows, out of the columns' order, among new ones
@@ -553,22 +550,18 @@ def test_sketch_rows_that_are_columns_take_the_columns_features(kind, mlp, monke
 
 
 @pytest.mark.parametrize("kind", ["sgd", "asym_signgd"])
-def test_sketch_column_side_is_reused_across_blocks_of_rows(kind, mlp, monkeypatch):
+def test_sketch_column_side_is_reused_across_blocks_of_rows(kind, mlp, sketch_captures):
     """A kernel computed in blocks of rows against one set of columns (how `ntkcheck lm` computes K) sketches
     the columns once: the second block's call takes the columns' features from the first call, and each
     block equals the one a fresh kernel function computes. An in-place change of a parameter, other columns
     or explicit params= make it sketch the columns again (the control: a stale reuse would give the old
     kernel)."""
     from ntkcheck.models.kernels import make_kernel_fn
-    from ntkcheck.models.kernels import sketch as sketch_mod
 
     _, f, params, x = mlp
     params = {n: p.clone() for n, p in params.items()}
     x = torch.randn(12, x.shape[1], generator=torch.Generator().manual_seed(2), dtype=DT)
-    sides = []
-    real = sketch_mod._countsketch_structured
-    monkeypatch.setattr(sketch_mod, "_countsketch_structured",
-                        lambda f_, p_, x_, *a, **kw: sides.append(x_.shape[0]) or real(f_, p_, x_, *a, **kw))
+    sides = sketch_captures
     kw = dict(kind=kind, method="sketch", sketch="countsketch", sketch_dim=64, seed=5)
     kfn = make_kernel_fn(f, params, **kw)
     cols, rows = x[:5], x[5:]

@@ -333,7 +333,7 @@ def test_countsketch_of_lm_gradients_from_the_capture(tmp_path, arch):
         torch.testing.assert_close(K, ref, rtol=1e-9, atol=1e-9 * float(ref.abs().max()))
 
 
-def test_sketched_session_kernels(tiny_models, separable_dir, tmp_path, monkeypatch):
+def test_sketched_session_kernels(tiny_models, separable_dir, tmp_path, sketch_captures):
     """--sketch-dim: with k at least the number of parameters nothing is projected and the session's
     kernels are the exact ones; a small k gives an estimate that is not (the control). Blocks of rows share
     one sketch of the columns and equal one block of every row. The sketched kernels are cached under their
@@ -342,13 +342,9 @@ def test_sketched_session_kernels(tiny_models, separable_dir, tmp_path, monkeypa
     apart for asym_signgd."""
     from dataclasses import replace
 
-    from ntkcheck.models.kernels import sketch as sketch_mod
     from ntkcheck.realmodels.experiment import result_name
 
-    captured = []
-    real = sketch_mod._countsketch_structured
-    monkeypatch.setattr(sketch_mod, "_countsketch_structured",
-                        lambda f_, p_, x_, *a, **kw: captured.append(x_.shape[0]) or real(f_, p_, x_, *a, **kw))
+    captured = sketch_captures
 
     cfg = LMConfig(model=str(tiny_models["gpt-neo"]), task="sst2", data=str(separable_dir), k=2, seeds=(13, 21),
                    model_dtype="float64", test_max=3, out=str(tmp_path), block=3, kinds=("sgd", "asym_signgd"))
