@@ -34,6 +34,27 @@ def test_finetune_learns_and_resumes(tiny_models, separable_dir, tmp_path):
     assert run_finetune(sess, FT) == best  # second call loads every point
 
 
+def test_finetune_of_a_seed_does_not_depend_on_the_other_seeds(tiny_models, data_dir, tmp_path):
+    """A seed's fine-tuning is the same whichever seeds share its session: the session pads every row to its
+    longest (31 tokens here against 24 for seed 13 alone), and training batches are trimmed to their own longest
+    row, so the trained tensors and the test outputs agree bitwise (TREC, real questions of unequal length)."""
+    from ntkcheck.realmodels.finetune import fine_tune
+
+    got = []
+    for seeds in ((13,), (13, 21, 42)):
+        cfg = LMConfig(model=str(tiny_models["gpt-neo"]), task="trec", data=str(data_dir), k=4, seeds=seeds,
+                       test_max=50, out=str(tmp_path / "-".join(map(str, seeds))))
+        sess = next(iter_sessions(cfg, "lm_finetune"))
+        ix, y = sess.index[13], sess.labels
+        best, log = fine_tune(sess.adapter, sess.x_rows[ix["train"]], y[ix["train"]], sess.x_rows[ix["dev"]],
+                              y[ix["dev"]], optimizer="sgd", lr=0.5, batch_size=4, steps=12, eval_every=4, seed=13)
+        got.append((sess.x_rows.shape[-1], best, log, sess.adapter.outputs(sess.x_rows[ix["test"]], best)))
+    (t1, p1, log1, out1), (t3, p3, log3, out3) = got
+    assert t1 < t3                                   # the two sessions pad differently
+    assert log1 == log3
+    assert all(torch.equal(p1[k], p3[k]) for k in p1) and torch.equal(out1, out3)
+    assert any(not torch.equal(p1[k], sess.adapter.params[k]) for k in p1)   # it trained
+
 def test_behavior_chi_and_distance(tiny_models, separable_dir, tmp_path):
     from ntkcheck.realmodels.measure import behavior_cmd, output_derivative
 
