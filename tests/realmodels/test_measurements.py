@@ -55,6 +55,7 @@ def test_finetune_of_a_seed_does_not_depend_on_the_other_seeds(tiny_models, data
     assert all(torch.equal(p1[k], p3[k]) for k in p1) and torch.equal(out1, out3)
     assert any(not torch.equal(p1[k], sess.adapter.params[k]) for k in p1)   # it trained
 
+
 def test_behavior_chi_and_distance(tiny_models, separable_dir, tmp_path):
     from ntkcheck.realmodels.measure import behavior_cmd, output_derivative
 
