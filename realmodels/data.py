@@ -269,9 +269,11 @@ def k_shot_split(train: Sequence[Example], test: Sequence[Example], k: int, seed
 
 
 def cap_test(test: Sequence[Example], test_max: int | None) -> list[Example]:
-    """At most ``test_max`` test examples, chosen by a fixed permutation (seed 0), original order kept."""
+    """The test set in a fixed permutation (seed 0), cut to its first ``test_max`` examples (None: all).
+
+    A smaller cap's test set is a prefix of a larger one's (cap_test(t, m) == cap_test(t, M)[:m] for m <= M,
+    and cap_test(t, None) extends both), so the kernel cache shares the rows of runs that differ only in
+    the cap (experiment.Session.kernel)."""
     test = list(test)
-    if test_max is None or len(test) <= test_max:
-        return test
-    keep = sorted(np.random.RandomState(0).permutation(len(test))[:test_max])
-    return [test[i] for i in keep]
+    order = np.random.RandomState(0).permutation(len(test))
+    return [test[i] for i in order[:test_max]]

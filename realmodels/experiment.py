@@ -2,19 +2,22 @@
 
 Kernels of all seeds come from one computation: the columns are the union U
 of the seeds' training sets (the only side a kernel predictor sums over), the
-rows are U, the union of the dev sets, and the test set (shared by all seeds).
+rows are U, the union of the dev sets, and the test set (shared by all seeds, in data.cap_test's fixed
+order, so the rows of a smaller test cap are a prefix of a larger one's).
 Per seed, K(train, train), K(dev, train) and K(test, train) are sub-blocks:
 
     K_rows[r, a, u, b] = sum_M < phi1(grad_M f_a(x_r)), phi2(grad_M f_b(x_u)) >     [R, C, U, C]
 
 (phi1, phi2 by kind: sgd (id, id), signgd (sign, sign), asym_signgd (id, sign),
 ntkcheck.models.kernels). Rows are computed in blocks; every finished block is
-a file written atomically under DIR/lm_kernels/<fingerprint>/ (shared by all `lm` commands), so an
-interrupted run resumes at the first missing block, and a block that fails to
-load is recomputed. The fingerprint hashes everything the kernel depends on
-(model folder, its weights' size and mtime, mode, the task's resolved templates and label
-words, parameter subset, max length, k, seeds, test cap, dtype, and the sketch dimension
-of a countsketched run, `--sketch-dim`).
+a file <kind>_<first row>-<end row>.pt written atomically under DIR/lm_kernels/<fingerprint>/ (shared by
+all `lm` commands), so an interrupted run resumes at the first missing block, and a block that fails to
+load is recomputed. The fingerprint hashes everything the kernel depends on (model folder, its weights'
+size and mtime, mode, the task's resolved templates and label words, parameter subset, max length, k,
+seeds, dtype, and the sketch dimension of a countsketched run, `--sketch-dim`) except the test cap:
+rows [0, R) are the same for every cap that has R rows or more, so raising `--test-max` computes only
+the blocks past the old last row (the old partial last block included), and runs at two caps share
+their common blocks.
 """
 from __future__ import annotations
 
@@ -153,11 +156,13 @@ class Session:
         return torch.tensor([e.label for e in self.rows])
 
     def kernel_dir(self) -> Path:
-        return Path(self.config.out) / "lm_kernels" / fingerprint(self.config.kernel_fields())
+        """DIR/lm_kernels/<fingerprint of kernel_fields() without the test cap> (module docstring)."""
+        fields = {k: v for k, v in self.config.kernel_fields().items() if k != "test_max"}
+        return Path(self.config.out) / "lm_kernels" / fingerprint(fields)
 
     def f0(self) -> torch.Tensor:
         """Pretrained outputs f(theta_PT, x_r) for every row, [R, C] float64 (cached on disk)."""
-        path = self.kernel_dir() / "f0.pt"
+        path = self.kernel_dir() / f"f0_{len(self.rows)}.pt"
         got = _load_tensor(path)
         if got is None:
             got = self.adapter.outputs(self.x_rows).double()
@@ -192,7 +197,8 @@ class Session:
         R, U, B = len(self.rows), self.n_cols, max(1, cfg.block)
         starts = list(range(0, R, B))
         kdir = self.kernel_dir()
-        blocks: list[torch.Tensor | None] = [_load_tensor(kdir / f"{kind}_{s}.pt") for s in starts]
+        names = [f"{kind}_{s}-{min(s + B, R)}" for s in starts]   # a block's file names its rows
+        blocks: list[torch.Tensor | None] = [_load_tensor(kdir / f"{n}.pt") for n in names]
         todo = sum(b is None for b in blocks)
         xc = self.x_rows[:U]
         bar = progress_bar(total=len(starts), initial=len(starts) - todo, desc=f"kernel {kind} ({R}x{U} examples)",
@@ -210,7 +216,7 @@ class Session:
                 waiting = []
                 for i in pending:
                     s = starts[i]
-                    path, lock = kdir / f"{kind}_{s}.pt", kdir / f"{kind}_{s}.lock"
+                    path, lock = kdir / f"{names[i]}.pt", kdir / f"{names[i]}.lock"
                     got = _load_tensor(path)
                     if got is None and try_lock(lock):   # processes on one --out split the blocks
                         try:

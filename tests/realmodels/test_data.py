@@ -87,6 +87,9 @@ def test_k_shot_split():
     assert [sum(e.label == c for e in a.dev) for c in range(3)] == [4, 4, 4]
     assert not {e.text for e in a.train} & {e.text for e in a.dev}
     assert len(a.test) == 20 and a.test == cap_test(test, 20)
+    # a smaller cap is a prefix of a larger one, and of the whole set in the same fixed order
+    assert cap_test(test, 20) == cap_test(test, 35)[:20] == cap_test(test, None)[:20]
+    assert sorted(cap_test(test, None), key=lambda e: int(e.text[1:])) == test and cap_test(test, 50) != test
     assert k_shot_split(pool, test, 4, 13, test_max=20).train == a.train  # deterministic
     assert k_shot_split(pool, test, 4, 21, test_max=20).train != a.train
     assert SEEDS == (13, 21, 42, 87, 100)

@@ -82,6 +82,37 @@ def test_cache_resumes_and_recovers(tiny_models, separable_dir, tmp_path, capsys
     torch.testing.assert_close(K2, K)
 
 
+def test_raising_the_test_cap_computes_only_the_new_blocks(tiny_models, tmp_path):
+    """Rows [0, R) do not depend on --test-max (data.cap_test's prefix order), so a larger cap reuses the old
+    run's full blocks, recomputes its partial last one, and equals a kernel computed from scratch."""
+    import itertools
+    from dataclasses import replace
+
+    words = ("great", "good", "bad", "terrible")   # distinct sentences: rows are deduplicated by text
+    sents = [" ".join(w) for n in (2, 3) for w in itertools.product(words, repeat=n)]
+    rows = [{"text": t, "label": int(t.split()[0] in ("great", "good"))} for t in sents]
+    (tmp_path / "data" / "sst2").mkdir(parents=True)
+    for name, part in (("train", rows[::2]), ("test", rows[1::2])):
+        (tmp_path / "data" / "sst2" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    cfg = LMConfig(model=str(tiny_models["gpt-neo"]), task="sst2", data=str(tmp_path / "data"), k=1, seeds=(13,),
+                   test_max=3, out=str(tmp_path / "a"), params=r"h\.1\.mlp", block=2, model_dtype="float64")
+    small = next(iter_sessions(cfg, "lm_kernel"))
+    K_small = small.kernel("sgd")
+    assert len(small.rows) == 7
+    before = {p.name: p.stat().st_ino for p in small.kernel_dir().glob("sgd_*.pt")}
+    assert sorted(before) == ["sgd_0-2.pt", "sgd_2-4.pt", "sgd_4-6.pt", "sgd_6-7.pt"]
+    big = next(iter_sessions(replace(cfg, test_max=6), "lm_kernel"))
+    assert big.kernel_dir() == small.kernel_dir() and big.rows[:7] == small.rows
+    K_big = big.kernel("sgd")
+    after = {p.name: p.stat().st_ino for p in big.kernel_dir().glob("sgd_*.pt")}
+    assert sorted(set(after) - set(before)) == ["sgd_6-8.pt", "sgd_8-10.pt"]
+    assert all(after[n] == before[n] for n in before)   # nothing rewritten
+    assert torch.equal(K_big[:6], K_small[:6])
+    fresh = next(iter_sessions(replace(cfg, test_max=6, out=str(tmp_path / "b")), "lm_kernel")).kernel("sgd")
+    torch.testing.assert_close(K_big, fresh, rtol=1e-12, atol=1e-12 * float(fresh.abs().max()))
+    torch.testing.assert_close(big.f0()[:7], small.f0(), rtol=1e-12, atol=1e-12)
+
+
 def test_solvers_reach_100_percent(tiny_models, separable_dir, tmp_path):
     """Prompt kernels of a random tiny MLM solve a separable task on test (every kind, every seed)."""
     from ntkcheck.realmodels.measure import solve_cmd
