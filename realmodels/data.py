@@ -30,6 +30,7 @@ import numpy as np
 
 from ntkcheck.errors import UserError
 from ntkcheck.log import note
+from ntkcheck.store import fingerprint
 from ntkcheck.realmodels.tasks import Task
 
 SEEDS = (13, 21, 42, 87, 100)
@@ -266,6 +267,13 @@ def k_shot_split(train: Sequence[Example], test: Sequence[Example], k: int, seed
             tr += got[:k]
             dv += got[k:2 * k]
     return Split(seed, tr, dv, cap_test(test, test_max))
+
+
+def examples_digest(examples: Sequence[Example]) -> str:
+    """The store's fingerprint (sha256 of canonical JSON, 12 hex digits) of the examples' (text, text_b, label)
+    in order: what a cached kernel block, f0 or result point was computed on, so a cache made from other data
+    or another order is not reused."""
+    return fingerprint([[e.text, e.text_b, e.label] for e in examples])
 
 
 def cap_test(test: Sequence[Example], test_max: int | None) -> list[Example]:

@@ -17,7 +17,10 @@ size and mtime, mode, the task's resolved templates and label words, parameter s
 seeds, dtype, and the sketch dimension of a countsketched run, `--sketch-dim`) except the test cap:
 rows [0, R) are the same for every cap that has R rows or more, so raising `--test-max` computes only
 the blocks past the old last row (the old partial last block included), and runs at two caps share
-their common blocks.
+their common blocks. Every cached tensor also holds the digest of the examples it was computed on
+(data.examples_digest: a block's rows and columns, f0's rows), and a stage's result points are bound to
+the digest of all rows (Session.point_fields), so an edited data file or a changed test order recomputes
+them instead of pairing one order's predictions with another's.
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ import torch
 from ntkcheck import distributed
 from ntkcheck.errors import UserError
 from ntkcheck.log import note, progress_bar
-from ntkcheck.realmodels.data import SEEDS, Example, Split, k_shot_split, load_task
+from ntkcheck.realmodels.data import SEEDS, Example, Split, examples_digest, k_shot_split, load_task
 from ntkcheck.realmodels.tasks import Task, custom_task, get_task
 from ntkcheck.store import ResultStore, atomic_write_bytes, fingerprint, try_lock, unlock
 
@@ -162,12 +165,22 @@ class Session:
 
     def f0(self) -> torch.Tensor:
         """Pretrained outputs f(theta_PT, x_r) for every row, [R, C] float64 (cached on disk)."""
-        path = self.kernel_dir() / f"f0_{len(self.rows)}.pt"
-        got = _load_tensor(path)
+        return self.cached(f"f0_{len(self.rows)}.pt", self.rows, lambda: self.adapter.outputs(self.x_rows).double())
+
+    def cached(self, name: str, examples: Sequence[Example], compute) -> torch.Tensor:
+        """kernel_dir()/name if it was computed on ``examples`` (their digest), else compute() saved there."""
+        path, rows = self.kernel_dir() / name, examples_digest(examples)
+        got = _load_tensor(path, rows=rows)
         if got is None:
-            got = self.adapter.outputs(self.x_rows).double()
-            _save_tensor(path, got)
+            got = compute()
+            _save_tensor(path, got, rows=rows)
         return got
+
+    def point_fields(self) -> dict:
+        """What a stage's result points depend on: kernel_fields() and the rows themselves (their digest, in
+        order, and the number of columns), so points computed on other data or another test order (a
+        per-example prediction list is paired across methods by position) are computed again, not mixed."""
+        return {**self.config.kernel_fields(), "rows": examples_digest(self.rows), "n_cols": self.n_cols}
 
     def kernel_fn(self, kind: str):
         """The configured kernel function of ``kind`` at the pretrained parameters: the one place where
@@ -198,7 +211,9 @@ class Session:
         starts = list(range(0, R, B))
         kdir = self.kernel_dir()
         names = [f"{kind}_{s}-{min(s + B, R)}" for s in starts]   # a block's file names its rows
-        blocks: list[torch.Tensor | None] = [_load_tensor(kdir / f"{n}.pt") for n in names]
+        cols = examples_digest(self.rows[:U])    # and holds the digest of its rows' and columns' examples
+        digests = [f"{examples_digest(self.rows[s:s + B])}/{cols}" for s in starts]
+        blocks: list[torch.Tensor | None] = [_load_tensor(kdir / f"{n}.pt", rows=d) for n, d in zip(names, digests)]
         todo = sum(b is None for b in blocks)
         xc = self.x_rows[:U]
         bar = progress_bar(total=len(starts), initial=len(starts) - todo, desc=f"kernel {kind} ({R}x{U} examples)",
@@ -217,14 +232,14 @@ class Session:
                 for i in pending:
                     s = starts[i]
                     path, lock = kdir / f"{names[i]}.pt", kdir / f"{names[i]}.lock"
-                    got = _load_tensor(path)
+                    got = _load_tensor(path, rows=digests[i])
                     if got is None and try_lock(lock):   # processes on one --out split the blocks
                         try:
-                            got = _load_tensor(path)
+                            got = _load_tensor(path, rows=digests[i])
                             if got is None:
                                 t0 = time.perf_counter()
                                 got = self.kernel_fn(kind)(self.x_rows[s:s + B], xc).detach().double().cpu()
-                                _save_tensor(path, got)
+                                _save_tensor(path, got, rows=digests[i])
                                 mine += 1
                                 self.meta.setdefault("kernel_seconds", {}).setdefault(kind, 0.0)
                                 self.meta["kernel_seconds"][kind] += time.perf_counter() - t0
@@ -256,15 +271,18 @@ class Session:
         return K[r][:, :, c]
 
 
-def _save_tensor(path: Path, t: torch.Tensor) -> None:
+def _save_tensor(path: Path, t: torch.Tensor, *, rows: str | None = None) -> None:
+    """Write ``t`` atomically with its checksum and, for a cache computed on examples, their digest ``rows``
+    (data.examples_digest), which _load_tensor compares."""
     buf = io.BytesIO()
     payload = t.contiguous()
-    torch.save({"t": payload, "sha": hashlib.sha256(payload.numpy().tobytes()).hexdigest()}, buf)
+    torch.save({"t": payload, "sha": hashlib.sha256(payload.numpy().tobytes()).hexdigest(), "rows": rows}, buf)
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _load_tensor(path: Path) -> torch.Tensor | None:
-    """The tensor saved at ``path``; None if absent, or (with a warning, file removed) if corrupt."""
+def _load_tensor(path: Path, *, rows: str | None = None) -> torch.Tensor | None:
+    """The tensor saved at ``path``; None if absent, or (with a warning, file removed) if corrupt or saved for
+    examples other than ``rows`` (the data files or the test set's order changed since it was written)."""
     if not path.exists():
         return None
     try:
@@ -272,6 +290,8 @@ def _load_tensor(path: Path) -> torch.Tensor | None:
         t = blob["t"]
         if hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest() != blob["sha"]:
             raise ValueError("checksum mismatch")
+        if blob.get("rows") != rows:
+            raise ValueError("computed on other examples (the data or the test order changed)")
         return t
     except Exception as e:  # any unreadable file is recomputed
         note(f"recomputing {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}")

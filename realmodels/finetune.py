@@ -156,7 +156,7 @@ def run_finetune(session, ft: FTConfig, *, seeds: Sequence[int] | None = None) -
     seeds = list(seeds or [sp.seed for sp in session.splits])
     points = [{"optimizer": o, "lr": lr, "batch_size": b, "seed": s}
               for o in ft.optimizers for lr in ft.lrs(o) for b in ft.batch_sizes for s in seeds]
-    session.store.bind({"finetune": session.config.kernel_fields(), "steps": steps, "every": every})
+    session.store.bind({"finetune": session.point_fields(), "steps": steps, "every": every})
     pdir = session.store.points_dir / "params"
     y_all = session.labels
 

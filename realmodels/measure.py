@@ -27,7 +27,7 @@ import torch
 
 from ntkcheck.errors import UserError
 from ntkcheck.provenance import now_iso, provenance
-from ntkcheck.realmodels.experiment import (LMConfig, Session, _load_tensor, _save_tensor, check_sessions,
+from ntkcheck.realmodels.experiment import (LMConfig, Session, check_sessions,
                                             iter_sessions, load_bundle, model_slug, validate_lm_config)
 from ntkcheck.checks.fit import mean_ci
 from ntkcheck.realmodels.metrics import METHOD_LABELS, TASK_LABELS, mean_std, score, table2
@@ -245,11 +245,8 @@ def behavior_rows(sess: Session, ft, *, distance_samples: int = 64) -> list[dict
         ft_out = ad.outputs(xs, theta)
         kind = "sgd" if opt == "sgd" else "signgd"
         xd = xs[:distance_samples]
-        cache = sess.kernel_dir() / f"dist_{kind}_pt_{len(xd)}.pt"
-        K0 = _load_tensor(cache)
-        if K0 is None:
-            K0 = sess.kernel_fn(kind)(xd).double().cpu()
-            _save_tensor(cache, K0)
+        K0 = sess.cached(f"dist_{kind}_pt_{len(xd)}.pt", [sess.rows[i] for i in ix["test"][:distance_samples]],
+                         lambda: sess.kernel_fn(kind)(xd).double().cpu())
         K1 = sess.kernel_fn(kind)(xd, params=theta).double().cpu()
         chi_set = ix["train"] + ix["dev"]
         chi = output_derivative(f0[chi_set], y[chi_set]).abs().amax(-1)
@@ -261,7 +258,7 @@ def behavior_rows(sess: Session, ft, *, distance_samples: int = 64) -> list[dict
                 "batch_size": b["batch_size"], "zero_shot_pred": f0[ix["test"]].argmax(-1).tolist(),
                 "lin_pred": lin.argmax(-1).tolist(), "ft_pred": ft_out.argmax(-1).tolist()}
 
-    sess.store.bind({"behavior": sess.config.kernel_fields(), "finetune": asdict(ft),
+    sess.store.bind({"behavior": sess.point_fields(), "finetune": asdict(ft),
                      "distance_samples": distance_samples})
     return sweep(sess.store, [{"optimizer": o, "seed": s} for (o, s) in sorted(best)], compute,
                  desc=f"behavior {task.name}")
@@ -320,11 +317,8 @@ def spectrum_fit(sess: Session, train: Sequence, seed: int, *, samples: int = 10
 
     pick = np.random.RandomState(seed).permutation(len(train))[:samples]
     x = sess.adapter.encode([train[i] for i in pick])
-    cache = sess.kernel_dir() / f"spectrum_{kind}_{samples}_{seed}.pt"
-    K = _load_tensor(cache)
-    if K is None:
-        K = sess.kernel_fn(kind)(x).double().cpu()
-        _save_tensor(cache, K)
+    K = sess.cached(f"spectrum_{kind}_{samples}_{seed}.pt", [train[i] for i in pick],
+                    lambda: sess.kernel_fn(kind)(x).double().cpu())
     n, C = K.shape[:2]
     G = K.reshape(n * C, n * C) if reduce == "flatten" else torch.einsum("iaja->ij", K)
     lam = np.sort(np.linalg.eigvalsh(0.5 * (G + G.T).numpy()))[::-1]

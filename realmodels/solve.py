@@ -122,7 +122,7 @@ def solve_session(session, kinds: Sequence[str], grid_override: dict | None = No
             out.append({"method": kind, **r})
         return out
 
-    session.store.bind({"solve": session.config.kernel_fields(), "kinds": list(kinds), "grid": str(go),
+    session.store.bind({"solve": session.point_fields(), "kinds": list(kinds), "grid": str(go),
                         "loss": loss})
     return sweep(session.store, [{"seed": sp.seed} for sp in session.splits], compute,
                  desc=f"solve {task.name}")

@@ -82,18 +82,28 @@ def test_cache_resumes_and_recovers(tiny_models, separable_dir, tmp_path, capsys
     torch.testing.assert_close(K2, K)
 
 
+def _write_distinct_sst2(root, test_edit=None):
+    """SST-2 files of distinct sentences (rows are deduplicated by text) under root/sst2; ``test_edit`` =
+    (i, text) replaces the text of test example i."""
+    import itertools
+
+    words = ("great", "good", "bad", "terrible")
+    sents = [" ".join(w) for n in (2, 3) for w in itertools.product(words, repeat=n)]
+    rows = [{"text": t, "label": int(t.split()[0] in ("great", "good"))} for t in sents]
+    train, test = rows[::2], rows[1::2]
+    if test_edit is not None:
+        test[test_edit[0]] = {**test[test_edit[0]], "text": test_edit[1]}
+    (root / "sst2").mkdir(parents=True, exist_ok=True)
+    for name, part in (("train", train), ("test", test)):
+        (root / "sst2" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+
+
 def test_raising_the_test_cap_computes_only_the_new_blocks(tiny_models, tmp_path):
     """Rows [0, R) do not depend on --test-max (data.cap_test's prefix order), so a larger cap reuses the old
     run's full blocks, recomputes its partial last one, and equals a kernel computed from scratch."""
-    import itertools
     from dataclasses import replace
 
-    words = ("great", "good", "bad", "terrible")   # distinct sentences: rows are deduplicated by text
-    sents = [" ".join(w) for n in (2, 3) for w in itertools.product(words, repeat=n)]
-    rows = [{"text": t, "label": int(t.split()[0] in ("great", "good"))} for t in sents]
-    (tmp_path / "data" / "sst2").mkdir(parents=True)
-    for name, part in (("train", rows[::2]), ("test", rows[1::2])):
-        (tmp_path / "data" / "sst2" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    _write_distinct_sst2(tmp_path / "data")
     cfg = LMConfig(model=str(tiny_models["gpt-neo"]), task="sst2", data=str(tmp_path / "data"), k=1, seeds=(13,),
                    test_max=3, out=str(tmp_path / "a"), params=r"h\.1\.mlp", block=2, model_dtype="float64")
     small = next(iter_sessions(cfg, "lm_kernel"))
@@ -111,6 +121,41 @@ def test_raising_the_test_cap_computes_only_the_new_blocks(tiny_models, tmp_path
     fresh = next(iter_sessions(replace(cfg, test_max=6, out=str(tmp_path / "b")), "lm_kernel")).kernel("sgd")
     torch.testing.assert_close(K_big, fresh, rtol=1e-12, atol=1e-12 * float(fresh.abs().max()))
     torch.testing.assert_close(big.f0()[:7], small.f0(), rtol=1e-12, atol=1e-12)
+
+
+def test_caches_of_other_examples_are_recomputed_not_reused(tiny_models, tmp_path, capsys):
+    """An edited test sentence (same config, same kernel folder): the one block holding its row, f0 and the
+    solve points are computed again (blocks are checked against their rows' digest, points are bound to it);
+    the other blocks are reused, and the kernel equals one computed from scratch on the new data."""
+    from dataclasses import replace
+
+    from ntkcheck.realmodels.data import cap_test, load_task
+    from ntkcheck.realmodels.solve import solve_session
+
+    data = tmp_path / "data"
+    _write_distinct_sst2(data)
+    cfg = LMConfig(model=str(tiny_models["gpt-neo"]), task="sst2", data=str(data), k=1, seeds=(13,), test_max=3,
+                   out=str(tmp_path / "a"), params=r"h\.1\.mlp", block=2, model_dtype="float64")
+    old = next(iter_sessions(cfg, "lm_kernel"))
+    old.kernel("sgd"), old.f0(), solve_session(old, ["sgd"])
+    before = {p.name: p.stat().st_ino for p in old.kernel_dir().glob("sgd_*.pt")}
+    # the test example that cap_test puts last (row 6, in block sgd_6-7) gets another sentence
+    last = load_task(old.task, str(data))[1].index(cap_test(load_task(old.task, str(data))[1], 3)[-1])
+    _write_distinct_sst2(data, test_edit=(last, "good good good good"))
+    new = next(iter_sessions(cfg, "lm_kernel"))
+    assert new.kernel_dir() == old.kernel_dir() and new.rows[:6] == old.rows[:6] and new.rows[6] != old.rows[6]
+    capsys.readouterr()
+    K, f0 = new.kernel("sgd"), new.f0()
+    err = capsys.readouterr().err
+    assert err.count("computed on other examples") == 2 and "sgd_6-7.pt" in err and "f0_7.pt" in err
+    after = {p.name: p.stat().st_ino for p in new.kernel_dir().glob("sgd_*.pt")}
+    assert {n for n in before if after[n] != before[n]} == {"sgd_6-7.pt"}
+    assert new.point_fields() != old.point_fields()
+    solve_session(new, ["sgd"])
+    assert len(list((new.store.dir / "points").iterdir())) == 2   # the old points are kept, not reused
+    fresh = next(iter_sessions(replace(cfg, out=str(tmp_path / "b")), "lm_kernel"))
+    torch.testing.assert_close(K, fresh.kernel("sgd"), rtol=1e-12, atol=1e-12 * float(K.abs().max()))
+    torch.testing.assert_close(f0, fresh.f0(), rtol=1e-12, atol=1e-12)
 
 
 def test_solvers_reach_100_percent(tiny_models, separable_dir, tmp_path):
