@@ -137,7 +137,7 @@ def test_cli_run_writes_contract_and_reruns_fast(tmp_path, capsys):
     assert result["config"]["widths"] == [16, 32, 64] and result["config"]["seeds"] == 2
     assert set(result["claims"][0]) == {"id", "name", "relation", "predicted", "tolerance", "measured", "ci",
                                         "state", "control", "source"}
-    assert set(result["provenance"]) == {"ntkcheck", "git", "python", "torch", "transformers", "device",
+    assert set(result["provenance"]) == {"ntkcheck", "git", "source", "python", "torch", "transformers", "device",
                                          "world_size", "seconds", "started"}
     assert (out / "tp_scaling" / "measurements.csv").read_text().startswith("arch,")
     assert (out / "tp_scaling" / "coordinate_check.png").stat().st_size > 1000
