@@ -276,6 +276,12 @@ def examples_digest(examples: Sequence[Example]) -> str:
     return fingerprint([[e.text, e.text_b, e.label] for e in examples])
 
 
+def example_ids(examples: Sequence[Example]) -> list[str]:
+    """Each example's own fingerprint of (text, text_b, label): the name a cached kernel block gives its rows
+    and columns, so a block of other rows or columns can find the entries it shares with it."""
+    return [fingerprint([e.text, e.text_b, e.label]) for e in examples]
+
+
 def cap_test(test: Sequence[Example], test_max: int | None) -> list[Example]:
     """The test set in a fixed permutation (seed 0), cut to its first ``test_max`` examples (None: all).
 

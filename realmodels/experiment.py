@@ -9,18 +9,21 @@ Per seed, K(train, train), K(dev, train) and K(test, train) are sub-blocks:
     K_rows[r, a, u, b] = sum_M < phi1(grad_M f_a(x_r)), phi2(grad_M f_b(x_u)) >     [R, C, U, C]
 
 (phi1, phi2 by kind: sgd (id, id), signgd (sign, sign), asym_signgd (id, sign),
-ntkcheck.models.kernels). Rows are computed in blocks; every finished block is
-a file <kind>_<first row>-<end row>.pt written atomically under DIR/lm_kernels/<fingerprint>/ (shared by
+ntkcheck.models.kernels). Rows are computed in blocks; every finished block is a file
+<kind>_<first row>-<end row>_<digest>.pt written atomically under DIR/lm_kernels/<fingerprint>/ (shared by
 all `lm` commands), so an interrupted run resumes at the first missing block, and a block that fails to
-load is recomputed. The fingerprint hashes everything the kernel depends on (model folder, its weights'
-size and mtime, mode, the task's resolved templates and label words, parameter subset, max length, k,
-seeds, dtype, and the sketch dimension of a countsketched run, `--sketch-dim`) except the test cap:
-rows [0, R) are the same for every cap that has R rows or more, so raising `--test-max` computes only
-the blocks past the old last row (the old partial last block included), and runs at two caps share
-their common blocks. Every cached tensor also holds the digest of the examples it was computed on
-(data.examples_digest: a block's rows and columns, f0's rows), and a stage's result points are bound to
-the digest of all rows (Session.point_fields), so an edited data file or a changed test order recomputes
-them instead of pairing one order's predictions with another's.
+load is recomputed. The fingerprint hashes everything the kernel depends on besides the examples (model
+folder, its weights' size and mtime, mode, the task's resolved templates and label words, parameter
+subset, max length, k, dtype, and the sketch dimension of a countsketched run, `--sketch-dim`; Session.
+cache_fields): not the test cap, and not the seeds except in head mode, where each seed probes its own
+head. A block's digest and the ids it stores name its rows' and columns' examples (data.example_ids), and
+a kernel entry is a function of its two examples alone, so a block that is not on disk copies every entry
+it shares with the other blocks of the folder (_BlockLibrary) and computes only the rest: raising
+`--test-max` computes the new test rows, adding a seed its train and dev rows and its training columns,
+and an edited example only its own row. f0 is cached by the digest of its rows; a stage's result point is
+bound to cache_fields and carries the digest of its seed's train, dev and test examples (Session.
+seed_data), so runs with more seeds or another cap reuse the points of the seeds they share, and points of
+other data are computed again instead of pairing one order's predictions with another's.
 """
 from __future__ import annotations
 
@@ -31,12 +34,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from ntkcheck import distributed
 from ntkcheck.errors import UserError
 from ntkcheck.log import note, progress_bar
-from ntkcheck.realmodels.data import SEEDS, Example, Split, examples_digest, k_shot_split, load_task
+from ntkcheck.realmodels.data import SEEDS, Example, Split, example_ids, examples_digest, k_shot_split, load_task
 from ntkcheck.realmodels.tasks import Task, custom_task, get_task
 from ntkcheck.store import ResultStore, atomic_write_bytes, fingerprint, try_lock, unlock
 
@@ -158,14 +162,23 @@ class Session:
     def labels(self) -> torch.Tensor:
         return torch.tensor([e.label for e in self.rows])
 
+    def cache_fields(self) -> dict:
+        """What this session's caches depend on besides the examples themselves (which each cache checks by
+        digest): kernel_fields() without the test cap and, in prompt modes, without the seeds, so runs at other
+        caps or with more seeds share kernel entries and per-seed points. A head-mode session keeps its seed:
+        its head is the linear probe of that seed's train set, so its kernels are the seed's own."""
+        drop = ("test_max",) if self.adapter.mode == "head" else ("test_max", "seeds")
+        return {k: v for k, v in self.config.kernel_fields().items() if k not in drop}
+
     def kernel_dir(self) -> Path:
-        """DIR/lm_kernels/<fingerprint of kernel_fields() without the test cap> (module docstring)."""
-        fields = {k: v for k, v in self.config.kernel_fields().items() if k != "test_max"}
-        return Path(self.config.out) / "lm_kernels" / fingerprint(fields)
+        """DIR/lm_kernels/<fingerprint of cache_fields()> (module docstring)."""
+        return Path(self.config.out) / "lm_kernels" / fingerprint(self.cache_fields())
 
     def f0(self) -> torch.Tensor:
-        """Pretrained outputs f(theta_PT, x_r) for every row, [R, C] float64 (cached on disk)."""
-        return self.cached(f"f0_{len(self.rows)}.pt", self.rows, lambda: self.adapter.outputs(self.x_rows).double())
+        """Pretrained outputs f(theta_PT, x_r) for every row, [R, C] float64 (cached on disk by the rows'
+        digest, so sessions of other seeds or caps in the same folder keep their own)."""
+        return self.cached(f"f0_{examples_digest(self.rows)}.pt", self.rows,
+                           lambda: self.adapter.outputs(self.x_rows).double())
 
     def cached(self, name: str, examples: Sequence[Example], compute) -> torch.Tensor:
         """kernel_dir()/name if it was computed on ``examples`` (their digest), else compute() saved there."""
@@ -177,10 +190,17 @@ class Session:
         return got
 
     def point_fields(self) -> dict:
-        """What a stage's result points depend on: kernel_fields() and the rows themselves (their digest, in
-        order, and the number of columns), so points computed on other data or another test order (a
-        per-example prediction list is paired across methods by position) are computed again, not mixed."""
-        return {**self.config.kernel_fields(), "rows": examples_digest(self.rows), "n_cols": self.n_cols}
+        """What a stage's result points are bound to: cache_fields(). Each point also carries the digest of
+        its seed's examples (seed_data), so a point is reused by any run holding that seed's data (more
+        seeds, another order of seeds) and computed again for other data."""
+        return self.cache_fields()
+
+    def seed_data(self, seed: int) -> str:
+        """Digest of ``seed``'s train, dev and test examples, each in order: all a seed's solve, fine-tuning
+        and behavior results depend on besides point_fields() (a seed's fine-tuning is bitwise independent
+        of the other seeds in its session, tests/realmodels/test_finetune.py)."""
+        ix = self.index[seed]
+        return fingerprint([examples_digest([self.rows[i] for i in ix[part]]) for part in ("train", "dev", "test")])
 
     def kernel_fn(self, kind: str):
         """The configured kernel function of ``kind`` at the pretrained parameters: the one place where
@@ -210,12 +230,14 @@ class Session:
         R, U, B = len(self.rows), self.n_cols, max(1, cfg.block)
         starts = list(range(0, R, B))
         kdir = self.kernel_dir()
-        names = [f"{kind}_{s}-{min(s + B, R)}" for s in starts]   # a block's file names its rows
-        cols = examples_digest(self.rows[:U])    # and holds the digest of its rows' and columns' examples
-        digests = [f"{examples_digest(self.rows[s:s + B])}/{cols}" for s in starts]
+        ids = example_ids(self.rows)
+        cols = fingerprint(ids[:U])
+        # a block's file names its rows and the digest of its rows' and columns' examples, which it also holds
+        digests = [f"{fingerprint(ids[s:s + B])}/{cols}" for s in starts]
+        names = [f"{kind}_{s}-{min(s + B, R)}_{fingerprint(d)}" for s, d in zip(starts, digests)]
         blocks: list[torch.Tensor | None] = [_load_tensor(kdir / f"{n}.pt", rows=d) for n, d in zip(names, digests)]
+        library = _BlockLibrary(kdir, kind, self.adapter.num_outputs)
         todo = sum(b is None for b in blocks)
-        xc = self.x_rows[:U]
         bar = progress_bar(total=len(starts), initial=len(starts) - todo, desc=f"kernel {kind} ({R}x{U} examples)",
                            unit="block", disable=not progress)
         told = False
@@ -238,8 +260,9 @@ class Session:
                             got = _load_tensor(path, rows=digests[i])
                             if got is None:
                                 t0 = time.perf_counter()
-                                got = self.kernel_fn(kind)(self.x_rows[s:s + B], xc).detach().double().cpu()
-                                _save_tensor(path, got, rows=digests[i])
+                                e = min(s + B, R)
+                                got = self._compute_block(kind, s, e, U, ids, library, names[i])
+                                _save_tensor(path, got, rows=digests[i], ids=(ids[s:e], ids[:U]))
                                 mine += 1
                                 self.meta.setdefault("kernel_seconds", {}).setdefault(kind, 0.0)
                                 self.meta["kernel_seconds"][kind] += time.perf_counter() - t0
@@ -264,6 +287,27 @@ class Session:
             self.kernel_fns[kind].side_memo.clear()
         return torch.cat(blocks, 0)
 
+    def _compute_block(self, kind: str, s: int, e: int, U: int, ids: list[str], library: "_BlockLibrary",
+                       name: str) -> torch.Tensor:
+        """K[rows s:e, :, columns :U, :]: the entries the folder's other blocks hold (library) copied, the rest
+        computed with one kernel call per set of rows that miss the same columns (a fresh block: one call)."""
+        K, have = library.entries(ids[s:e], ids[:U])
+        if have.any():
+            note(f"{name}: {int(have.sum())} of {have.size} entries copied from other cached blocks")
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for j in range(e - s):
+            miss = tuple(np.flatnonzero(~have[j]).tolist())
+            if miss:
+                groups.setdefault(miss, []).append(j)
+        for miss, js in groups.items():
+            rows, cols = torch.tensor(js) + s, torch.tensor(miss)
+            x1 = self.x_rows[s:e] if len(js) == e - s else self.x_rows[rows]
+            x2 = self.x_rows[:U] if len(miss) == U else self.x_rows[cols]
+            part = self.kernel_fn(kind)(x1, x2).detach().double().cpu()   # [len(js), C, len(miss), C]
+            for jj, j in enumerate(js):
+                K[j].index_copy_(1, cols, part[jj])
+        return K
+
     def block(self, K: torch.Tensor, seed: int, rows: str, cols: str = "train") -> torch.Tensor:
         """K[rows of split ``rows``, :, columns of split ``cols``, :] for ``seed`` ([n_r, C, n_c, C])."""
         r = torch.tensor(self.index[seed][rows])
@@ -271,13 +315,64 @@ class Session:
         return K[r][:, :, c]
 
 
-def _save_tensor(path: Path, t: torch.Tensor, *, rows: str | None = None) -> None:
+def _save_tensor(path: Path, t: torch.Tensor, *, rows: str | None = None,
+                 ids: tuple[list[str], list[str]] | None = None) -> None:
     """Write ``t`` atomically with its checksum and, for a cache computed on examples, their digest ``rows``
-    (data.examples_digest), which _load_tensor compares."""
+    (data.examples_digest), which _load_tensor compares; a kernel block also stores its rows' and columns'
+    example ids (``ids``), by which _BlockLibrary finds its entries for other blocks."""
     buf = io.BytesIO()
     payload = t.contiguous()
-    torch.save({"t": payload, "sha": hashlib.sha256(payload.numpy().tobytes()).hexdigest(), "rows": rows}, buf)
+    blob = {"t": payload, "sha": hashlib.sha256(payload.numpy().tobytes()).hexdigest(), "rows": rows}
+    if ids is not None:
+        blob["ids"] = [list(ids[0]), list(ids[1])]
+    torch.save(blob, buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+class _BlockLibrary:
+    """The finished kernel blocks of one kind in a kernel folder, indexed by their rows' and columns' example
+    ids: K[x, a, x', b] depends on the two examples alone (and on cache_fields, which the folder fixes), so
+    a block that is not on disk takes every entry another block already holds. Hand-rolled: the block files
+    are this module's own format. Read from disk at the first block that needs it, once per kernel() call
+    (the blocks of one call have disjoint rows, so they cannot feed each other)."""
+
+    def __init__(self, kdir: Path, kind: str, num_outputs: int):
+        self.kdir, self.kind, self.C = kdir, kind, num_outputs
+        self.files: list[tuple[torch.Tensor, dict[str, int], dict[str, int]]] | None = None
+
+    def _read(self) -> None:
+        self.files = []
+        for path in sorted(self.kdir.glob(f"{self.kind}_*.pt")):
+            try:
+                blob = torch.load(path, map_location="cpu", weights_only=True)
+                t = blob["t"]
+                if hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest() != blob["sha"]:
+                    continue
+                rids, cids = blob["ids"]
+            except Exception:   # unreadable, or written before blocks stored their ids: not a source
+                continue
+            self.files.append((t, {r: i for i, r in enumerate(rids)}, {c: i for i, c in enumerate(cids)}))
+
+    def entries(self, row_ids: list[str], col_ids: list[str]) -> tuple[torch.Tensor, np.ndarray]:
+        """(K [n, C, m, C] float64 with the known entries filled and zeros elsewhere, known [n, m] bool)."""
+        if self.files is None:
+            self._read()
+        n, m = len(row_ids), len(col_ids)
+        K = torch.zeros(n, self.C, m, self.C, dtype=torch.float64)
+        have = np.zeros((n, m), dtype=bool)
+        for t, rpos, cpos in self.files:
+            us = [u for u, c in enumerate(col_ids) if c in cpos]
+            if not us:
+                continue
+            for j, r in enumerate(row_ids):
+                if r not in rpos:
+                    continue
+                new = [u for u in us if not have[j, u]]
+                if new:
+                    src = t[rpos[r]][:, [cpos[col_ids[u]] for u in new]].double()
+                    K[j].index_copy_(1, torch.tensor(new), src)
+                    have[j, new] = True
+        return K, have
 
 
 def _load_tensor(path: Path, *, rows: str | None = None) -> torch.Tensor | None:

@@ -154,7 +154,8 @@ def run_finetune(session, ft: FTConfig, *, seeds: Sequence[int] | None = None) -
     steps, every = default_schedule(k, ad.num_outputs)
     steps, every = ft.steps or steps, ft.eval_every or min(every, ft.steps or every)
     seeds = list(seeds or [sp.seed for sp in session.splits])
-    points = [{"optimizer": o, "lr": lr, "batch_size": b, "seed": s}
+    # a point carries its seed's data digest (Session.seed_data): reused by any run holding that seed's data
+    points = [{"optimizer": o, "lr": lr, "batch_size": b, "seed": s, "data": session.seed_data(s)}
               for o in ft.optimizers for lr in ft.lrs(o) for b in ft.batch_sizes for s in seeds]
     session.store.bind({"finetune": session.point_fields(), "steps": steps, "every": every})
     pdir = session.store.points_dir / "params"
@@ -172,7 +173,7 @@ def run_finetune(session, ft: FTConfig, *, seeds: Sequence[int] | None = None) -
         return dict(log, test=test, steps=steps)
 
     rows = sweep(session.store, points, compute, desc=f"finetune {task.name}")
-    keys = ("optimizer", "lr", "batch_size", "seed")
+    keys = ("optimizer", "lr", "batch_size", "seed", "data")
     # a finished point whose parameters file is gone is trained again (a corrupt one is removed when it fails
     # to load, so the next run trains it again)
     lost = [{q: r[q] for q in keys} for r in rows if not (pdir / f"{point_key({q: r[q] for q in keys})}.pt").exists()]
@@ -184,5 +185,5 @@ def run_finetune(session, ft: FTConfig, *, seeds: Sequence[int] | None = None) -
     for r in rows:
         key = (r["optimizer"], r["seed"])
         if key not in best or r["dev"] > best[key]["dev"]:
-            best[key] = dict(r, params_path=str(pdir / f"{point_key({q: r[q] for q in ('optimizer', 'lr', 'batch_size', 'seed')})}.pt"))
+            best[key] = dict(r, params_path=str(pdir / f"{point_key({q: r[q] for q in keys})}.pt"))
     return best

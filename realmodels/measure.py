@@ -260,7 +260,7 @@ def behavior_rows(sess: Session, ft, *, distance_samples: int = 64) -> list[dict
 
     sess.store.bind({"behavior": sess.point_fields(), "finetune": asdict(ft),
                      "distance_samples": distance_samples})
-    return sweep(sess.store, [{"optimizer": o, "seed": s} for (o, s) in sorted(best)], compute,
+    return sweep(sess.store, [{"optimizer": o, "seed": s, "data": sess.seed_data(s)} for (o, s) in sorted(best)], compute,
                  desc=f"behavior {task.name}")
 
 

@@ -124,5 +124,5 @@ def solve_session(session, kinds: Sequence[str], grid_override: dict | None = No
 
     session.store.bind({"solve": session.point_fields(), "kinds": list(kinds), "grid": str(go),
                         "loss": loss})
-    return sweep(session.store, [{"seed": sp.seed} for sp in session.splits], compute,
+    return sweep(session.store, [{"seed": sp.seed, "data": session.seed_data(sp.seed)} for sp in session.splits], compute,
                  desc=f"solve {task.name}")

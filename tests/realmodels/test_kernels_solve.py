@@ -98,9 +98,42 @@ def _write_distinct_sst2(root, test_edit=None):
         (root / "sst2" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
 
 
-def test_raising_the_test_cap_computes_only_the_new_blocks(tiny_models, tmp_path):
-    """Rows [0, R) do not depend on --test-max (data.cap_test's prefix order), so a larger cap reuses the old
-    run's full blocks, recomputes its partial last one, and equals a kernel computed from scratch."""
+class _CountingKernel:
+    """A session's kernel function that records the (rows, columns) of every call."""
+
+    def __init__(self, fn):
+        self.fn, self.calls, self.side_memo = fn, [], {}
+
+    def __call__(self, x1, x2=None, **kw):
+        self.calls.append((len(x1), len(x1) if x2 is None else len(x2)))
+        return self.fn(x1, x2, **kw)
+
+    @property
+    def entries(self):
+        return sum(a * b for a, b in self.calls)
+
+
+def _count(sess, kind="sgd"):
+    fn = _CountingKernel(sess.kernel_fn(kind))
+    sess.kernel_fns[kind] = fn
+    return fn
+
+
+def _block_names(sess, kind="sgd"):
+    """{file name: inode} of the session's cached blocks of ``kind``."""
+    return {p.name: p.stat().st_ino for p in sess.kernel_dir().glob(f"{kind}_*.pt")}
+
+
+def _fresh_kernel(cfg, out, kind="sgd"):
+    from dataclasses import replace
+
+    return next(iter_sessions(replace(cfg, out=str(out)), "lm_kernel")).kernel(kind)
+
+
+def test_raising_the_test_cap_computes_only_the_new_rows(tiny_models, tmp_path, capsys):
+    """Rows [0, R) do not depend on --test-max (data.cap_test's prefix order), so a larger cap keeps the old
+    run's full blocks, copies the old partial last block's rows into the new block there, computes only the new
+    test rows, and equals a kernel computed from scratch."""
     from dataclasses import replace
 
     _write_distinct_sst2(tmp_path / "data")
@@ -108,25 +141,63 @@ def test_raising_the_test_cap_computes_only_the_new_blocks(tiny_models, tmp_path
                    test_max=3, out=str(tmp_path / "a"), params=r"h\.1\.mlp", block=2, model_dtype="float64")
     small = next(iter_sessions(cfg, "lm_kernel"))
     K_small = small.kernel("sgd")
-    assert len(small.rows) == 7
-    before = {p.name: p.stat().st_ino for p in small.kernel_dir().glob("sgd_*.pt")}
-    assert sorted(before) == ["sgd_0-2.pt", "sgd_2-4.pt", "sgd_4-6.pt", "sgd_6-7.pt"]
+    assert len(small.rows) == 7 and small.n_cols == 2
+    before = _block_names(small)
+    assert sorted(n.rsplit("_", 1)[0] for n in before) == ["sgd_0-2", "sgd_2-4", "sgd_4-6", "sgd_6-7"]
     big = next(iter_sessions(replace(cfg, test_max=6), "lm_kernel"))
     assert big.kernel_dir() == small.kernel_dir() and big.rows[:7] == small.rows
+    counting = _count(big)
+    capsys.readouterr()
     K_big = big.kernel("sgd")
-    after = {p.name: p.stat().st_ino for p in big.kernel_dir().glob("sgd_*.pt")}
-    assert sorted(set(after) - set(before)) == ["sgd_6-8.pt", "sgd_8-10.pt"]
+    after = _block_names(big)
+    assert sorted(n.rsplit("_", 1)[0] for n in set(after) - set(before)) == ["sgd_6-8", "sgd_8-10"]
     assert all(after[n] == before[n] for n in before)   # nothing rewritten
-    assert torch.equal(K_big[:6], K_small[:6])
-    fresh = next(iter_sessions(replace(cfg, test_max=6, out=str(tmp_path / "b")), "lm_kernel")).kernel("sgd")
+    assert counting.entries == 3 * 2                      # the three new test rows against the two columns
+    assert "2 of 4 entries copied from other cached blocks" in capsys.readouterr().err   # row 6, from sgd_6-7
+    assert torch.equal(K_big[:7], K_small)
+    fresh = _fresh_kernel(replace(cfg, test_max=6), tmp_path / "b")
     torch.testing.assert_close(K_big, fresh, rtol=1e-12, atol=1e-12 * float(fresh.abs().max()))
     torch.testing.assert_close(big.f0()[:7], small.f0(), rtol=1e-12, atol=1e-12)
 
 
-def test_caches_of_other_examples_are_recomputed_not_reused(tiny_models, tmp_path, capsys):
-    """An edited test sentence (same config, same kernel folder): the one block holding its row, f0 and the
-    solve points are computed again (blocks are checked against their rows' digest, points are bound to it);
-    the other blocks are reused, and the kernel equals one computed from scratch on the new data."""
+def test_adding_seeds_computes_only_their_entries_and_points(tiny_models, tmp_path):
+    """A run with seeds (13, 21) after one with seed 13 alone (same folder): kernel entries between examples the
+    first run held are copied, not computed (the kernel folder does not depend on the seeds), seed 13's solve
+    point is read back, and the kernel equals one computed from scratch."""
+    from dataclasses import replace
+
+    from ntkcheck.realmodels.data import example_ids
+    from ntkcheck.realmodels.solve import solve_session
+
+    _write_distinct_sst2(tmp_path / "data")
+    cfg = LMConfig(model=str(tiny_models["gpt-neo"]), task="sst2", data=str(tmp_path / "data"), k=2, seeds=(13,),
+                   test_max=4, out=str(tmp_path / "a"), params=r"h\.1\.mlp", block=3, model_dtype="float64")
+    one = next(iter_sessions(cfg, "lm_kernel"))
+    one.kernel("sgd")
+    first = {r["method"]: r for r in solve_session(one, ["sgd"])}
+    (point,) = (one.store.points_dir).glob("*.json")
+    two = next(iter_sessions(replace(cfg, seeds=(13, 21)), "lm_kernel"))
+    assert two.kernel_dir() == one.kernel_dir() and two.seed_data(13) == one.seed_data(13) != two.seed_data(21)
+    counting = _count(two)
+    K = two.kernel("sgd")
+    old_rows, old_cols = set(example_ids(one.rows)), set(example_ids(one.rows[:one.n_cols]))
+    ids = example_ids(two.rows)
+    known = sum(r in old_rows for r in ids) * sum(c in old_cols for c in ids[:two.n_cols])
+    assert 0 < known < len(ids) * two.n_cols and counting.entries == len(ids) * two.n_cols - known
+    torch.testing.assert_close(K, _fresh_kernel(replace(cfg, seeds=(13, 21)), tmp_path / "b"), rtol=1e-12,
+                               atol=1e-12 * float(K.abs().max()))
+    stamp = point.stat().st_mtime_ns
+    rows = solve_session(two, ["sgd"])
+    assert two.store.points_dir == one.store.points_dir and point.stat().st_mtime_ns == stamp   # read, not rewritten
+    assert len(list(two.store.points_dir.glob("*.json"))) == 2
+    again = {r["method"]: r for r in rows if r["seed"] == 13}
+    assert again["sgd"]["test_pred"] == first["sgd"]["test_pred"] and again["sgd"]["test"] == first["sgd"]["test"]
+
+
+def test_caches_of_other_examples_are_recomputed_not_reused(tiny_models, tmp_path):
+    """An edited test sentence (same config, same kernel folder): only the row of that sentence is computed
+    again (its block gets a new file; the others are kept), f0 and the solve point are computed again for the
+    new data (the old ones are kept beside them), and the kernel equals one computed from scratch on it."""
     from dataclasses import replace
 
     from ntkcheck.realmodels.data import cap_test, load_task
@@ -138,21 +209,20 @@ def test_caches_of_other_examples_are_recomputed_not_reused(tiny_models, tmp_pat
                    out=str(tmp_path / "a"), params=r"h\.1\.mlp", block=2, model_dtype="float64")
     old = next(iter_sessions(cfg, "lm_kernel"))
     old.kernel("sgd"), old.f0(), solve_session(old, ["sgd"])
-    before = {p.name: p.stat().st_ino for p in old.kernel_dir().glob("sgd_*.pt")}
+    before = _block_names(old)
     # the test example that cap_test puts last (row 6, in block sgd_6-7) gets another sentence
     last = load_task(old.task, str(data))[1].index(cap_test(load_task(old.task, str(data))[1], 3)[-1])
     _write_distinct_sst2(data, test_edit=(last, "good good good good"))
     new = next(iter_sessions(cfg, "lm_kernel"))
     assert new.kernel_dir() == old.kernel_dir() and new.rows[:6] == old.rows[:6] and new.rows[6] != old.rows[6]
-    capsys.readouterr()
+    counting = _count(new)
     K, f0 = new.kernel("sgd"), new.f0()
-    err = capsys.readouterr().err
-    assert err.count("computed on other examples") == 2 and "sgd_6-7.pt" in err and "f0_7.pt" in err
-    after = {p.name: p.stat().st_ino for p in new.kernel_dir().glob("sgd_*.pt")}
-    assert {n for n in before if after[n] != before[n]} == {"sgd_6-7.pt"}
-    assert new.point_fields() != old.point_fields()
+    after = _block_names(new)
+    assert all(after[n] == before[n] for n in before)
+    assert [n.rsplit("_", 1)[0] for n in set(after) - set(before)] == ["sgd_6-7"] and counting.calls == [(1, 2)]
+    assert len(list(new.kernel_dir().glob("f0_*.pt"))) == 2
     solve_session(new, ["sgd"])
-    assert len(list((new.store.dir / "points").iterdir())) == 2   # the old points are kept, not reused
+    assert len(list(new.store.points_dir.glob("*.json"))) == 2   # the old point is kept, not reused
     fresh = next(iter_sessions(replace(cfg, out=str(tmp_path / "b")), "lm_kernel"))
     torch.testing.assert_close(K, fresh.kernel("sgd"), rtol=1e-12, atol=1e-12 * float(K.abs().max()))
     torch.testing.assert_close(f0, fresh.f0(), rtol=1e-12, atol=1e-12)
