@@ -166,23 +166,26 @@ class Session:
         """What this session's caches depend on besides the examples themselves (which each cache checks by
         digest): kernel_fields() without the test cap and, in prompt modes, without the seeds, so runs at other
         caps or with more seeds share kernel entries and per-seed points. A head-mode session keeps its seed:
-        its head is the linear probe of that seed's train set, so its kernels are the seed's own."""
-        drop = ("test_max",) if self.adapter.mode == "head" else ("test_max", "seeds")
-        return {k: v for k, v in self.config.kernel_fields().items() if k not in drop}
+        its head is the linear probe of that seed's train set, so every entry depends on that whole set, whose
+        digest the key then holds (an edited training example must not leave entries of the old probe)."""
+        if self.adapter.mode == "head":
+            return {**{k: v for k, v in self.config.kernel_fields().items() if k != "test_max"},
+                    "probe": examples_digest(self.splits[0].train)}
+        return {k: v for k, v in self.config.kernel_fields().items() if k not in ("test_max", "seeds")}
 
     def kernel_dir(self) -> Path:
         """DIR/lm_kernels/<fingerprint of cache_fields()> (module docstring)."""
         return Path(self.config.out) / "lm_kernels" / fingerprint(self.cache_fields())
 
     def f0(self) -> torch.Tensor:
-        """Pretrained outputs f(theta_PT, x_r) for every row, [R, C] float64 (cached on disk by the rows'
-        digest, so sessions of other seeds or caps in the same folder keep their own)."""
-        return self.cached(f"f0_{examples_digest(self.rows)}.pt", self.rows,
-                           lambda: self.adapter.outputs(self.x_rows).double())
+        """Pretrained outputs f(theta_PT, x_r) for every row, [R, C] float64 (cached on disk)."""
+        return self.cached("f0", self.rows, lambda: self.adapter.outputs(self.x_rows).double())
 
     def cached(self, name: str, examples: Sequence[Example], compute) -> torch.Tensor:
-        """kernel_dir()/name if it was computed on ``examples`` (their digest), else compute() saved there."""
-        path, rows = self.kernel_dir() / name, examples_digest(examples)
+        """kernel_dir()/<name>_<digest of ``examples``>.pt if it is there, else compute() saved there: one file
+        per set of examples, so sessions of other seeds, caps or data in the same folder keep their own."""
+        rows = examples_digest(examples)
+        path = self.kernel_dir() / f"{name}_{rows}.pt"
         got = _load_tensor(path, rows=rows)
         if got is None:
             got = compute()
@@ -198,7 +201,7 @@ class Session:
     def seed_data(self, seed: int) -> str:
         """Digest of ``seed``'s train, dev and test examples, each in order: all a seed's solve, fine-tuning
         and behavior results depend on besides point_fields() (a seed's fine-tuning is bitwise independent
-        of the other seeds in its session, tests/realmodels/test_finetune.py)."""
+        of the other seeds in its session, tests/realmodels/test_measurements.py)."""
         ix = self.index[seed]
         return fingerprint([examples_digest([self.rows[i] for i in ix[part]]) for part in ("train", "dev", "test")])
 
@@ -299,7 +302,8 @@ class Session:
             miss = tuple(np.flatnonzero(~have[j]).tolist())
             if miss:
                 groups.setdefault(miss, []).append(j)
-        for miss, js in groups.items():
+        # the largest call first: the kernel function chooses its method (AUTO) on its first call of a shape
+        for miss, js in sorted(groups.items(), key=lambda g: -len(g[0]) * len(g[1])):
             rows, cols = torch.tensor(js) + s, torch.tensor(miss)
             x1 = self.x_rows[s:e] if len(js) == e - s else self.x_rows[rows]
             x2 = self.x_rows[:U] if len(miss) == U else self.x_rows[cols]

@@ -245,7 +245,7 @@ def behavior_rows(sess: Session, ft, *, distance_samples: int = 64) -> list[dict
         ft_out = ad.outputs(xs, theta)
         kind = "sgd" if opt == "sgd" else "signgd"
         xd = xs[:distance_samples]
-        K0 = sess.cached(f"dist_{kind}_pt_{len(xd)}.pt", [sess.rows[i] for i in ix["test"][:distance_samples]],
+        K0 = sess.cached(f"dist_{kind}_pt", [sess.rows[i] for i in ix["test"][:distance_samples]],
                          lambda: sess.kernel_fn(kind)(xd).double().cpu())
         K1 = sess.kernel_fn(kind)(xd, params=theta).double().cpu()
         chi_set = ix["train"] + ix["dev"]
@@ -317,7 +317,7 @@ def spectrum_fit(sess: Session, train: Sequence, seed: int, *, samples: int = 10
 
     pick = np.random.RandomState(seed).permutation(len(train))[:samples]
     x = sess.adapter.encode([train[i] for i in pick])
-    K = sess.cached(f"spectrum_{kind}_{samples}_{seed}.pt", [train[i] for i in pick],
+    K = sess.cached(f"spectrum_{kind}", [train[i] for i in pick],
                     lambda: sess.kernel_fn(kind)(x).double().cpu())
     n, C = K.shape[:2]
     G = K.reshape(n * C, n * C) if reduce == "flatten" else torch.einsum("iaja->ij", K)

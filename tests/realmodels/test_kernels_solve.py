@@ -82,9 +82,9 @@ def test_cache_resumes_and_recovers(tiny_models, separable_dir, tmp_path, capsys
     torch.testing.assert_close(K2, K)
 
 
-def _write_distinct_sst2(root, test_edit=None):
-    """SST-2 files of distinct sentences (rows are deduplicated by text) under root/sst2; ``test_edit`` =
-    (i, text) replaces the text of test example i."""
+def _write_distinct_sst2(root, test_edit=None, train_edit=None):
+    """SST-2 files of distinct sentences (rows are deduplicated by text) under root/sst2; ``test_edit`` /
+    ``train_edit`` = (i, text) replaces the text of test / train example i."""
     import itertools
 
     words = ("great", "good", "bad", "terrible")
@@ -93,6 +93,8 @@ def _write_distinct_sst2(root, test_edit=None):
     train, test = rows[::2], rows[1::2]
     if test_edit is not None:
         test[test_edit[0]] = {**test[test_edit[0]], "text": test_edit[1]}
+    if train_edit is not None:
+        train[train_edit[0]] = {**train[train_edit[0]], "text": train_edit[1]}
     (root / "sst2").mkdir(parents=True, exist_ok=True)
     for name, part in (("train", train), ("test", test)):
         (root / "sst2" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
@@ -226,6 +228,38 @@ def test_caches_of_other_examples_are_recomputed_not_reused(tiny_models, tmp_pat
     fresh = next(iter_sessions(replace(cfg, out=str(tmp_path / "b")), "lm_kernel"))
     torch.testing.assert_close(K, fresh.kernel("sgd"), rtol=1e-12, atol=1e-12 * float(K.abs().max()))
     torch.testing.assert_close(f0, fresh.f0(), rtol=1e-12, atol=1e-12)
+
+
+def test_head_mode_kernel_folder_follows_the_probe(tiny_models, tmp_path):
+    """In head mode every kernel entry depends on the whole training set (the head starts at its linear probe),
+    so the folder's key holds that set's digest: an edited training example gets another folder, whose blocks
+    copy nothing of the old probe's, while prompt mode keeps one folder (its entries depend on their pair)."""
+    from dataclasses import replace
+
+    from ntkcheck.realmodels.data import load_task
+
+    data = tmp_path / "data"
+    _write_distinct_sst2(data)
+    cfg = LMConfig(model=str(tiny_models["roberta"]), task="sst2", data=str(data), k=1, seeds=(13,), test_max=2,
+                   mode="head", out=str(tmp_path / "a"), block=2, model_dtype="float64")
+    old = next(iter_sessions(cfg, "lm_kernel"))
+    assert old.adapter.mode == "head" and old.cache_fields()["seeds"] == (13,)
+    K_old = old.kernel("sgd")
+    train = load_task(old.task, str(data))[0]
+    gone = old.splits[0].train[0]
+    _write_distinct_sst2(data, train_edit=(train.index(gone), "bad bad bad bad"))
+    new = next(iter_sessions(cfg, "lm_kernel"))
+    assert new.kernel_dir() != old.kernel_dir() and gone not in new.splits[0].train
+    counting = _count(new)
+    K_new = new.kernel("sgd")
+    assert counting.entries == len(new.rows) * new.n_cols           # all computed under the new probe
+    torch.testing.assert_close(K_new, _fresh_kernel(cfg, tmp_path / "b"), rtol=1e-12,
+                               atol=1e-12 * float(K_new.abs().max()))
+    assert new.rows[1] == old.rows[1] and new.rows[-2:] == old.rows[-2:]
+    diff = (K_new[-2:, :, 1] - K_old[-2:, :, 1]).abs().max()          # the same pairs of examples, another head
+    assert diff > 1e-6 * K_old[-2:, :, 1].abs().max()
+    prompt = next(iter_sessions(replace(cfg, mode="mlm"), "lm_kernel"))
+    assert "seeds" not in prompt.cache_fields() and "probe" not in prompt.cache_fields()
 
 
 def test_solvers_reach_100_percent(tiny_models, separable_dir, tmp_path):
