@@ -19,10 +19,23 @@ class _Stderr(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            sys.stderr.write(self.format(record) + "\n")
-            sys.stderr.flush()
+            with _bars_cleared():
+                sys.stderr.write(self.format(record) + "\n")
+                sys.stderr.flush()
         except (OSError, ValueError):  # pragma: no cover - stderr closed
             pass
+
+
+def _bars_cleared():
+    """tqdm's external_write_mode on stderr: the progress bars drawn there are cleared while a message is
+    written and drawn again below it, so a note given during a bar (a kernel block's copied entries) stands
+    on its own line instead of inside the bar's."""
+    import contextlib
+
+    tqdm = sys.modules.get("tqdm.auto") or sys.modules.get("tqdm")   # no bar can be drawn before tqdm is imported
+    if tqdm is None:
+        return contextlib.nullcontext()
+    return tqdm.tqdm.external_write_mode(file=sys.stderr)
 
 
 logger = logging.getLogger("ntkcheck")

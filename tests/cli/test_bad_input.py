@@ -214,6 +214,24 @@ def test_progress_bars_follow_tqdm_disable(monkeypatch):
     assert not progress_enabled()
 
 
+def test_a_note_during_a_progress_bar_stands_on_its_own_line(monkeypatch, capsys):
+    """The bar is cleared before the note and drawn again after it: the note's line starts after the bar's
+    clearing carriage return and ends with a newline, and no bar text shares it."""
+    from ntkcheck.log import note, progress_bar
+
+    monkeypatch.setenv("NTKCHECK_PROGRESS", "1")
+    monkeypatch.setenv("TQDM_DISABLE", "0")
+    bar = progress_bar(total=3, desc="kernel sgd", mininterval=0)
+    bar.update(1)
+    note("sgd_0-4: 8 of 16 entries copied from other cached blocks")
+    bar.update(1)
+    bar.close()
+    err = capsys.readouterr().err
+    lines = [seg for line in err.split("\n") for seg in line.split("\r")]
+    assert "ntkcheck: sgd_0-4: 8 of 16 entries copied from other cached blocks" in lines
+    assert err.index("kernel sgd") < err.index("ntkcheck:") < err.rindex("kernel sgd")   # drawn before and after
+
+
 def test_result_json_of_a_bad_run_is_never_half_written(tmp_path):
     """A run stopped by bad input writes no result.json (nothing to mix into a report)."""
     code, _, _ = run_cli(["run", "tp_scaling", "--quick", "--set", "steps=-1", "--out", str(tmp_path / "o")], tmp_path)
