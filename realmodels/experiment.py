@@ -333,6 +333,15 @@ def _save_tensor(path: Path, t: torch.Tensor, *, rows: str | None = None,
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _checked_blob(path: Path) -> dict:
+    """The dict _save_tensor wrote at ``path``, its tensor ``t`` verified against the stored sha256; raises
+    (ValueError on a checksum mismatch, torch/pickle errors on an unreadable file) otherwise."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if hashlib.sha256(blob["t"].contiguous().numpy().tobytes()).hexdigest() != blob["sha"]:
+        raise ValueError("checksum mismatch")
+    return blob
+
+
 class _BlockLibrary:
     """The finished kernel blocks of one kind in a kernel folder, indexed by their rows' and columns' example
     ids: K[x, a, x', b] depends on the two examples alone (and on cache_fields, which the folder fixes), so
@@ -348,14 +357,11 @@ class _BlockLibrary:
         self.files = []
         for path in sorted(self.kdir.glob(f"{self.kind}_*.pt")):
             try:
-                blob = torch.load(path, map_location="cpu", weights_only=True)
-                t = blob["t"]
-                if hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest() != blob["sha"]:
-                    continue
+                blob = _checked_blob(path)
                 rids, cids = blob["ids"]
             except Exception:   # unreadable, or written before blocks stored their ids: not a source
                 continue
-            self.files.append((t, {r: i for i, r in enumerate(rids)}, {c: i for i, c in enumerate(cids)}))
+            self.files.append((blob["t"], {r: i for i, r in enumerate(rids)}, {c: i for i, c in enumerate(cids)}))
 
     def entries(self, row_ids: list[str], col_ids: list[str]) -> tuple[torch.Tensor, np.ndarray]:
         """(K [n, C, m, C] float64 with the known entries filled and zeros elsewhere, known [n, m] bool)."""
@@ -385,13 +391,10 @@ def _load_tensor(path: Path, *, rows: str | None = None) -> torch.Tensor | None:
     if not path.exists():
         return None
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        t = blob["t"]
-        if hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest() != blob["sha"]:
-            raise ValueError("checksum mismatch")
+        blob = _checked_blob(path)
         if blob.get("rows") != rows:
             raise ValueError("computed on other examples (the data or the test order changed)")
-        return t
+        return blob["t"]
     except Exception as e:  # any unreadable file is recomputed
         note(f"recomputing {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}")
         path.unlink(missing_ok=True)
