@@ -104,7 +104,11 @@ def fine_tune(adapter, x_train: torch.Tensor, y_train: torch.Tensor, x_dev: torc
 
 def evaluate(adapter, params, x: torch.Tensor, y: torch.Tensor, metric: str) -> float:
     """The task metric of f(params, x) (argmax over outputs; negative MSE for a scalar output)."""
-    out = adapter.outputs(x, params)
+    return metric_of(adapter.outputs(x, params), y, metric)
+
+
+def metric_of(out: torch.Tensor, y: torch.Tensor, metric: str) -> float:
+    """The task metric of outputs ``out`` [N, C] against labels ``y``: argmax over C, negative MSE for C = 1."""
     if out.shape[-1] == 1:
         return -float(((out[:, 0].double() - y.double().cpu()) ** 2).mean())
     return score(out, y.cpu().numpy(), metric)
@@ -143,8 +147,10 @@ def load_params(path: Path, like: Mapping[str, torch.Tensor]) -> dict | None:
 def run_finetune(session, ft: FTConfig, *, seeds: Sequence[int] | None = None) -> dict:
     """Grid-search fine-tuning on every split of ``session``; returns per-(optimizer, seed) best results.
 
-    Returns {(optimizer, seed): {"lr", "batch_size", "dev", "test", "params_path"}}; every grid point is a
-    resumable sweep point of session.store (its best params in params/<point>.pt).
+    Returns {(optimizer, seed): {"lr", "batch_size", "dev", "test", "test_pred", "params_path"}}; every grid
+    point is a resumable sweep point of session.store (its best params in params/<point>.pt). ``test_pred``
+    holds argmax_c f(theta_FT, x)_c per test example, so the stages after fine-tuning need no second pass over
+    the test set (test_predictions).
     """
     from ntkcheck.checks.sweep import sweep
     from ntkcheck.store import point_key
@@ -169,8 +175,9 @@ def run_finetune(session, ft: FTConfig, *, seeds: Sequence[int] | None = None) -
         best, log = fine_tune(ad, xt, yt, xd, yd, optimizer=pt["optimizer"], lr=pt["lr"], batch_size=pt["batch_size"],
                           steps=steps, eval_every=every, seed=s, metric=task.metric)
         save_params(pdir / f"{point_key(pt)}.pt", best)
-        test = evaluate(ad, best, session.x_rows[ix["test"]], y_all[ix["test"]], task.metric)
-        return dict(log, test=test, steps=steps)
+        out = ad.outputs(session.x_rows[ix["test"]], best)
+        return dict(log, test=metric_of(out, y_all[ix["test"]], task.metric), steps=steps,
+                    test_pred=out.argmax(-1).tolist())
 
     rows = sweep(session.store, points, compute, desc=f"finetune {task.name}")
     keys = ("optimizer", "lr", "batch_size", "seed", "data")
@@ -187,3 +194,21 @@ def run_finetune(session, ft: FTConfig, *, seeds: Sequence[int] | None = None) -
         if key not in best or r["dev"] > best[key]["dev"]:
             best[key] = dict(r, params_path=str(pdir / f"{point_key({q: r[q] for q in keys})}.pt"))
     return best
+
+
+def fine_tuned_params(session, best: dict) -> dict:
+    """theta_FT of one run_finetune result (its trainable parameters, as saved); a one-line error if the file is
+    missing or corrupt."""
+    theta = load_params(Path(best["params_path"]), session.adapter.trainable)
+    if theta is None:
+        raise UserError(f"fine-tuned parameters {best['params_path']!r} are missing or corrupt; rerun lm finetune")
+    return theta
+
+
+def test_predictions(session, best: dict, seed: int, params: Mapping[str, torch.Tensor] | None = None) -> list[int]:
+    """argmax_c f(theta_FT, x)_c over ``seed``'s test set: stored with the fine-tuning point; a point stored
+    before points held them (a resumed older run store) is evaluated again, at ``params`` if given."""
+    if "test_pred" in best:
+        return list(best["test_pred"])
+    theta = params if params is not None else fine_tuned_params(session, best)
+    return session.adapter.outputs(session.x_rows[session.index[seed]["test"]], theta).argmax(-1).tolist()

@@ -223,7 +223,7 @@ def behavior_rows(sess: Session, ft, *, distance_samples: int = 64) -> list[dict
     """
     from ntkcheck.checks.sweep import sweep
     from ntkcheck.models.kernels import kernel_distance, linearize
-    from ntkcheck.realmodels.finetune import load_params, run_finetune
+    from ntkcheck.realmodels.finetune import fine_tuned_params, run_finetune, test_predictions
 
     ad, task, y = sess.adapter, sess.task, sess.labels
     if ad.num_outputs < 2:
@@ -236,13 +236,10 @@ def behavior_rows(sess: Session, ft, *, distance_samples: int = 64) -> list[dict
         opt, seed = pt["optimizer"], pt["seed"]
         b = best[(opt, seed)]
         ix = sess.index[seed]
-        theta = load_params(Path(b["params_path"]), ad.trainable)
-        if theta is None:
-            raise UserError(f"fine-tuned parameters {b['params_path']!r} are missing; rerun lm finetune")
-        theta = ad.merged(theta)
+        theta = ad.merged(fine_tuned_params(sess, b))
         xs, ys = sess.x_rows[ix["test"]], y[ix["test"]]
         lin = ad.batched(lambda xb: f_lin(theta, xb), xs, 8)
-        ft_out = ad.outputs(xs, theta)
+        ft_pred = test_predictions(sess, b, seed, theta)
         kind = "sgd" if opt == "sgd" else "signgd"
         xd = xs[:distance_samples]
         K0 = sess.cached(f"dist_{kind}_pt", [sess.rows[i] for i in ix["test"][:distance_samples]],
@@ -256,7 +253,7 @@ def behavior_rows(sess: Session, ft, *, distance_samples: int = 64) -> list[dict
                 "kernel_distance_fro": kernel_distance(K0, K1, reduction="frobenius"),
                 "chi_mean": float(chi.mean()), "chi_max": float(chi.max()), "lr": b["lr"],
                 "batch_size": b["batch_size"], "zero_shot_pred": f0[ix["test"]].argmax(-1).tolist(),
-                "lin_pred": lin.argmax(-1).tolist(), "ft_pred": ft_out.argmax(-1).tolist()}
+                "lin_pred": lin.argmax(-1).tolist(), "ft_pred": ft_pred}
 
     sess.store.bind({"behavior": sess.point_fields(), "finetune": asdict(ft),
                      "distance_samples": distance_samples})
@@ -414,17 +411,14 @@ def task_vectors(configs: dict, ft, seed: int, bundle, check: str, *, scale: flo
     dev-best point of the fine-tuning grid ``ft`` over every optimizer (run_finetune: trained, or loaded when
     the session ``check`` already holds it), tau_t = theta_t - theta_PT, then task_vector_rows.
     Returns {"tasks", "cosine", "rows", "seed"}."""
-    from ntkcheck.realmodels.finetune import load_params, run_finetune
+    from ntkcheck.realmodels.finetune import fine_tuned_params, run_finetune
 
     sessions, taus, single, theta0 = {}, {}, {}, None
     for c in configs.values():
         sess = next(iter_sessions(c, check, bundle=bundle))
         best = run_finetune(sess, ft, seeds=[seed])
         b = max((v for (o, s), v in best.items() if s == seed), key=lambda v: v["dev"])
-        theta = load_params(Path(b["params_path"]), sess.adapter.trainable)
-        if theta is None:
-            raise UserError(f"fine-tuned parameters {b['params_path']!r} are missing or corrupt; delete "
-                            f"{sess.store.dir} to train again")
+        theta = fine_tuned_params(sess, b)
         theta0 = sess.adapter.trainable if theta0 is None else theta0
         taus[sess.task.name] = {k: (theta[k] - theta0[k]).double().cpu() for k in theta0}
         sessions[sess.task.name], single[sess.task.name] = sess, b["test"]

@@ -146,7 +146,7 @@ def _variants(cfg: LMConfig) -> list[LMConfig]:
 def _task_stages(cfg: LMConfig, bundle, opts: ReproduceOptions) -> dict:
     """Rows and per-method test predictions [S, N] of one task (see the module docstring, steps 1-4). Sessions
     are opened one at a time (prompt modes: one for all seeds; head mode: one per seed) and let go after."""
-    from ntkcheck.realmodels.finetune import run_finetune
+    from ntkcheck.realmodels.finetune import run_finetune, test_predictions
     from ntkcheck.realmodels.measure import behavior_rows
     from ntkcheck.realmodels.solve import solve_session
 
@@ -187,24 +187,15 @@ def _task_stages(cfg: LMConfig, bundle, opts: ReproduceOptions) -> dict:
                     keep("lora_sgd", r, r["test_pred"])
             best = run_finetune(sess, opts.lora_finetune or lora_grid(opts.finetune))
             for (opt, seed), b in sorted(best.items()):
-                out = sess.adapter.outputs(sess.x_rows[sess.index[seed]["test"]], _load(sess, b))
+                pred = test_predictions(sess, b, seed)
                 rows.append({"stage": "lora_finetune", "method": f"lora_ft_{opt}", "seed": seed, "dev": b["dev"],
                              "test": b["test"], "lr": b["lr"], "batch_size": b["batch_size"]})
-                keep(f"lora_ft_{opt}", rows[-1], out.argmax(-1).tolist())
+                keep(f"lora_ft_{opt}", rows[-1], pred)
             del sess
     seeds = list(cfg.seeds)
     stacked = {m: np.array([v[s] for s in seeds]) for m, v in preds.items() if all(s in v for s in seeds)}
     return dict(info, seeds=seeds, n_test=int(len(info["y_test"])), y_test=info["y_test"].tolist(), rows=rows,
                 preds=stacked, behavior=scalar_columns(behavior), spectrum=spectrum)
-
-
-def _load(sess, best: dict) -> dict:
-    from ntkcheck.realmodels.finetune import load_params
-
-    theta = load_params(Path(best["params_path"]), sess.adapter.trainable)
-    if theta is None:
-        raise UserError(f"fine-tuned parameters {best['params_path']!r} are missing or corrupt; rerun")
-    return theta
 
 
 def _spectrum(sess, cfg: LMConfig, opts: ReproduceOptions, seeds: Sequence[int]) -> list[dict]:

@@ -21,16 +21,22 @@ def _cfg(tiny_models, separable_dir, tmp_path, **kw):
 
 
 def test_finetune_learns_and_resumes(tiny_models, separable_dir, tmp_path):
-    from ntkcheck.realmodels.finetune import load_params, run_finetune
+    from ntkcheck.realmodels.finetune import load_params, run_finetune, test_predictions
 
     sess = next(iter_sessions(_cfg(tiny_models, separable_dir, tmp_path), "lm_finetune"))
     best = run_finetune(sess, FT)
     assert set(best) == {("sgd", 13), ("adam", 13)}
+    test = sess.index[13]["test"]
     for b in best.values():
         assert b["test"] == 100.0 and b["steps"] == 6
         theta = load_params(__import__("pathlib").Path(b["params_path"]), sess.adapter.trainable)
         assert any(not torch.equal(theta[k], sess.adapter.params[k]) for k in theta)  # it moved
         assert set(theta) == set(sess.adapter.select)                                # only what --params chose
+        # the point keeps theta_FT's test predictions (100%: the labels); a point without them is evaluated
+        pred = sess.adapter.outputs(sess.x_rows[test], theta).argmax(-1).tolist()
+        assert b["test_pred"] == pred == sess.labels[test].tolist()
+        older = {k: v for k, v in b.items() if k != "test_pred"}
+        assert test_predictions(sess, older, 13) == test_predictions(sess, b, 13) == pred
     assert run_finetune(sess, FT) == best  # second call loads every point
 
 
