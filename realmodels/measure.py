@@ -30,7 +30,7 @@ from ntkcheck.provenance import now_iso, provenance
 from ntkcheck.realmodels.experiment import (LMConfig, Session, check_sessions,
                                             iter_sessions, load_bundle, model_slug, validate_lm_config)
 from ntkcheck.checks.fit import mean_ci
-from ntkcheck.realmodels.metrics import METHOD_LABELS, TASK_LABELS, mean_std, score, table2
+from ntkcheck.realmodels.metrics import METHOD_LABELS, TASK_LABELS, mean_std, score, selection_table, table2
 from ntkcheck.result import Claim, Result, measurement
 from ntkcheck.store import ResultStore, atomic_write_text
 
@@ -148,7 +148,8 @@ def solve_cmd(cfg: LMConfig, grid_override: dict | None = None, loss: str = "log
         store, meta = sess.store, sess.meta
     task = _task_name(cfg)
     summary = _summaries(rows)
-    table = table2({(cfg.k, m): {task: s["per_seed"]} for m, s in summary.items()})
+    table = "\n\n".join(t for t in (table2({(cfg.k, m): {task: s["per_seed"]} for m, s in summary.items()}),
+                                      selection_table(rows)) if t)
     store.write_measurements(scalar_columns(rows))
     claims = [_seed_measurement(f"{task}.{m}.test", f"{TASK_LABELS.get(task, task)} {METHOD_LABELS.get(m, m)} "
                                 f"test metric (%)", s["per_seed"], source="[KV] Table 2")

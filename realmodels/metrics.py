@@ -71,6 +71,35 @@ def table2(results: Mapping[tuple[int, str], Mapping[str, Sequence[float]]]) -> 
     return "\n".join(lines)
 
 
+def selection_table(rows: Sequence[dict]) -> str:
+    """What the dev set chose, per kernel method (rows of solve_session): the dev-chosen test metric, how many
+    grid points tied at the best dev metric and the test span they cover, and the best grid point on test
+    (solve.grid_selection). Per seed, then the mean over seeds. Empty for rows without those fields."""
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        if "oracle_test" in r:
+            by.setdefault(r["method"], []).append(r)
+    if not by:
+        return ""
+
+    def per_seed(rs: list[dict], cell) -> str:
+        return " / ".join(cell(r) for r in rs)
+
+    def mean(rs: list[dict], key: str) -> str:
+        return f"{mean_std([r[key] for r in rs])[0]:.1f}"
+
+    lines = ["| method | dev-chosen test | mean | grid points tied on dev | their test span | "
+             "best grid point on test | mean |", "|---|---|---|---|---|---|---|"]
+    for m, rs in by.items():
+        chosen = per_seed(rs, lambda r: f"{r['test']:.1f}")
+        ties = per_seed(rs, lambda r: str(r["dev_ties"]))
+        span = per_seed(rs, lambda r: f"{r['tied_test_lo']:.1f}-{r['tied_test_hi']:.1f}")
+        oracle = per_seed(rs, lambda r: f"{r['oracle_test']:.1f}")
+        lines.append(f"| {METHOD_LABELS.get(m, m)} | {chosen} | {mean(rs, 'test')} | {ties} | {span} | {oracle} | "
+                     f"{mean(rs, 'oracle_test')} |")
+    return "\n".join(lines)
+
+
 def bootstrap_stat(preds: Mapping[str, Sequence[Sequence[int]]], y, metric: str, stat, *, n_boot: int = 2000,
                    level: float = 0.95, rng_seed: int = 0) -> tuple[float, tuple[float, float]]:
     """(stat(m), percentile bootstrap interval) over k-shot seeds and test sentences, where

@@ -47,7 +47,7 @@ from ntkcheck.log import note
 from ntkcheck.realmodels.experiment import (LMConfig, check_sessions, iter_sessions, load_bundle,
                                             refuse_sketched_spectrum, resolve_task, result_name, validate_lm_config)
 from ntkcheck.realmodels.measure import scalar_columns
-from ntkcheck.realmodels.metrics import METHOD_LABELS, TASK_LABELS, bootstrap_stat, table2
+from ntkcheck.realmodels.metrics import METHOD_LABELS, TASK_LABELS, bootstrap_stat, selection_table, table2
 from ntkcheck.result import Claim, claim, measurement
 from ntkcheck.store import ResultStore, atomic_write_text
 
@@ -303,8 +303,9 @@ def _vector_claims(v: dict) -> list[Claim]:
 
 # ------------------------------------------------------------------ table and plots
 def reproduce_table(per_task: dict, k: int, sketch_dim: int | None = None) -> str:
-    """[KV] Table 2 layout (mean (std) over seeds) of every method and task, then Lin./distance per task; a
-    line under it says when the kernels were countsketched (--sketch-dim)."""
+    """[KV] Table 2 layout (mean (std) over seeds) of every method and task, then Lin./distance per task, then
+    per task what the dev sets chose among the kernels' grid points (metrics.selection_table); a line under
+    it says when the kernels were countsketched (--sketch-dim)."""
     results: dict = {}
     for t, data in per_task.items():
         for r in data["rows"]:
@@ -320,6 +321,10 @@ def reproduce_table(per_task: dict, k: int, sketch_dim: int | None = None) -> st
                              f"{np.mean([r['lin_gain_fraction'] for r in rows]):.2f} | "
                              f"{np.mean([r['kernel_distance'] for r in rows]):.3f} | "
                              f"{np.mean([r['chi_mean'] for r in rows]):.3f} | {beta:.3f} |")
+    for t, data in per_task.items():
+        chosen = selection_table([r for r in data["rows"] if r.get("stage") == "kernel"])
+        if chosen:
+            lines += ["", f"What {TASK_LABELS.get(t, t)}'s dev sets chose:", "", chosen]
     if sketch_dim:
         lines += ["", f"Kernels and kernel distances are countsketched to k = {sketch_dim} buckets plus the smallest "
                       "tensors exactly (--sketch-dim): unbiased estimates of the exact ones."]

@@ -68,28 +68,42 @@ def solve_split(kind: str, K_tt: torch.Tensor, K_dt: torch.Tensor, K_st: torch.T
 
     Kernels [n, C, n, C], [m, C, n, C], [t, C, n, C]; f0 blocks [*, C]. Ties on dev keep the earlier grid
     point (the grid is ordered from less to more regularization).
+
+    What the dev set could choose, from every grid point's test metric (grid_selection): "dev_ties", how many
+    grid points share the best dev metric (a dev set of m examples scores in steps of 100/m points, so
+    several usually do); "tied_test_lo" / "tied_test_hi", the test metrics those tied points span (the
+    choice among them is the tie rule's, not the data's); "oracle_test", the best test metric of any grid
+    point (an upper bound no dev rule can pass; not a result).
     """
     C = K_tt.shape[1]
     Kt, Kd, Ks = (np.asarray(K.double().cpu().numpy() if hasattr(K, "numpy") else K, dtype=np.float64)
                   for K in (K_tt, K_dt, K_st))
     Y = onehot(y_t, C)
     f0t, f0d, f0s = (np.asarray(v, dtype=np.float64) for v in (f0_t, f0_d, f0_s))
-    best = None
+    y_s = np.asarray(y_s)
+    scored = []   # (dev, test, hp, test logits) of every grid point that fits
     for hp in grid or grid_for(kind):
         try:
             pred = _fit(kind, Kt, Y, f0t, hp, loss)
         except (np.linalg.LinAlgError, ValueError, RuntimeError):
             continue
         dev = score(torch.from_numpy(pred(Kd, f0d)), np.asarray(y_d), metric)
-        if best is None or dev > best[0]:
-            best = (dev, hp, pred)
-    if best is None:
+        logits = torch.from_numpy(pred(Ks, f0s))
+        scored.append((dev, score(logits, y_s, metric), hp, logits))
+    if not scored:
         return {"dev": float("nan"), "test": float("nan"), "test_pred": [-1] * len(y_s)}
-    dev, hp, pred = best
-    logits = torch.from_numpy(pred(Ks, f0s))
-    test = score(logits, np.asarray(y_s), metric)
+    dev, test, hp, logits = max(scored, key=lambda p: p[0])   # max keeps the first of equal dev metrics
     return {"dev": dev, "test": test, **{f"hp_{k}": (v if math.isfinite(v) else "inf") for k, v in hp.items()},
-            "test_pred": logits.argmax(-1).tolist()}
+            **grid_selection([(d, t) for d, t, _, _ in scored]), "test_pred": logits.argmax(-1).tolist()}
+
+
+def grid_selection(dev_test: Sequence[tuple[float, float]]) -> dict:
+    """{dev_ties, tied_test_lo, tied_test_hi, oracle_test} of (dev, test) metric pairs, one a grid point
+    (solve_split's docstring)."""
+    best = max(d for d, _ in dev_test)
+    tied = [t for d, t in dev_test if d == best]
+    return {"dev_ties": len(tied), "tied_test_lo": min(tied), "tied_test_hi": max(tied),
+            "oracle_test": max(t for _, t in dev_test)}
 
 
 def solve_session(session, kinds: Sequence[str], grid_override: dict | None = None,
@@ -123,6 +137,6 @@ def solve_session(session, kinds: Sequence[str], grid_override: dict | None = No
         return out
 
     session.store.bind({"solve": session.point_fields(), "kinds": list(kinds), "grid": str(go),
-                        "loss": loss})
+                        "loss": loss}, version=2)   # 2: rows carry grid_selection's fields
     return sweep(session.store, [{"seed": sp.seed, "data": session.seed_data(sp.seed)} for sp in session.splits], compute,
                  desc=f"solve {task.name}")

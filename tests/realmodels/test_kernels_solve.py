@@ -272,6 +272,8 @@ def test_solvers_reach_100_percent(tiny_models, separable_dir, tmp_path):
     for kind in cfg.kinds:
         assert res["summary"][kind]["per_seed"] == [100.0, 100.0], (kind, res["table"])
     assert "| 4 | zero-shot f0 |" in res["table"] and "K(A-SignGD)" in res["table"]
+    # every seed's dev set saw 100 among its ties, and no grid point does better on test
+    assert "| K(A-SignGD) | 100.0 / 100.0 | 100.0 |" in res["table"] and res["table"].count("100.0 / 100.0 | 100.0 |") == 6
     again = solve_cmd(cfg)  # resumes from the store: same rows, nothing recomputed
     assert again["rows"] == res["rows"]
     out = tmp_path / "lm_solve_sst2_k4_roberta"
@@ -304,6 +306,28 @@ def test_solver_grid_and_predictor():
     Kt = torch.from_numpy(K)
     r = solve_split("sgd", Kt, Kt, Kt, y, y, y, f0, f0, f0, "acc")
     assert r["test"] == 100.0 and r["hp_reg"] == 0.0
+    assert r["oracle_test"] == 100.0 and r["tied_test_lo"] <= r["test"] <= r["tied_test_hi"]
+    assert 1 <= r["dev_ties"] <= 25
+
+
+def test_grid_selection_on_planted_scores():
+    """What the dev set could choose: ties at the best dev metric, their test span, the best test (oracle)."""
+    from ntkcheck.realmodels.metrics import selection_table
+    from ntkcheck.realmodels.solve import grid_selection
+
+    planted = [(50.0, 60.0), (75.0, 70.0), (62.5, 95.0), (75.0, 80.0), (75.0, 72.5)]
+    assert grid_selection(planted) == {"dev_ties": 3, "tied_test_lo": 70.0, "tied_test_hi": 80.0,
+                                       "oracle_test": 95.0}
+    assert grid_selection([(10.0, 30.0)]) == {"dev_ties": 1, "tied_test_lo": 30.0, "tied_test_hi": 30.0,
+                                              "oracle_test": 30.0}
+    rows = [{"method": "zero_shot", "seed": 13, "test": 51.0},
+            {"method": "sgd", "seed": 13, "test": 70.0, **grid_selection(planted)},
+            {"method": "sgd", "seed": 21, "test": 80.0, "dev_ties": 1, "tied_test_lo": 80.0, "tied_test_hi": 80.0,
+             "oracle_test": 84.0}]
+    table = selection_table(rows).splitlines()
+    assert len(table) == 3 and table[2] == "| K(SGD) | 70.0 / 80.0 | 75.0 | 3 / 1 | 70.0-80.0 / 80.0-80.0 | " \
+                                          "95.0 / 84.0 | 89.5 |"
+    assert selection_table(rows[:1]) == ""
 
 
 def test_cli_make_tiny_and_solve(tmp_path, separable_dir, capsys):

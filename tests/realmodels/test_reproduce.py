@@ -88,6 +88,8 @@ def test_reproduce_every_method_two_tasks_with_lora(tiny4, data_dir, tmp_path):
     assert [res_.name for _, res_ in load_results(tmp_path)] == ["lm_reproduce_sst2-subj_k2_gpt-neo_lora2"]
     assert "| 2 | zero-shot f0 |" in res["table"] and "SGD-LoRA-FT" in res["table"]
     assert "Lin. (SGD-FT)" in res["table"] and "Lin. (Adam-FT)" in res["table"]
+    chosen = res["table"].split("What SST-2's dev sets chose:")[1].split("What Subj's dev sets chose:")[0]
+    assert [line.split(" |")[0] for line in chosen.strip().splitlines()[2:]] == ["| K(SGD)", "| K(A-SignGD)"]
 
     from ntkcheck.realmodels import experiment
 
