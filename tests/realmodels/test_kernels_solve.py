@@ -282,6 +282,10 @@ def test_solvers_reach_100_percent(tiny_models, separable_dir, tmp_path):
 
     result = Result.from_json(json.loads((out / "result.json").read_text()))
     assert result.kind == "lm" and result.verdict == "measured"
+    # zero-shot predicts the same on every seed: its interval is the test sentences' (bootstrap, as in lm
+    # reproduce), not a t-interval over identical seeds, which would be a point
+    zs = result.claim("sst2.zero_shot.test")
+    assert 0 < zs.measured < 100 and zs.ci[0] < zs.measured < zs.ci[1] and "test sentences" in zs.name
     assert result.claim("sst2.sgd.test").measured == 100.0 and result.claim("sst2.sgd.test").relation is None
 
 

@@ -40,6 +40,31 @@ def test_finetune_learns_and_resumes(tiny_models, separable_dir, tmp_path):
     assert run_finetune(sess, FT) == best  # second call loads every point
 
 
+def test_finetune_cmd_table_result_and_best_csv(tiny_models, data_dir, tmp_path):
+    """`lm finetune` end to end: Table 2 rows per optimizer, result.json measurements whose interval covers
+    seeds and test sentences (metrics.bootstrap_stat over the stored test predictions), best.csv without them."""
+    import csv
+
+    from ntkcheck.realmodels.measure import finetune_cmd
+    from ntkcheck.realmodels.metrics import bootstrap_stat
+
+    cfg = LMConfig(model=str(tiny_models["gpt-neo"]), task="sst2", data=str(data_dir), k=2, seeds=(13, 21),
+                   test_max=40, out=str(tmp_path), params=r"h\.1\.")
+    res = finetune_cmd(cfg, FT)
+    assert "| 2 | SGD-FT |" in res["table"] and "Adam-FT" in res["table"]
+    sess = next(iter_sessions(cfg, "lm_finetune"))
+    y = sess.labels[sess.index[13]["test"]].numpy()
+    for opt in ("sgd", "adam"):
+        preds = [res["best"][(opt, s)]["test_pred"] for s in (13, 21)]
+        c = res["result"].claim(f"sst2.ft_{opt}.test")
+        value, ci = bootstrap_stat({"m": preds}, y, "acc", lambda v: v["m"])
+        assert c.measured == pytest.approx(np.mean([res["best"][(opt, s)]["test"] for s in (13, 21)]))
+        assert (c.measured, *c.ci) == pytest.approx((value, *ci)) and ci[0] < ci[1]
+    with open(tmp_path / "lm_finetune_sst2_k2_gpt-neo" / "best.csv") as fh:
+        header = next(csv.reader(fh))
+    assert "test" in header and "test_pred" not in header
+
+
 def test_finetune_of_a_seed_does_not_depend_on_the_other_seeds(tiny_models, data_dir, tmp_path):
     """A seed's fine-tuning is the same whichever seeds share its session: the session pads every row to its
     longest (31 tokens here against 24 for seed 13 alone), and training batches are trimmed to their own longest
