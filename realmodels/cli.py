@@ -309,7 +309,7 @@ def _reproduce(args) -> int:
                            eval_every=ft.eval_every)
     opts = ReproduceOptions(tasks=tuple(args.tasks), finetune=ft, lora_finetune=lora_ft,
                             spectrum_samples=args.spectrum_samples, distance_samples=args.distance_samples,
-                            task_vectors=not args.no_task_vectors)
+                            task_vectors=not args.no_task_vectors, loss=args.loss)
     res = reproduce(cfg, opts)
     print(res["table"])
     r = res["result"]
@@ -319,6 +319,12 @@ def _reproduce(args) -> int:
                     f"{c.relation} {c.predicted:g}" for c in judged if not c.holds))
     print(f"-> {res['dir']}  report: {res['report']}")
     return 0
+
+
+def _loss_arg(p) -> None:
+    p.add_argument("--loss", default="logistic", choices=["logistic", "ridge"],
+                   help="solver for sgd/signgd kernels: kernel logistic regression ([KV] App. A.3, the default) "
+                        "or least squares (asym_signgd always uses He et al.)")
 
 
 def add_lm_parser(subparsers) -> None:
@@ -348,8 +354,7 @@ def add_lm_parser(subparsers) -> None:
     p.set_defaults(handler=_kernel)
     p = sub.add_parser("solve", help="kernel regression vs zero-shot, [KV] Table 2 layout")
     _common(p)
-    p.add_argument("--loss", default="logistic", choices=["logistic", "ridge"],
-                   help="solver for sgd/signgd kernels (asym_signgd always uses He et al.)")
+    _loss_arg(p)
     p.set_defaults(handler=_solve)
     p = sub.add_parser("finetune", help="prompt-based SGD / Adam fine-tuning ([KV] App. A.3)")
     _common(p, kinds=False)
@@ -377,6 +382,7 @@ def add_lm_parser(subparsers) -> None:
     p.set_defaults(kinds=("sgd", "asym_signgd"))
     _ft_args(p)
     p.add_argument("--tasks", type=_words("--tasks"), required=True, help="e.g. sst2,sst5,subj,trec")
+    _loss_arg(p)
     p.add_argument("--spectrum-samples", type=_int("--spectrum-samples", 0), default=100,
                    help="training inputs of the Gram spectrum ([ES] Sec. 7.1; 0: skip)")
     p.add_argument("--distance-samples", type=_int("--distance-samples", 2), default=64,

@@ -3,7 +3,8 @@
 Per task (prompt modes: one session, kernels shared by the seeds; head mode: one session per seed):
 
 1. zero-shot f0, K(SGD), K(A-SignGD) (and K(SignGD) when asked) by kernel regression with
-   hyperparameters chosen on dev ([KV] Table 2; realmodels.solve);
+   hyperparameters chosen on dev ([KV] Table 2; realmodels.solve; the symmetric kernels by kernel logistic
+   regression as [KV] App. A.3 does, or least squares with ``loss="ridge"``);
 2. prompt fine-tuning with SGD and Adam over [KV] Table 4's grid, chosen on dev (realmodels.finetune);
 3. after each fine-tuning: the linearized model's metric, the kernel distance K_PT -> K_FT and chi
    ([KV] Tables 5, 6, 8; measure.behavior_rows);
@@ -69,6 +70,7 @@ class ReproduceOptions:
     spectrum_samples: int = 100
     distance_samples: int = 64
     task_vectors: bool = True
+    loss: str = "logistic"             # solver of the sgd/signgd kernels (solve.solve_session)
 
 
 def lora_grid(ft):
@@ -128,7 +130,7 @@ def reproduce(cfg: LMConfig, opts: ReproduceOptions) -> dict:
                "task_vectors": vectors and {k: (v.tolist() if isinstance(v, np.ndarray) else v)
                                             for k, v in vectors.items()}}
     result = write_lm_result(store, claims, cfg, clock, details)
-    table = reproduce_table(per_task, cfg.k, sketch_dim=cfg.sketch_dim)
+    table = reproduce_table(per_task, cfg.k, sketch_dim=cfg.sketch_dim, loss=opts.loss)
     atomic_write_text(store.path("table.md"), table + "\n")
     _plots(store, per_task, vectors)
     report = write_report(cfg.out)
@@ -166,7 +168,7 @@ def _task_stages(cfg: LMConfig, bundle, opts: ReproduceOptions) -> dict:
             y_test = sess.labels[sess.index[sess.splits[0].seed]["test"]].numpy()
             info = {"task": sess.task.name, "metric": sess.task.metric, "mode": sess.adapter.mode,
                     "y_test": y_test}
-        for r in solve_session(sess, cfg.kinds):
+        for r in solve_session(sess, cfg.kinds, loss=opts.loss):
             rows.append(dict(r, stage="kernel"))
             keep(r["method"], r, r["test_pred"])
         if opts.finetune is not None:
@@ -181,7 +183,7 @@ def _task_stages(cfg: LMConfig, bundle, opts: ReproduceOptions) -> dict:
         del sess
     for variant in lora:
         for sess in iter_sessions(variant, "lm_reproduce", bundle=bundle):
-            for r in solve_session(sess, ["sgd"]):
+            for r in solve_session(sess, ["sgd"], loss=opts.loss):
                 if r["method"] == "sgd":
                     rows.append(dict(r, stage="lora_kernel", method="lora_sgd"))
                     keep("lora_sgd", r, r["test_pred"])
@@ -302,10 +304,11 @@ def _vector_claims(v: dict) -> list[Claim]:
 
 
 # ------------------------------------------------------------------ table and plots
-def reproduce_table(per_task: dict, k: int, sketch_dim: int | None = None) -> str:
+def reproduce_table(per_task: dict, k: int, sketch_dim: int | None = None, loss: str = "logistic") -> str:
     """[KV] Table 2 layout (mean (std) over seeds) of every method and task, then Lin./distance per task, then
     per task what the dev sets chose among the kernels' grid points (metrics.selection_table); a line under
-    it says when the kernels were countsketched (--sketch-dim)."""
+    it says when the kernels were countsketched (--sketch-dim), one when the symmetric kernels were solved by
+    least squares (--loss ridge) instead of the paper's logistic loss."""
     results: dict = {}
     for t, data in per_task.items():
         for r in data["rows"]:
@@ -325,6 +328,9 @@ def reproduce_table(per_task: dict, k: int, sketch_dim: int | None = None) -> st
         chosen = selection_table([r for r in data["rows"] if r.get("stage") == "kernel"])
         if chosen:
             lines += ["", f"What {TASK_LABELS.get(t, t)}'s dev sets chose:", "", chosen]
+    if loss != "logistic":
+        lines += ["", f"K(SGD) and K(SignGD) are solved by {'least squares' if loss == 'ridge' else loss} "
+                      f"(--loss {loss}), not [KV] App. A.3's kernel logistic regression."]
     if sketch_dim:
         lines += ["", f"Kernels and kernel distances are countsketched to k = {sketch_dim} buckets plus the smallest "
                       "tensors exactly (--sketch-dim): unbiased estimates of the exact ones."]

@@ -113,7 +113,11 @@ def solve_session(session, kinds: Sequence[str], grid_override: dict | None = No
     Each seed is one resumable sweep point (kernels come from the session's on-disk cache).
     """
     from ntkcheck.checks.sweep import sweep
+    from ntkcheck.errors import UserError
+    from ntkcheck.realmodels._solvers import LOSSES
 
+    if loss not in LOSSES:   # checked here: solve_split skips a grid point whose fit raises, so all would be nan
+        raise UserError(f"--loss {loss}: expected one of {', '.join(LOSSES)}")
     task = session.task
     y = session.labels.numpy()
     f0 = session.f0().numpy()

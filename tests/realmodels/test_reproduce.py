@@ -125,6 +125,28 @@ def test_reproduce_each_architecture(tiny4, data_dir, tmp_path, arch, mode):
     assert res["result"].claim("sst2.signgd_solves").state == "measured"   # K(SignGD) has no claim of its own
 
 
+def test_reproduce_with_least_squares_is_lm_solve_with_least_squares(tiny4, data_dir, tmp_path):
+    """--loss ridge in lm reproduce solves K(SGD) as lm solve --loss ridge does (same kernel cache, same rows and
+    test predictions), differs from the logistic default, says so under its table; an unknown loss is refused."""
+    from ntkcheck.realmodels.measure import solve_cmd
+    from ntkcheck.realmodels.reproduce import reproduce
+
+    cfg = _cfg(tiny4["llama"], data_dir, tmp_path, mode="causal", kinds=("sgd",), test_max=40)
+    opts = dict(finetune=None, lora_finetune=None, spectrum_samples=0)
+    runs = {loss: reproduce(cfg, _opts(("sst2",), loss=loss, **opts)) for loss in ("ridge", "logistic")}
+    solved = solve_cmd(cfg, loss="ridge")["rows"]
+
+    def sgd_rows(rows):
+        return [(r["seed"], r["test"], r["test_pred"]) for r in rows if r["method"] == "sgd"]
+
+    assert sgd_rows(runs["ridge"]["per_task"]["sst2"]["rows"]) == sgd_rows(solved)
+    assert sgd_rows(runs["ridge"]["per_task"]["sst2"]["rows"]) != sgd_rows(runs["logistic"]["per_task"]["sst2"]["rows"])
+    assert "solved by least squares (--loss ridge)" in runs["ridge"]["table"]
+    assert "least squares" not in runs["logistic"]["table"]
+    with pytest.raises(UserError, match="--loss hinge: expected one of logistic, ridge"):
+        reproduce(cfg, _opts(("sst2",), loss="hinge", **opts))
+
+
 def test_reproduce_with_a_sketch_of_every_parameter_is_the_exact_run(tiny4, data_dir, tmp_path):
     """--sketch-dim at least the number of parameters projects nothing: every kernel's test predictions and
     the kernel distances equal the exact run's; the result goes to its own folder and its table says the
