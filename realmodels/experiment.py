@@ -198,6 +198,10 @@ class Session:
         seeds, another order of seeds) and computed again for other data."""
         return self.cache_fields()
 
+    def test_labels(self) -> np.ndarray:
+        """Labels of the test set [N], which every seed of the session shares (data.cap_test's order)."""
+        return self.labels[self.index[self.splits[0].seed]["test"]].numpy()
+
     def seed_data(self, seed: int) -> str:
         """Digest of ``seed``'s train, dev and test examples, each in order: all a seed's solve, fine-tuning
         and behavior results depend on besides point_fields() (a seed's fine-tuning is bitwise independent

@@ -160,7 +160,7 @@ def solve_cmd(cfg: LMConfig, grid_override: dict | None = None, loss: str = "log
     for sess in iter_sessions(cfg, "lm_solve"):
         rows += solve_session(sess, cfg.kinds, grid_override, loss=loss)
         store, meta, metric = sess.store, sess.meta, sess.task.metric
-        y_test = sess.labels[sess.index[sess.splits[0].seed]["test"]].numpy()   # every seed's test set
+        y_test = sess.test_labels()
     task = _task_name(cfg)
     summary = _summaries(rows)
     table = "\n\n".join(t for t in (table2({(cfg.k, m): {task: s["per_seed"]} for m, s in summary.items()}),
@@ -207,7 +207,7 @@ def finetune_cmd(cfg: LMConfig, ft) -> dict:
     for sess in iter_sessions(cfg, "lm_finetune"):
         best.update(run_finetune(sess, ft))
         store, metric = sess.store, sess.task.metric
-        y_test = sess.labels[sess.index[sess.splits[0].seed]["test"]].numpy()   # every seed's test set
+        y_test = sess.test_labels()
     rows = [dict(v, method=f"ft_{o}") for (o, s), v in sorted(best.items())]
     summary = _summaries(rows)
     task = _task_name(cfg)

@@ -165,7 +165,7 @@ def _task_stages(cfg: LMConfig, bundle, opts: ReproduceOptions) -> dict:
     full, *lora = _variants(cfg)
     for sess in iter_sessions(full, "lm_reproduce", bundle=bundle):
         if not info:
-            y_test = sess.labels[sess.index[sess.splits[0].seed]["test"]].numpy()
+            y_test = sess.test_labels()
             info = {"task": sess.task.name, "metric": sess.task.metric, "mode": sess.adapter.mode,
                     "y_test": y_test}
         for r in solve_session(sess, cfg.kinds, loss=opts.loss):
