@@ -309,7 +309,7 @@ def _reproduce(args) -> int:
                            eval_every=ft.eval_every)
     opts = ReproduceOptions(tasks=tuple(args.tasks), finetune=ft, lora_finetune=lora_ft,
                             spectrum_samples=args.spectrum_samples, distance_samples=args.distance_samples,
-                            task_vectors=not args.no_task_vectors, loss=args.loss)
+                            task_vectors=not args.no_task_vectors, loss=args.loss, halfwidth=args.halfwidth)
     res = reproduce(cfg, opts)
     print(res["table"])
     r = res["result"]
@@ -388,6 +388,8 @@ def add_lm_parser(subparsers) -> None:
     p.add_argument("--distance-samples", type=_int("--distance-samples", 2), default=64,
                    help="test inputs of the kernel distance before / after FT ([KV] Table 6)")
     p.add_argument("--no-finetune", action="store_true", help="kernels and spectrum only")
+    p.add_argument("--halfwidth", type=_positive_float("--halfwidth"), default=3.0, metavar="POINTS",
+                   help="the table states how many seeds a 95%% interval of +-POINTS needs per method (default 3)")
     p.add_argument("--no-task-vectors", action="store_true", help="skip [ES] Sec. 7.2's task vectors")
     p.add_argument("--lora-lrs-sgd", type=_floats("--lora-lrs-sgd"), default=None,
                    help="SGD-LoRA learning rates (default [KV] Table 4: 1e-4,1e-3,1e-2)")

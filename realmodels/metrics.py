@@ -1,6 +1,7 @@
 """Task metrics and the [KV] Table 2 layout (mean (std) over k-shot seeds)."""
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -100,6 +101,18 @@ def selection_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+def _weighted_metric(a: np.ndarray, y: np.ndarray, W: np.ndarray, metric: str) -> np.ndarray:
+    """[B, S] metric (%) of predictions ``a`` [S, N] against ``y`` [N] with test sentence i counted W[b, i]
+    times (W [B, N]: bootstrap multiplicities; a row of ones is the plain metric)."""
+    if metric == "f1":
+        tp = W @ ((a == 1) & (y == 1)).T.astype(float)
+        fp = W @ ((a == 1) & (y != 1)).T.astype(float)
+        fn = W @ ((a != 1) & (y == 1)).T.astype(float)
+        den = 2 * tp + fp + fn
+        return np.where(tp > 0, 100.0 * 2 * tp / np.where(den > 0, den, 1.0), 0.0)
+    return 100.0 * (W @ (a == y).T.astype(float)) / W.sum(1, keepdims=True)
+
+
 def bootstrap_stat(preds: Mapping[str, Sequence[Sequence[int]]], y, metric: str, stat, *, n_boot: int = 2000,
                    level: float = 0.95, rng_seed: int = 0) -> tuple[float, tuple[float, float]]:
     """(stat(m), percentile bootstrap interval) over k-shot seeds and test sentences, where
@@ -118,14 +131,8 @@ def bootstrap_stat(preds: Mapping[str, Sequence[Sequence[int]]], y, metric: str,
     if any(a.shape != (S, N) for a in arrs.values()) or len(y) != N:
         raise ValueError(f"every method needs [S, N] = [{S}, {N}] predictions for {len(y)} labels")
 
-    def per_seed(a: np.ndarray, W: np.ndarray) -> np.ndarray:   # [B, S] metric (%) under test weights W [B, N]
-        if metric == "f1":
-            tp = W @ ((a == 1) & (y == 1)).T.astype(float)
-            fp = W @ ((a == 1) & (y != 1)).T.astype(float)
-            fn = W @ ((a != 1) & (y == 1)).T.astype(float)
-            den = 2 * tp + fp + fn
-            return np.where(tp > 0, 100.0 * 2 * tp / np.where(den > 0, den, 1.0), 0.0)
-        return 100.0 * (W @ (a == y).T.astype(float)) / W.sum(1, keepdims=True)
+    def per_seed(a: np.ndarray, W: np.ndarray) -> np.ndarray:
+        return _weighted_metric(a, y, W, metric)
 
     ones = np.ones((1, N))
     value = float(stat({k: float(per_seed(a, ones)[0].mean()) for k, a in arrs.items()}))
@@ -139,3 +146,65 @@ def bootstrap_stat(preds: Mapping[str, Sequence[Sequence[int]]], y, metric: str,
         return value, (float("nan"), float("nan"))
     alpha = (1 - level) / 2
     return value, (float(np.quantile(boots, alpha)), float(np.quantile(boots, 1 - alpha)))
+
+
+def seeds_needed(preds: Sequence[Sequence[int]], y, metric: str, *, halfwidth: float = 3.0, level: float = 0.95,
+                 n_boot: int = 2000, rng_seed: int = 0) -> dict:
+    """How many k-shot seeds an interval of half-width ``halfwidth`` (points) on one method's mean metric needs
+    at this test set, from the two sources of its width (bootstrap_stat resamples both).
+
+    The mean over S seeds of metric_s has variance  sigma^2 / S + v_test,  where sigma^2 is the seeds'
+    variance (the unbiased sample variance of the S per-seed metrics: a k-shot split's draw) and v_test the
+    variance that resampling the N test sentences gives the mean over these seeds (a multinomial bootstrap of
+    ``n_boot`` replicates, the one bootstrap_stat draws; for accuracy it is Var_i(mean_s correct_si) / N).
+    With z the normal quantile of ``level``, the half-width at S' seeds is z sqrt(sigma^2 / S' + v_test), so
+
+        S' = ceil(sigma^2 / ((h / z)^2 - v_test)),   and no S' suffices when z sqrt(v_test) >= h
+
+    (the test set alone is wider than h: more test sentences, not seeds, are needed; N' = N v_test (z / h)^2
+    at unlimited seeds). v_test is taken as measured with S seeds; averaging correctness over more seeds can
+    only lower it, so S' errs on the safe side. The normal approximation with the unbiased sigma^2 is a little
+    wider than the percentile bootstrap at the same S (that one resamples with the plug-in variance,
+    (S - 1) / S of it).
+
+    preds: [S, N] test predictions (one row per seed). Returns {"seeds", "sd_seeds", "halfwidth_test",
+    "halfwidth_at_seeds", "seeds_needed" (math.inf when no number of seeds suffices; 1 when the seeds agree; nan from one seed),
+    "why_none" ("test set" or "one seed" where seeds_needed is not a number: JSON writes both as null),
+    "test_needed" (test sentences needed with unlimited seeds, ceil(N v_test (z / h)^2))}."""
+    from statistics import NormalDist
+
+    if halfwidth <= 0:
+        raise ValueError(f"halfwidth {halfwidth}: needs to be positive")
+    a, y = np.asarray(preds), np.asarray(y)
+    if a.ndim != 2 or a.shape[1] != len(y):
+        raise ValueError(f"preds need shape [S, {len(y)}], got {list(a.shape)}")
+    S, N = a.shape
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    per_seed = _weighted_metric(a, y, np.ones((1, N)), metric)[0]
+    var_seeds = float(per_seed.var(ddof=1)) if S > 1 else math.nan   # one seed says nothing of the spread
+    W = np.random.default_rng(rng_seed).multinomial(N, np.full(N, 1.0 / N), size=n_boot).astype(float)
+    v_test = float(_weighted_metric(a, y, W, metric).mean(1).var(ddof=1))
+    room = (halfwidth / z) ** 2 - v_test
+    if room <= 0:
+        needed = math.inf
+    elif var_seeds != var_seeds:
+        needed = math.nan
+    else:
+        needed = max(1, math.ceil(var_seeds / room))
+    return {"seeds": S, "sd_seeds": math.sqrt(var_seeds), "halfwidth_test": z * math.sqrt(v_test),
+            "halfwidth_at_seeds": z * math.sqrt(var_seeds / S + v_test), "seeds_needed": needed,
+            "why_none": "test set" if needed == math.inf else "one seed" if needed != needed else "",
+            "test_needed": math.ceil(N * v_test * (z / halfwidth) ** 2)}
+
+
+def seeds_table(budgets: Mapping[str, Mapping[str, dict]], halfwidth: float) -> str:
+    """Markdown table of seeds_needed per task and method: {task: {method: budget}}."""
+    lines = [f"| task | method | seeds' sample sd | test set's own half-width | half-width at these seeds | "
+             f"seeds for +-{halfwidth:g} |", "|---|---|---|---|---|---|"]
+    for t, per_method in budgets.items():
+        for m, b in per_method.items():
+            need = {"test set": f"none suffices: the test set alone is wider (needs {b['test_needed']} sentences)",
+                    "one seed": "unknown (one seed)"}.get(b["why_none"], str(b["seeds_needed"]))
+            lines.append(f"| {TASK_LABELS.get(t, t)} | {METHOD_LABELS.get(m, m)} | {b['sd_seeds']:.1f} | "
+                         f"{b['halfwidth_test']:.1f} | {b['halfwidth_at_seeds']:.1f} ({b['seeds']} seeds) | {need} |")
+    return "\n".join(lines)

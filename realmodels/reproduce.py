@@ -48,7 +48,8 @@ from ntkcheck.log import note
 from ntkcheck.realmodels.experiment import (LMConfig, check_sessions, iter_sessions, load_bundle,
                                             refuse_sketched_spectrum, resolve_task, result_name, validate_lm_config)
 from ntkcheck.realmodels.measure import scalar_columns
-from ntkcheck.realmodels.metrics import METHOD_LABELS, TASK_LABELS, bootstrap_stat, selection_table, table2
+from ntkcheck.realmodels.metrics import (METHOD_LABELS, TASK_LABELS, bootstrap_stat, seeds_needed, seeds_table,
+                                         selection_table, table2)
 from ntkcheck.result import Claim, claim, measurement
 from ntkcheck.store import ResultStore, atomic_write_text
 
@@ -71,6 +72,7 @@ class ReproduceOptions:
     distance_samples: int = 64
     task_vectors: bool = True
     loss: str = "logistic"             # solver of the sgd/signgd kernels (solve.solve_session)
+    halfwidth: float = 3.0             # the interval half-width (points) whose seed count the table states
 
 
 def lora_grid(ft):
@@ -121,16 +123,20 @@ def reproduce(cfg: LMConfig, opts: ReproduceOptions) -> dict:
         claims += task_claims(t, per_task[t], judged=not head)
     if vectors is not None:
         claims += _vector_claims(vectors)
+    budgets = {t: {m: seeds_needed(p, per_task[t]["y_test"], per_task[t]["metric"], halfwidth=opts.halfwidth)
+                   for m, p in per_task[t]["preds"].items()} for t in tasks}
     store = ResultStore(Path(cfg.out), result_name("lm_reproduce", "-".join(tasks), cfg))
     rows = [dict(r, task=t) for t in tasks for r in scalar_columns(per_task[t]["rows"])]
     store.write_measurements(rows)
     details = {"options": {k: (asdict(v) if hasattr(v, "__dataclass_fields__") else v)
                            for k, v in asdict(opts).items()},
-               "tasks": {t: {k: v for k, v in per_task[t].items() if k not in ("rows", "preds")} for t in tasks},
+               "tasks": {t: dict({k: v for k, v in per_task[t].items() if k not in ("rows", "preds")},
+                                 seeds_needed=budgets[t]) for t in tasks},
                "task_vectors": vectors and {k: (v.tolist() if isinstance(v, np.ndarray) else v)
                                             for k, v in vectors.items()}}
     result = write_lm_result(store, claims, cfg, clock, details)
-    table = reproduce_table(per_task, cfg.k, sketch_dim=cfg.sketch_dim, loss=opts.loss)
+    table = reproduce_table(per_task, cfg.k, sketch_dim=cfg.sketch_dim, loss=opts.loss, budgets=budgets,
+                            halfwidth=opts.halfwidth)
     atomic_write_text(store.path("table.md"), table + "\n")
     _plots(store, per_task, vectors)
     report = write_report(cfg.out)
@@ -304,11 +310,13 @@ def _vector_claims(v: dict) -> list[Claim]:
 
 
 # ------------------------------------------------------------------ table and plots
-def reproduce_table(per_task: dict, k: int, sketch_dim: int | None = None, loss: str = "logistic") -> str:
+def reproduce_table(per_task: dict, k: int, sketch_dim: int | None = None, loss: str = "logistic",
+                    budgets: dict | None = None, halfwidth: float = 3.0) -> str:
     """[KV] Table 2 layout (mean (std) over seeds) of every method and task, then Lin./distance per task, then
-    per task what the dev sets chose among the kernels' grid points (metrics.selection_table); a line under
-    it says when the kernels were countsketched (--sketch-dim), one when the symmetric kernels were solved by
-    least squares (--loss ridge) instead of the paper's logistic loss."""
+    per task what the dev sets chose among the kernels' grid points (metrics.selection_table), then how many
+    seeds an interval of +-``halfwidth`` points needs per method (``budgets``: {task: {method:
+    metrics.seeds_needed}}); a line under it says when the kernels were countsketched (--sketch-dim), one when
+    the symmetric kernels were solved by least squares (--loss ridge) instead of the paper's logistic loss."""
     results: dict = {}
     for t, data in per_task.items():
         for r in data["rows"]:
@@ -328,6 +336,9 @@ def reproduce_table(per_task: dict, k: int, sketch_dim: int | None = None, loss:
         chosen = selection_table([r for r in data["rows"] if r.get("stage") == "kernel"])
         if chosen:
             lines += ["", f"What {TASK_LABELS.get(t, t)}'s dev sets chose:", "", chosen]
+    if budgets and any(budgets.values()):
+        lines += ["", f"Seeds an interval of +-{halfwidth:g} points needs at this test set (metrics.seeds_needed: "
+                      "half-width z sqrt(sd^2 / S + the test set's variance)):", "", seeds_table(budgets, halfwidth)]
     if loss != "logistic":
         lines += ["", f"K(SGD) and K(SignGD) are solved by {'least squares' if loss == 'ridge' else loss} "
                       f"(--loss {loss}), not [KV] App. A.3's kernel logistic regression."]

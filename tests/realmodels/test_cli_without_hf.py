@@ -28,3 +28,6 @@ def test_bad_flags_are_one_line(no_transformers, capsys):
     assert err.startswith("ntkcheck: error: argument --k") and "'zero'" in err and "\n" not in err
     assert main(["lm", "solve", "--model", "x", "--kinds", "sgd,bogus"]) == 2
     assert "'bogus'" in capsys.readouterr().err
+    assert main(["lm", "reproduce", "--model", "x", "--tasks", "sst2", "--halfwidth", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--halfwidth" in err and "'0'" in err and "\n" not in err

@@ -90,6 +90,19 @@ def test_reproduce_every_method_two_tasks_with_lora(tiny4, data_dir, tmp_path):
     assert "Lin. (SGD-FT)" in res["table"] and "Lin. (Adam-FT)" in res["table"]
     chosen = res["table"].split("What SST-2's dev sets chose:")[1].split("What Subj's dev sets chose:")[0]
     assert [line.split(" |")[0] for line in chosen.strip().splitlines()[2:]] == ["| K(SGD)", "| K(A-SignGD)"]
+    # every method's seed budget for +-3, in the table and in details.json, is metrics.seeds_needed of its preds
+    from ntkcheck.realmodels.metrics import seeds_needed
+
+    budget = res["table"].split("Seeds an interval of +-3 points needs")[1]
+    details = json.loads((out / "details.json").read_text())["tasks"]
+    for t, label in (("sst2", "| SST-2 |"), ("subj", "| Subj |")):
+        data = res["per_task"][t]
+        assert budget.count(label) == len(data["preds"]) == 10
+        for m, p in data["preds"].items():
+            want = seeds_needed(p, data["y_test"], data["metric"], halfwidth=3.0)
+            got = details[t]["seeds_needed"][m]
+            assert got["sd_seeds"] == pytest.approx(want["sd_seeds"], abs=1e-12)
+            assert got["halfwidth_test"] == pytest.approx(want["halfwidth_test"], abs=1e-12)
 
     from ntkcheck.realmodels import experiment
 
@@ -296,6 +309,45 @@ def test_bootstrap_covers_seed_and_test_spread():
 
     f, _ = bootstrap_stat({"a": spread}, y, "f1", lambda m: m["a"])
     assert f == pytest.approx(np.mean([f1_binary(r, y) for r in spread]), abs=1e-9)
+
+
+def test_seeds_needed_splits_the_interval_into_seeds_and_test_sentences():
+    """metrics.seeds_needed: seeds that agree need one seed when the test set's own half-width is under h and
+    none suffices when it is over; seeds of 70 / 80 / 90% (sigma^2 = 100) need ceil(sigma^2 / ((h / z)^2 -
+    v_test)) with v_test = Var_i(mean_s correct_si) / N for accuracy; at 20 seeds the predicted half-width is
+    the bootstrap interval's; one seed cannot tell the spread."""
+    import math
+
+    from ntkcheck.realmodels.metrics import bootstrap_stat, seeds_needed
+
+    z = 1.959963984540054
+    y = np.zeros(10000, int)
+    alike = np.stack([np.r_[np.zeros(8000, int), np.ones(2000, int)]] * 3)   # 80% on every seed
+    b = seeds_needed(alike, y, "acc")
+    assert b["sd_seeds"] == 0.0 and b["seeds_needed"] == 1
+    assert b["halfwidth_test"] == pytest.approx(100 * z * math.sqrt(0.16 / 10000), rel=0.1)
+    small = seeds_needed(alike[:, ::100], y[::100], "acc")   # the same 80% on 100 sentences: +-7.8 alone
+    assert small["seeds_needed"] == math.inf and small["why_none"] == "test set"
+    assert small["test_needed"] == pytest.approx(1e4 * 0.16 * (z / 3) ** 2, rel=0.15)   # 683 sentences
+    N = 1000
+    nested = np.stack([np.r_[np.zeros(int(N * q), int), np.ones(N - int(N * q), int)] for q in (0.7, 0.8, 0.9)])
+    b = seeds_needed(nested, np.zeros(N, int), "acc", halfwidth=3.0)
+    cbar = (nested == 0).mean(0)
+    v_test = 1e4 * cbar.var() / N   # (percent)^2
+    assert b["sd_seeds"] == pytest.approx(10.0, abs=1e-9)
+    v = (b["halfwidth_test"] / z) ** 2
+    assert v == pytest.approx(v_test, rel=0.1)
+    assert b["seeds_needed"] == math.ceil(100.0 / ((3.0 / z) ** 2 - v)) and 80 <= b["seeds_needed"] <= 90
+    assert seeds_needed(nested, np.zeros(N, int), "acc", halfwidth=12.0)["seeds_needed"] == 3
+    rng = np.random.default_rng(1)
+    many = np.stack([(rng.random(N) > q).astype(int) for q in rng.uniform(0.65, 0.9, 20)])
+    b = seeds_needed(many, np.zeros(N, int), "acc")
+    _, (lo, hi) = bootstrap_stat({"a": many}, np.zeros(N, int), "acc", lambda m: m["a"])
+    assert b["halfwidth_at_seeds"] == pytest.approx((hi - lo) / 2, rel=0.15)
+    one = seeds_needed(nested[:1], np.zeros(N, int), "acc")
+    assert one["seeds_needed"] != one["seeds_needed"] and one["why_none"] == "one seed"   # nan: no spread known
+    with pytest.raises(ValueError, match="halfwidth 0"):
+        seeds_needed(nested, np.zeros(N, int), "acc", halfwidth=0)
 
 
 # ------------------------------------------------------------------ LoRA through peft
