@@ -120,6 +120,13 @@ def default_schedule(k: int, num_classes: int) -> tuple[int, int]:
     return 32 * k * c, 4 * k * c
 
 
+def ft_schedule(session, ft: FTConfig) -> tuple[int, int]:
+    """(steps, eval_every) of ``ft`` on ``session``'s split: ft's own, else default_schedule's; evaluation
+    never less often than once in the run."""
+    steps, every = default_schedule(session.config.k, session.adapter.num_outputs)
+    return ft.steps or steps, ft.eval_every or min(every, ft.steps or every)
+
+
 def save_params(path: Path, params: Mapping[str, torch.Tensor]) -> None:
     """Atomically save a params dict (CPU copies) with a checksum (see experiment._save_tensor)."""
     from ntkcheck.realmodels.experiment import _save_tensor
@@ -156,9 +163,7 @@ def run_finetune(session, ft: FTConfig, *, seeds: Sequence[int] | None = None) -
     from ntkcheck.store import point_key
 
     task, ad = session.task, session.adapter
-    k = session.config.k
-    steps, every = default_schedule(k, ad.num_outputs)
-    steps, every = ft.steps or steps, ft.eval_every or min(every, ft.steps or every)
+    steps, every = ft_schedule(session, ft)
     seeds = list(seeds or [sp.seed for sp in session.splits])
     # a point carries its seed's data digest (Session.seed_data): reused by any run holding that seed's data
     points = [{"optimizer": o, "lr": lr, "batch_size": b, "seed": s, "data": session.seed_data(s)}

@@ -240,10 +240,14 @@ def behavior_rows(sess: Session, ft, *, distance_samples: int = 64) -> list[dict
       for SGD-FT and signgd kernel for Adam-FT, Table 6;
     - chi: mean_i ||chi_i||_inf = mean_i (1 - p_{y_i}) at theta_PT over the split's train and dev, Table 8;
     - zero_shot_pred, lin_pred, ft_pred: the test predictions (for bootstrap intervals).
+
+    A point is named by the fine-tuning it measures (optimizer, seed and its data, the dev-chosen lr and batch
+    size, the schedule), not by the grid it was chosen from: adding an optimizer or a grid point that the dev
+    set does not choose reuses every stored point.
     """
     from ntkcheck.checks.sweep import sweep
     from ntkcheck.models.kernels import kernel_distance, linearize
-    from ntkcheck.realmodels.finetune import fine_tuned_params, run_finetune, test_predictions
+    from ntkcheck.realmodels.finetune import fine_tuned_params, ft_schedule, run_finetune, test_predictions
 
     ad, task, y = sess.adapter, sess.task, sess.labels
     if ad.num_outputs < 2:
@@ -275,10 +279,11 @@ def behavior_rows(sess: Session, ft, *, distance_samples: int = 64) -> list[dict
                 "batch_size": b["batch_size"], "zero_shot_pred": f0[ix["test"]].argmax(-1).tolist(),
                 "lin_pred": lin.argmax(-1).tolist(), "ft_pred": ft_pred}
 
-    sess.store.bind({"behavior": sess.point_fields(), "finetune": asdict(ft),
-                     "distance_samples": distance_samples})
-    return sweep(sess.store, [{"optimizer": o, "seed": s, "data": sess.seed_data(s)} for (o, s) in sorted(best)], compute,
-                 desc=f"behavior {task.name}")
+    steps, every = ft_schedule(sess, ft)
+    sess.store.bind({"behavior": sess.point_fields(), "distance_samples": distance_samples}, version=2)
+    points = [{"optimizer": o, "seed": s, "data": sess.seed_data(s), "lr": best[(o, s)]["lr"],
+               "batch_size": best[(o, s)]["batch_size"], "steps": steps, "every": every} for (o, s) in sorted(best)]
+    return sweep(sess.store, points, compute, desc=f"behavior {task.name}")
 
 
 def behavior_cmd(cfg: LMConfig, ft, *, distance_samples: int = 64) -> dict:

@@ -198,11 +198,13 @@ def seeds_needed(preds: Sequence[Sequence[int]], y, metric: str, *, halfwidth: f
 
 
 def seeds_table(budgets: Mapping[str, Mapping[str, dict]], halfwidth: float) -> str:
-    """Markdown table of seeds_needed per task and method: {task: {method: budget}}."""
+    """Markdown table of seeds_needed per task and method ({task: {method: budget}}), methods in Table 2's
+    order."""
     lines = [f"| task | method | seeds' sample sd | test set's own half-width | half-width at these seeds | "
              f"seeds for +-{halfwidth:g} |", "|---|---|---|---|---|---|"]
+    order = list(METHOD_LABELS)
     for t, per_method in budgets.items():
-        for m, b in per_method.items():
+        for m, b in sorted(per_method.items(), key=lambda mb: order.index(mb[0]) if mb[0] in order else len(order)):
             need = {"test set": f"none suffices: the test set alone is wider (needs {b['test_needed']} sentences)",
                     "one seed": "unknown (one seed)"}.get(b["why_none"], str(b["seeds_needed"]))
             lines.append(f"| {TASK_LABELS.get(t, t)} | {METHOD_LABELS.get(m, m)} | {b['sd_seeds']:.1f} | "

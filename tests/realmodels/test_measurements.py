@@ -103,6 +103,28 @@ def test_behavior_chi_and_distance(tiny_models, separable_dir, tmp_path):
     assert res["result"].claim("adam.kernel_distance").source == "[KV] Table 6"
 
 
+def test_behavior_points_are_named_by_the_fine_tuning_they_measure(tiny_models, separable_dir, tmp_path,
+                                                                   monkeypatch):
+    """Adding Adam to an SGD-only grid computes Adam's behavior point only, and the SGD point read back is the
+    one stored; a grid point the dev set chooses instead (another lr) is a new point."""
+    from dataclasses import replace
+
+    from ntkcheck.models import kernels
+    from ntkcheck.realmodels.measure import behavior_cmd
+
+    calls = []
+    real = kernels.kernel_distance
+    monkeypatch.setattr(kernels, "kernel_distance", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = _cfg(tiny_models, separable_dir, tmp_path)
+    sgd = behavior_cmd(cfg, replace(FT, optimizers=("sgd",)), distance_samples=2)
+    assert len(calls) == 2   # one point: the elementwise and the Frobenius distance
+    both = behavior_cmd(cfg, FT, distance_samples=2)
+    assert len(calls) == 4   # Adam's point only
+    assert both["summary"]["sgd"] == sgd["summary"]["sgd"]
+    behavior_cmd(cfg, replace(FT, optimizers=("sgd",), lrs_sgd=(0.25,)), distance_samples=2)   # another lr
+    assert len(calls) == 6
+
+
 def test_spectrum_beta(tiny_models, data_dir, tmp_path):
     from ntkcheck.realmodels.measure import spectrum_cmd
 
