@@ -131,15 +131,12 @@ def bootstrap_stat(preds: Mapping[str, Sequence[Sequence[int]]], y, metric: str,
     if any(a.shape != (S, N) for a in arrs.values()) or len(y) != N:
         raise ValueError(f"every method needs [S, N] = [{S}, {N}] predictions for {len(y)} labels")
 
-    def per_seed(a: np.ndarray, W: np.ndarray) -> np.ndarray:
-        return _weighted_metric(a, y, W, metric)
-
     ones = np.ones((1, N))
-    value = float(stat({k: float(per_seed(a, ones)[0].mean()) for k, a in arrs.items()}))
+    value = float(stat({k: float(_weighted_metric(a, y, ones, metric)[0].mean()) for k, a in arrs.items()}))
     rng = np.random.default_rng(rng_seed)
     W = rng.multinomial(N, np.full(N, 1.0 / N), size=n_boot).astype(float)
     V = rng.multinomial(S, np.full(S, 1.0 / S), size=n_boot).astype(float) / S
-    means = {k: (per_seed(a, W) * V).sum(1) for k, a in arrs.items()}
+    means = {k: (_weighted_metric(a, y, W, metric) * V).sum(1) for k, a in arrs.items()}
     boots = np.array([stat({k: float(means[k][b]) for k in arrs}) for b in range(n_boot)], dtype=float)
     boots = boots[np.isfinite(boots)]
     if len(boots) < n_boot // 2:
@@ -168,7 +165,8 @@ def seeds_needed(preds: Sequence[Sequence[int]], y, metric: str, *, halfwidth: f
     (S - 1) / S of it).
 
     preds: [S, N] test predictions (one row per seed). Returns {"seeds", "sd_seeds", "halfwidth_test",
-    "halfwidth_at_seeds", "seeds_needed" (math.inf when no number of seeds suffices; 1 when the seeds agree; nan from one seed),
+    "halfwidth_at_seeds", "seeds_needed" (math.inf when no number of seeds suffices; 1 when the seeds agree;
+    nan from one seed),
     "why_none" ("test set" or "one seed" where seeds_needed is not a number: JSON writes both as null),
     "test_needed" (test sentences needed with unlimited seeds, ceil(N v_test (z / h)^2))}."""
     from statistics import NormalDist
