@@ -239,7 +239,7 @@ def _solve(args) -> int:
     if not distributed.is_main():   # torchrun: this rank computes kernel blocks; rank 0 solves
         kernel_share(cfg)
         return 0
-    res = solve_cmd(cfg, loss=args.loss)
+    res = solve_cmd(cfg, loss=args.loss, halfwidth=args.halfwidth)
     print(res["table"])
     print(f"-> {res['dir']}")
     return 0
@@ -321,6 +321,11 @@ def _reproduce(args) -> int:
     return 0
 
 
+def _halfwidth_arg(p) -> None:
+    p.add_argument("--halfwidth", type=_positive_float("--halfwidth"), default=3.0, metavar="POINTS",
+                   help="the table states how many seeds a 95%% interval of +-POINTS needs per method (default 3)")
+
+
 def _loss_arg(p) -> None:
     p.add_argument("--loss", default="logistic", choices=["logistic", "ridge"],
                    help="solver for sgd/signgd kernels: kernel logistic regression ([KV] App. A.3, the default) "
@@ -355,6 +360,7 @@ def add_lm_parser(subparsers) -> None:
     p = sub.add_parser("solve", help="kernel regression vs zero-shot, [KV] Table 2 layout")
     _common(p)
     _loss_arg(p)
+    _halfwidth_arg(p)
     p.set_defaults(handler=_solve)
     p = sub.add_parser("finetune", help="prompt-based SGD / Adam fine-tuning ([KV] App. A.3)")
     _common(p, kinds=False)
@@ -383,13 +389,12 @@ def add_lm_parser(subparsers) -> None:
     _ft_args(p)
     p.add_argument("--tasks", type=_words("--tasks"), required=True, help="e.g. sst2,sst5,subj,trec")
     _loss_arg(p)
+    _halfwidth_arg(p)
     p.add_argument("--spectrum-samples", type=_int("--spectrum-samples", 0), default=100,
                    help="training inputs of the Gram spectrum ([ES] Sec. 7.1; 0: skip)")
     p.add_argument("--distance-samples", type=_int("--distance-samples", 2), default=64,
                    help="test inputs of the kernel distance before / after FT ([KV] Table 6)")
     p.add_argument("--no-finetune", action="store_true", help="kernels and spectrum only")
-    p.add_argument("--halfwidth", type=_positive_float("--halfwidth"), default=3.0, metavar="POINTS",
-                   help="the table states how many seeds a 95%% interval of +-POINTS needs per method (default 3)")
     p.add_argument("--no-task-vectors", action="store_true", help="skip [ES] Sec. 7.2's task vectors")
     p.add_argument("--lora-lrs-sgd", type=_floats("--lora-lrs-sgd"), default=None,
                    help="SGD-LoRA learning rates (default [KV] Table 4: 1e-4,1e-3,1e-2)")

@@ -30,8 +30,8 @@ from ntkcheck.provenance import now_iso, provenance
 from ntkcheck.realmodels.experiment import (LMConfig, Session, check_sessions,
                                             iter_sessions, load_bundle, model_slug, validate_lm_config)
 from ntkcheck.checks.fit import mean_ci
-from ntkcheck.realmodels.metrics import (METHOD_LABELS, TASK_LABELS, bootstrap_stat, mean_std, score, selection_table,
-                                        table2)
+from ntkcheck.realmodels.metrics import (METHOD_LABELS, TASK_LABELS, bootstrap_stat, mean_std, score, seeds_needed,
+                                        seeds_table, selection_table, table2)
 from ntkcheck.result import Claim, Result, measurement
 from ntkcheck.store import ResultStore, atomic_write_text
 
@@ -148,10 +148,12 @@ def _plot_kernel(sess: Session, kinds: Sequence[str]) -> None:
 
 
 # ------------------------------------------------------------------ solve
-def solve_cmd(cfg: LMConfig, grid_override: dict | None = None, loss: str = "logistic") -> dict:
+def solve_cmd(cfg: LMConfig, grid_override: dict | None = None, loss: str = "logistic",
+              halfwidth: float = 3.0) -> dict:
     """Kernel regression + zero-shot over the seeds; writes measurements.csv, table.md, result.json.
 
-    loss: "logistic" (kernel logistic regression, [KV] App. A.3) or "ridge" for the symmetric kinds.
+    loss: "logistic" (kernel logistic regression, [KV] App. A.3) or "ridge" for the symmetric kinds;
+    halfwidth: the table ends with the seeds a +-halfwidth interval needs per method (metrics.seeds_needed).
     """
     from ntkcheck.realmodels.solve import solve_session
 
@@ -163,14 +165,20 @@ def solve_cmd(cfg: LMConfig, grid_override: dict | None = None, loss: str = "log
         y_test = sess.test_labels()
     task = _task_name(cfg)
     summary = _summaries(rows)
+    budgets = {}
+    for m in summary:
+        rs = [r for r in rows if r["method"] == m]
+        if all(r["test"] == r["test"] and "test_pred" in r for r in rs):
+            budgets[m] = seeds_needed([r["test_pred"] for r in rs], y_test, metric, halfwidth=halfwidth)
     table = "\n\n".join(t for t in (table2({(cfg.k, m): {task: s["per_seed"]} for m, s in summary.items()}),
-                                    selection_table(rows)) if t)
+                                    selection_table(rows), seeds_table({task: budgets}, halfwidth)) if t)
     store.write_measurements(scalar_columns(rows))
     claims = [_test_measurement(f"{task}.{m}.test", f"{TASK_LABELS.get(task, task)} {METHOD_LABELS.get(m, m)} "
                                 f"test metric (%)", [r for r in rows if r["method"] == m], y_test, metric,
                                 source="[KV] Table 2")
               for m in summary]
-    result = write_lm_result(store, claims, cfg, clock, {"loss": loss, "summary": summary, "meta": meta})
+    result = write_lm_result(store, claims, cfg, clock, {"loss": loss, "summary": summary, "meta": meta,
+                                                         "seeds_needed": budgets})
     atomic_write_text(store.path("table.md"), table + "\n")
     _plot_bars(store.path("accuracy.png"), summary, f"{TASK_LABELS.get(task, task)}, k={cfg.k}")
     return {"summary": summary, "table": table, "rows": rows, "dir": str(store.dir), "result": result}

@@ -196,9 +196,12 @@ def seeds_needed(preds: Sequence[Sequence[int]], y, metric: str, *, halfwidth: f
 
 
 def seeds_table(budgets: Mapping[str, Mapping[str, dict]], halfwidth: float) -> str:
-    """Markdown table of seeds_needed per task and method ({task: {method: budget}}), methods in Table 2's
-    order."""
-    lines = [f"| task | method | seeds' sample sd | test set's own half-width | half-width at these seeds | "
+    """A line saying what it is, then a markdown table of seeds_needed per task and method ({task: {method:
+    budget}}), methods in Table 2's order; empty without budgets."""
+    if not any(budgets.values()):
+        return ""
+    lines = [f"Seeds an interval of +-{halfwidth:g} points needs at this test set (metrics.seeds_needed: half-width "
+             "z sqrt(sd^2 / S + the test set's variance)):", "", f"| task | method | seeds' sample sd | test set's own half-width | half-width at these seeds | "
              f"seeds for +-{halfwidth:g} |", "|---|---|---|---|---|---|"]
     order = list(METHOD_LABELS)
     for t, per_method in budgets.items():

@@ -337,8 +337,7 @@ def reproduce_table(per_task: dict, k: int, sketch_dim: int | None = None, loss:
         if chosen:
             lines += ["", f"What {TASK_LABELS.get(t, t)}'s dev sets chose:", "", chosen]
     if budgets and any(budgets.values()):
-        lines += ["", f"Seeds an interval of +-{halfwidth:g} points needs at this test set (metrics.seeds_needed: "
-                      "half-width z sqrt(sd^2 / S + the test set's variance)):", "", seeds_table(budgets, halfwidth)]
+        lines += ["", seeds_table(budgets, halfwidth)]
     if loss != "logistic":
         lines += ["", f"K(SGD) and K(SignGD) are solved by {'least squares' if loss == 'ridge' else loss} "
                       f"(--loss {loss}), not [KV] App. A.3's kernel logistic regression."]

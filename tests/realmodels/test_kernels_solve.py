@@ -287,6 +287,11 @@ def test_solvers_reach_100_percent(tiny_models, separable_dir, tmp_path):
     zs = result.claim("sst2.zero_shot.test")
     assert 0 < zs.measured < 100 and zs.ci[0] < zs.measured < zs.ci[1] and "test sentences" in zs.name
     assert result.claim("sst2.sgd.test").measured == 100.0 and result.claim("sst2.sgd.test").relation is None
+    # every seed right on every sentence: no spread, no test-set variance, one seed is enough
+    budget = json.loads((out / "details.json").read_text())["seeds_needed"]
+    assert budget["sgd"]["sd_seeds"] == 0.0 and budget["sgd"]["halfwidth_test"] == 0.0
+    assert budget["sgd"]["seeds_needed"] == 1 and budget["zero_shot"]["halfwidth_test"] > 0
+    assert "| SST-2 | K(A-SignGD) | 0.0 | 0.0 | 0.0 (2 seeds) | 1 |" in res["table"]
 
 
 def test_solver_grid_and_predictor():
