@@ -336,8 +336,9 @@ def reproduce_table(per_task: dict, k: int, sketch_dim: int | None = None, loss:
         chosen = selection_table([r for r in data["rows"] if r.get("stage") == "kernel"])
         if chosen:
             lines += ["", f"What {TASK_LABELS.get(t, t)}'s dev sets chose:", "", chosen]
-    if budgets and any(budgets.values()):
-        lines += ["", seeds_table(budgets, halfwidth)]
+    budget_block = seeds_table(budgets or {}, halfwidth)   # empty without budgets
+    if budget_block:
+        lines += ["", budget_block]
     if loss != "logistic":
         lines += ["", f"K(SGD) and K(SignGD) are solved by {'least squares' if loss == 'ridge' else loss} "
                       f"(--loss {loss}), not [KV] App. A.3's kernel logistic regression."]
