@@ -62,7 +62,8 @@ def fine_tune(adapter, x_train: torch.Tensor, y_train: torch.Tensor, x_dev: torc
     (best trainable tensors, log).
 
     Minibatches: a seeded permutation per epoch (torch.Generator(seed)). The
-    log holds the best dev metric, its step, and the final train loss.
+    log holds the best dev metric, its step (the first of tied evaluations), the dev metric of every
+    evaluation as [step, metric] pairs (``dev_curve``: how far the choice stood out), and the final train loss.
     """
     if optimizer not in ("sgd", "adam"):
         raise UserError(f"--optimizers {optimizer!r}: expected sgd or adam")
@@ -86,6 +87,7 @@ def fine_tune(adapter, x_train: torch.Tensor, y_train: torch.Tensor, x_dev: torc
 
     best, best_step, best_params = -math.inf, 0, {k: p[k].clone() for k in keep}
     last_loss = float("nan")
+    curve: list[list] = []
 
     def on_step(step) -> None:
         nonlocal best, best_step, best_params, last_loss
@@ -93,13 +95,14 @@ def fine_tune(adapter, x_train: torch.Tensor, y_train: torch.Tensor, x_dev: torc
             with torch.no_grad():
                 last_loss = float(cross_entropy(adapter.f(step.params, step.x), step.y))
             m = evaluate(adapter, step.params, x_dev, y_dev, metric)
+            curve.append([step.t, m])
             if m > best:
                 best, best_step, best_params = m, step.t, {k: step.params[k].clone() for k in keep}
         if progress is not None:
             progress(1)
 
     train_loop(adapter.f, p, opt, batch, steps, loss=cross_entropy, select=keep, callback=on_step)
-    return best_params, {"dev": best, "best_step": best_step, "final_batch_loss": last_loss}
+    return best_params, {"dev": best, "best_step": best_step, "dev_curve": curve, "final_batch_loss": last_loss}
 
 
 def evaluate(adapter, params, x: torch.Tensor, y: torch.Tensor, metric: str) -> float:

@@ -226,7 +226,8 @@ def finetune_cmd(cfg: LMConfig, ft) -> dict:
                                 y_test, metric, source="[KV] Table 2")
               for m in summary]
     result = write_lm_result(store, claims, cfg, clock, {"finetune": asdict(ft), "summary": summary,
-                                                         "best": scalar_columns(rows)})
+                                                         "best": [{k: v for k, v in r.items() if k != "test_pred"}
+                                                                  for r in rows]})
     atomic_write_text(store.path("table.md"), table + "\n")
     return {"summary": summary, "table": table, "best": best, "dir": str(store.dir), "result": result}
 

@@ -63,6 +63,10 @@ def test_finetune_cmd_table_result_and_best_csv(tiny_models, data_dir, tmp_path)
     with open(tmp_path / "lm_finetune_sst2_k2_gpt-neo" / "best.csv") as fh:
         header = next(csv.reader(fh))
     assert "test" in header and "test_pred" not in header
+    # details.json keeps each best point's dev curve (which evaluation the dev set chose, and by how much)
+    import json
+    best = json.loads((tmp_path / "lm_finetune_sst2_k2_gpt-neo" / "details.json").read_text())["best"]
+    assert len(best) == 4 and all("test_pred" not in r and [s for s, _ in r["dev_curve"]] == [3, 6] for r in best)
 
 
 def test_finetune_of_a_seed_does_not_depend_on_the_other_seeds(tiny_models, data_dir, tmp_path):
@@ -83,6 +87,9 @@ def test_finetune_of_a_seed_does_not_depend_on_the_other_seeds(tiny_models, data
     (t1, p1, log1, out1), (t3, p3, log3, out3) = got
     assert t1 < t3                                   # the two sessions pad differently
     assert log1 == log3
+    # the log's dev curve has every evaluation, and the choice is the first of its best
+    steps, devs = zip(*log1["dev_curve"])
+    assert steps == (4, 8, 12) and log1["dev"] == max(devs) and log1["best_step"] == steps[devs.index(max(devs))]
     assert all(torch.equal(p1[k], p3[k]) for k in p1) and torch.equal(out1, out3)
     assert any(not torch.equal(p1[k], sess.adapter.params[k]) for k in p1)   # it trained
 
