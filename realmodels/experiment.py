@@ -229,8 +229,22 @@ class Session:
                                                    memory_budget=budget, trim=ad.trim)
         return self.kernel_fns[kind]
 
+    def needed(self) -> np.ndarray:
+        """needed[r, u]: whether some seed reads K[row r, :, column u, :], [R, U] bool. A seed's solve, dev and
+        test predictions use its train, dev and test rows against its own training columns (block()), so a
+        row needs the training columns of every seed it belongs to: a test row (the seeds share the test set)
+        all of U, a train or dev row of one seed that seed's k x C columns. With S seeds of n training
+        examples, the kernel then costs (N_test + 2 n) S n entries instead of (N_test + 2 S n) S n."""
+        need = np.zeros((len(self.rows), self.n_cols), dtype=bool)
+        for ix in self.index.values():
+            cols = np.asarray(ix["train"])
+            for part in ("train", "dev", "test"):
+                need[np.ix_(np.asarray(ix[part]), cols)] = True
+        return need
+
     def kernel(self, kind: str, *, progress: bool = True) -> torch.Tensor:
-        """K_rows of ``kind``, [R, C, U, C] float64 on the CPU, computed block by block and cached."""
+        """K_rows of ``kind``, [R, C, U, C] float64 on the CPU, computed block by block and cached. Only the
+        entries some seed reads (needed()) are computed; the others are NaN, so a read of one fails loudly."""
         if kind not in KINDS:
             raise UserError(f"--kinds {kind!r}: expected one of {', '.join(KINDS)}")
         cfg = self.config
@@ -242,7 +256,9 @@ class Session:
         # a block's file names its rows and the digest of its rows' and columns' examples, which it also holds
         digests = [f"{fingerprint(ids[s:s + B])}/{cols}" for s in starts]
         names = [f"{kind}_{s}-{min(s + B, R)}_{fingerprint(d)}" for s, d in zip(starts, digests)]
-        blocks: list[torch.Tensor | None] = [_load_tensor(kdir / f"{n}.pt", rows=d) for n, d in zip(names, digests)]
+        need = self.needed()
+        blocks: list[torch.Tensor | None] = [_usable(_load_tensor(kdir / f"{n}.pt", rows=d), need[s:s + B])
+                                             for s, n, d in zip(starts, names, digests)]
         library = _BlockLibrary(kdir, kind, self.adapter.num_outputs)
         todo = sum(b is None for b in blocks)
         bar = progress_bar(total=len(starts), initial=len(starts) - todo, desc=f"kernel {kind} ({R}x{U} examples)",
@@ -261,14 +277,14 @@ class Session:
                 for i in pending:
                     s = starts[i]
                     path, lock = kdir / f"{names[i]}.pt", kdir / f"{names[i]}.lock"
-                    got = _load_tensor(path, rows=digests[i])
+                    e = min(s + B, R)
+                    got = _usable(_load_tensor(path, rows=digests[i]), need[s:e])
                     if got is None and try_lock(lock):   # processes on one --out split the blocks
                         try:
-                            got = _load_tensor(path, rows=digests[i])
+                            got = _usable(_load_tensor(path, rows=digests[i]), need[s:e])
                             if got is None:
                                 t0 = time.perf_counter()
-                                e = min(s + B, R)
-                                got = self._compute_block(kind, s, e, U, ids, library, names[i])
+                                got = self._compute_block(kind, s, e, U, ids, library, names[i], need[s:e])
                                 _save_tensor(path, got, rows=digests[i], ids=(ids[s:e], ids[:U]))
                                 mine += 1
                                 self.meta.setdefault("kernel_seconds", {}).setdefault(kind, 0.0)
@@ -295,15 +311,18 @@ class Session:
         return torch.cat(blocks, 0)
 
     def _compute_block(self, kind: str, s: int, e: int, U: int, ids: list[str], library: "_BlockLibrary",
-                       name: str) -> torch.Tensor:
-        """K[rows s:e, :, columns :U, :]: the entries the folder's other blocks hold (library) copied, the rest
-        computed with one kernel call per set of rows that miss the same columns (a fresh block: one call)."""
+                       name: str, need: np.ndarray) -> torch.Tensor:
+        """K[rows s:e, :, columns :U, :] at the entries ``need`` [e - s, U] marks: those the folder's blocks hold
+        (library) copied, the rest computed with one kernel call per set of rows that miss the same columns
+        (a fresh block of one seed: one call; of several seeds: about one call per seed for its train and dev
+        rows, one for the test rows). Entries no seed reads are NaN unless a block held them."""
         K, have = library.entries(ids[s:e], ids[:U])
-        if have.any():
-            note(f"{name}: {int(have.sum())} of {have.size} entries copied from other cached blocks")
+        copied = int((have & need).sum())
+        if copied:
+            note(f"{name}: {copied} of {int(need.sum())} entries copied from other cached blocks")
         groups: dict[tuple[int, ...], list[int]] = {}
         for j in range(e - s):
-            miss = tuple(np.flatnonzero(~have[j]).tolist())
+            miss = tuple(np.flatnonzero(need[j] & ~have[j]).tolist())
             if miss:
                 groups.setdefault(miss, []).append(j)
         # the largest call first: the kernel function chooses its method (AUTO) on its first call of a shape
@@ -321,6 +340,19 @@ class Session:
         r = torch.tensor(self.index[seed][rows])
         c = torch.tensor(self.index[seed][cols])
         return K[r][:, :, c]
+
+
+def _usable(block: torch.Tensor | None, need: np.ndarray) -> torch.Tensor | None:
+    """``block`` if it holds every entry ``need`` marks (a block stores NaN where its run needed nothing),
+    else None: computed again, copying the entries it holds."""
+    if block is None:
+        return None
+    return block if bool(_held(block)[torch.from_numpy(need)].all()) else None
+
+
+def _held(K: torch.Tensor) -> torch.Tensor:
+    """[n, m] bool: which entries of K [n, C, m, C] were computed (finite; NaN marks one never computed)."""
+    return torch.isfinite(K).all(dim=3).all(dim=1)
 
 
 def _save_tensor(path: Path, t: torch.Tensor, *, rows: str | None = None,
@@ -368,11 +400,12 @@ class _BlockLibrary:
             self.files.append((blob["t"], {r: i for i, r in enumerate(rids)}, {c: i for i, c in enumerate(cids)}))
 
     def entries(self, row_ids: list[str], col_ids: list[str]) -> tuple[torch.Tensor, np.ndarray]:
-        """(K [n, C, m, C] float64 with the known entries filled and zeros elsewhere, known [n, m] bool)."""
+        """(K [n, C, m, C] float64 with the known entries filled and NaN elsewhere, known [n, m] bool). A
+        block's NaN entries (never computed, Session.needed) are not known."""
         if self.files is None:
             self._read()
         n, m = len(row_ids), len(col_ids)
-        K = torch.zeros(n, self.C, m, self.C, dtype=torch.float64)
+        K = torch.full((n, self.C, m, self.C), float("nan"), dtype=torch.float64)
         have = np.zeros((n, m), dtype=bool)
         for t, rpos, cpos in self.files:
             us = [u for u, c in enumerate(col_ids) if c in cpos]
@@ -383,9 +416,12 @@ class _BlockLibrary:
                     continue
                 new = [u for u in us if not have[j, u]]
                 if new:
-                    src = t[rpos[r]][:, [cpos[col_ids[u]] for u in new]].double()
-                    K[j].index_copy_(1, torch.tensor(new), src)
-                    have[j, new] = True
+                    src = t[rpos[r]][:, [cpos[col_ids[u]] for u in new]].double()   # [C, len(new), C]
+                    ok = _held(src[None])[0]
+                    if ok.any():
+                        got = [u for u, k in zip(new, ok.tolist()) if k]
+                        K[j].index_copy_(1, torch.tensor(got), src[:, ok])
+                        have[j, got] = True
         return K, have
 
 

@@ -162,10 +162,16 @@ def test_raising_the_test_cap_computes_only_the_new_rows(tiny_models, tmp_path, 
     torch.testing.assert_close(big.f0()[:7], small.f0(), rtol=1e-12, atol=1e-12)
 
 
+def _held(K):
+    """[R, U] bool: the entries of K [R, C, U, C] that were computed (not NaN)."""
+    return torch.isfinite(K).all(dim=3).all(dim=1).numpy()
+
+
 def test_adding_seeds_computes_only_their_entries_and_points(tiny_models, tmp_path):
     """A run with seeds (13, 21) after one with seed 13 alone (same folder): kernel entries between examples the
-    first run held are copied, not computed (the kernel folder does not depend on the seeds), seed 13's solve
-    point is read back, and the kernel equals one computed from scratch."""
+    first run held are copied, not computed (the kernel folder does not depend on the seeds), of the rest only
+    those a seed reads (Session.needed) are computed, seed 13's solve point is read back, and the kernel equals
+    one computed from scratch wherever a seed reads it."""
     from dataclasses import replace
 
     from ntkcheck.realmodels.data import example_ids
@@ -184,16 +190,66 @@ def test_adding_seeds_computes_only_their_entries_and_points(tiny_models, tmp_pa
     K = two.kernel("sgd")
     old_rows, old_cols = set(example_ids(one.rows)), set(example_ids(one.rows[:one.n_cols]))
     ids = example_ids(two.rows)
-    known = sum(r in old_rows for r in ids) * sum(c in old_cols for c in ids[:two.n_cols])
-    assert 0 < known < len(ids) * two.n_cols and counting.entries == len(ids) * two.n_cols - known
-    torch.testing.assert_close(K, _fresh_kernel(replace(cfg, seeds=(13, 21)), tmp_path / "b"), rtol=1e-12,
-                               atol=1e-12 * float(K.abs().max()))
+    known = np.outer([r in old_rows for r in ids], [c in old_cols for c in ids[:two.n_cols]])
+    need = two.needed()
+    assert _held(one.kernel("sgd")).all() and one.needed().all()       # one seed reads every entry
+    assert 0 < known.sum() and 0 < (~need).sum() and (need & ~known).any()
+    assert counting.entries == (need & ~known).sum()
+    assert (_held(K) == (need | known)).all()                        # copied or computed, else NaN
+    fresh = _fresh_kernel(replace(cfg, seeds=(13, 21)), tmp_path / "b")
+    assert (_held(fresh) == need).all()
+    at = torch.from_numpy(need)
+    a, b = K.permute(0, 2, 1, 3)[at], fresh.permute(0, 2, 1, 3)[at]   # [entries, C, C]
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12 * float(b.abs().max()))
     stamp = point.stat().st_mtime_ns
     rows = solve_session(two, ["sgd"])
     assert two.store.points_dir == one.store.points_dir and point.stat().st_mtime_ns == stamp   # read, not rewritten
     assert len(list(two.store.points_dir.glob("*.json"))) == 2
     again = {r["method"]: r for r in rows if r["seed"] == 13}
     assert again["sgd"]["test_pred"] == first["sgd"]["test_pred"] and again["sgd"]["test"] == first["sgd"]["test"]
+
+
+def test_a_kernel_computes_only_the_entries_its_seeds_read(tiny_models, tmp_path):
+    """Two seeds from scratch: one kernel call per seed's train and dev rows (its own columns) and one for the
+    test rows, exactly the needed entries computed, NaN elsewhere, and solve's predictions bitwise those of a
+    kernel with every entry. A later run that reads more of a cached block (here: every entry) computes only
+    what the block lacks, copying the rest from the block itself."""
+    from dataclasses import replace
+
+    from ntkcheck.realmodels.solve import solve_session
+
+    _write_distinct_sst2(tmp_path / "data")
+    cfg = LMConfig(model=str(tiny_models["gpt-neo"]), task="sst2", data=str(tmp_path / "data"), k=2, seeds=(13, 21),
+                   test_max=4, out=str(tmp_path / "a"), params=r"h\.1\.mlp", block=64, model_dtype="float64")
+    part = next(iter_sessions(cfg, "lm_kernel"))
+    need = part.needed()
+    R, U = need.shape
+    assert R == len(part.rows) and U == part.n_cols and 0 < need.sum() < R * U
+    for seed, ix in part.index.items():   # each seed's rows read its own training columns
+        for r in ix["train"] + ix["dev"] + ix["test"]:
+            assert need[r, ix["train"]].all()
+    counting = _count(part)
+    K = part.kernel("sgd")
+    assert counting.entries == need.sum() and (_held(K) == need).all()
+    assert len(counting.calls) <= len(part.index) + 2      # per seed, the test rows, rows shared by two seeds
+
+    def every_entry(sess):
+        sess.needed = lambda: np.ones((len(sess.rows), sess.n_cols), dtype=bool)
+        return sess
+
+    full = every_entry(next(iter_sessions(cfg, "lm_kernel")))
+    counting = _count(full)
+    K_full = full.kernel("sgd")
+    assert counting.entries == (~need).sum() and _held(K_full).all()
+    assert torch.equal(K_full.permute(0, 2, 1, 3)[torch.from_numpy(need)], K.permute(0, 2, 1, 3)[torch.from_numpy(need)])
+    fresh = every_entry(next(iter_sessions(replace(cfg, out=str(tmp_path / "b")), "lm_kernel"))).kernel("sgd")
+    torch.testing.assert_close(K_full, fresh, rtol=1e-12, atol=1e-12 * float(fresh.abs().max()))
+    from_part = {(r["seed"], r["method"]): r["test_pred"] for r in solve_session(part, ["sgd"])}
+    from_full = {(r["seed"], r["method"]): r["test_pred"]
+                 for r in solve_session(every_entry(next(iter_sessions(replace(cfg, out=str(tmp_path / "b")),
+                                                                         "lm_kernel"))), ["sgd"])}
+    assert from_part.keys() == from_full.keys() == {(s, m) for s in (13, 21) for m in ("zero_shot", "sgd")}
+    assert all(from_part[k] == from_full[k] for k in from_part)
 
 
 def test_caches_of_other_examples_are_recomputed_not_reused(tiny_models, tmp_path):
