@@ -234,7 +234,12 @@ class Session:
         test predictions use its train, dev and test rows against its own training columns (block()), so a
         row needs the training columns of every seed it belongs to: a test row (the seeds share the test set)
         all of U, a train or dev row of one seed that seed's k x C columns. With S seeds of n training
-        examples, the kernel then costs (N_test + 2 n) S n entries instead of (N_test + 2 S n) S n."""
+        examples, the exact kernel then costs (N_test + 2 n) S n entries instead of (N_test + 2 S n) S n.
+        A sketched kernel (--sketch-dim) needs every entry: its pair products cost next to nothing beside
+        the features, and its kernel function holds U's features across blocks for one set of columns, so
+        calls split by seed would only compute the columns' features again."""
+        if self.config.sketch_dim is not None or self.config.method == "sketch":
+            return np.ones((len(self.rows), self.n_cols), dtype=bool)
         need = np.zeros((len(self.rows), self.n_cols), dtype=bool)
         for ix in self.index.values():
             cols = np.asarray(ix["train"])

@@ -250,6 +250,8 @@ def test_a_kernel_computes_only_the_entries_its_seeds_read(tiny_models, tmp_path
                                                                          "lm_kernel"))), ["sgd"])}
     assert from_part.keys() == from_full.keys() == {(s, m) for s in (13, 21) for m in ("zero_shot", "sgd")}
     assert all(from_part[k] == from_full[k] for k in from_part)
+    # a sketched kernel computes every entry: its features of U are held across blocks for one set of columns
+    assert next(iter_sessions(replace(cfg, sketch_dim=256), "lm_kernel")).needed().all()
 
 
 def test_caches_of_other_examples_are_recomputed_not_reused(tiny_models, tmp_path):
