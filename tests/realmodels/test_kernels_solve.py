@@ -211,8 +211,8 @@ def test_adding_seeds_computes_only_their_entries_and_points(tiny_models, tmp_pa
 
 def test_a_kernel_computes_only_the_entries_its_seeds_read(tiny_models, tmp_path):
     """Two seeds from scratch: one kernel call per seed's train and dev rows (its own columns) and one for the
-    test rows, exactly the needed entries computed, NaN elsewhere, and solve's predictions bitwise those of a
-    kernel with every entry. A later run that reads more of a cached block (here: every entry) computes only
+    test rows, exactly the needed entries computed, NaN elsewhere, and solve's predictions those of a kernel
+    with every entry. A later run that reads more of a cached block (here: every entry) computes only
     what the block lacks, copying the rest from the block itself."""
     from dataclasses import replace
 
@@ -241,7 +241,8 @@ def test_a_kernel_computes_only_the_entries_its_seeds_read(tiny_models, tmp_path
     counting = _count(full)
     K_full = full.kernel("sgd")
     assert counting.entries == (~need).sum() and _held(K_full).all()
-    assert torch.equal(K_full.permute(0, 2, 1, 3)[torch.from_numpy(need)], K.permute(0, 2, 1, 3)[torch.from_numpy(need)])
+    at = torch.from_numpy(need)
+    assert torch.equal(K_full.permute(0, 2, 1, 3)[at], K.permute(0, 2, 1, 3)[at])   # copied, not recomputed
     fresh = every_entry(next(iter_sessions(replace(cfg, out=str(tmp_path / "b")), "lm_kernel"))).kernel("sgd")
     torch.testing.assert_close(K_full, fresh, rtol=1e-12, atol=1e-12 * float(fresh.abs().max()))
     from_part = {(r["seed"], r["method"]): r["test_pred"] for r in solve_session(part, ["sgd"])}
