@@ -259,7 +259,8 @@ def _behavior(args) -> int:
     _need_transformers()
     from ntkcheck.realmodels.measure import behavior_cmd
 
-    res = behavior_cmd(config_from_args(args), _ft_config(args), distance_samples=args.distance_samples)
+    res = behavior_cmd(config_from_args(args), _ft_config(args), distance_samples=args.distance_samples,
+                       halfwidth=args.halfwidth)
     print(res["table"])
     print(f"-> {res['dir']}")
     return 0
@@ -321,6 +322,15 @@ def _reproduce(args) -> int:
     return 0
 
 
+def _distance_samples(text: str) -> int:
+    """--distance-samples: 0 (no kernel distance) or at least 2 test inputs (a distance over one entry says
+    nothing of the kernel's shape)."""
+    v = _int("--distance-samples", 0)(text)
+    if v == 1:
+        raise argparse.ArgumentTypeError(f"--distance-samples {text!r}: expected 0 (skip) or at least 2")
+    return v
+
+
 def _halfwidth_arg(p) -> None:
     p.add_argument("--halfwidth", type=_positive_float("--halfwidth"), default=3.0, metavar="POINTS",
                    help="the table states how many seeds a 95%% interval of +-POINTS needs per method (default 3)")
@@ -369,7 +379,9 @@ def add_lm_parser(subparsers) -> None:
     p = sub.add_parser("behavior", help="linearization, kernel distance, chi ([KV] Tables 5, 6, 8)")
     _common(p, kinds=False)
     _ft_args(p)
-    p.add_argument("--distance-samples", type=_int("--distance-samples", 2), default=64)
+    p.add_argument("--distance-samples", type=_distance_samples, default=64,
+                   help="test inputs of the kernel distance before / after FT ([KV] Table 6; 0: skip)")
+    _halfwidth_arg(p)
     p.set_defaults(handler=_behavior)
     p = sub.add_parser("spectrum", help="Gram eigenvalues and beta ([ES] Sec. 7.1)")
     _common(p, kinds=False)
@@ -392,8 +404,8 @@ def add_lm_parser(subparsers) -> None:
     _halfwidth_arg(p)
     p.add_argument("--spectrum-samples", type=_int("--spectrum-samples", 0), default=100,
                    help="training inputs of the Gram spectrum ([ES] Sec. 7.1; 0: skip)")
-    p.add_argument("--distance-samples", type=_int("--distance-samples", 2), default=64,
-                   help="test inputs of the kernel distance before / after FT ([KV] Table 6)")
+    p.add_argument("--distance-samples", type=_distance_samples, default=64,
+                   help="test inputs of the kernel distance before / after FT ([KV] Table 6; 0: skip)")
     p.add_argument("--no-finetune", action="store_true", help="kernels and spectrum only")
     p.add_argument("--no-task-vectors", action="store_true", help="skip [ES] Sec. 7.2's task vectors")
     p.add_argument("--lora-lrs-sgd", type=_floats("--lora-lrs-sgd"), default=None,

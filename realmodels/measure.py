@@ -246,7 +246,8 @@ def behavior_rows(sess: Session, ft, *, distance_samples: int = 64) -> list[dict
     - lin: test metric of f_lin(x) = f(x; theta_PT) + <grad f(x; theta_PT), theta_FT - theta_PT>
       against f(theta_PT) (0-shot) and f(theta_FT) (FT), Table 5;
     - kernel_distance: mean_e |K_FT - K_PT|_e / |K_PT|_e on ``distance_samples`` test inputs, sgd kernel
-      for SGD-FT and signgd kernel for Adam-FT, Table 6;
+      for SGD-FT and signgd kernel for Adam-FT, Table 6 (``distance_samples`` 0: not measured, and the rows
+      carry no kernel_distance: the signgd kernel at theta_FT is most of an Adam point's time);
     - chi: mean_i ||chi_i||_inf = mean_i (1 - p_{y_i}) at theta_PT over the split's train and dev, Table 8;
     - zero_shot_pred, lin_pred, ft_pred: the test predictions (for bootstrap intervals).
 
@@ -273,18 +274,20 @@ def behavior_rows(sess: Session, ft, *, distance_samples: int = 64) -> list[dict
         xs, ys = sess.x_rows[ix["test"]], y[ix["test"]]
         lin = ad.batched(lambda xb: f_lin(theta, xb), xs, 8)
         ft_pred = test_predictions(sess, b, seed, theta)
-        kind = "sgd" if opt == "sgd" else "signgd"
-        xd = xs[:distance_samples]
-        K0 = sess.cached(f"dist_{kind}_pt", [sess.rows[i] for i in ix["test"][:distance_samples]],
-                         lambda: sess.kernel_fn(kind)(xd).double().cpu())
-        K1 = sess.kernel_fn(kind)(xd, params=theta).double().cpu()
+        distance = {}
+        if distance_samples:
+            kind = "sgd" if opt == "sgd" else "signgd"
+            xd = xs[:distance_samples]
+            K0 = sess.cached(f"dist_{kind}_pt", [sess.rows[i] for i in ix["test"][:distance_samples]],
+                             lambda: sess.kernel_fn(kind)(xd).double().cpu())
+            K1 = sess.kernel_fn(kind)(xd, params=theta).double().cpu()
+            distance = {"kernel": kind, "kernel_distance": kernel_distance(K0, K1, eps=1e-12),
+                        "kernel_distance_fro": kernel_distance(K0, K1, reduction="frobenius")}
         chi_set = ix["train"] + ix["dev"]
         chi = output_derivative(f0[chi_set], y[chi_set]).abs().amax(-1)
         zs, ln = score(f0[ix["test"]], ys.numpy(), task.metric), score(lin, ys.numpy(), task.metric)
         return {"zero_shot": zs, "lin": ln, "ft": b["test"], "lin_gain_fraction": _gain(zs, ln, b["test"]),
-                "kernel": kind, "kernel_distance": kernel_distance(K0, K1, eps=1e-12),
-                "kernel_distance_fro": kernel_distance(K0, K1, reduction="frobenius"),
-                "chi_mean": float(chi.mean()), "chi_max": float(chi.max()), "lr": b["lr"],
+                **distance, "chi_mean": float(chi.mean()), "chi_max": float(chi.max()), "lr": b["lr"],
                 "batch_size": b["batch_size"], "zero_shot_pred": f0[ix["test"]].argmax(-1).tolist(),
                 "lin_pred": lin.argmax(-1).tolist(), "ft_pred": ft_pred}
 
@@ -295,31 +298,48 @@ def behavior_rows(sess: Session, ft, *, distance_samples: int = 64) -> list[dict
     return sweep(sess.store, points, compute, desc=f"behavior {task.name}")
 
 
-def behavior_cmd(cfg: LMConfig, ft, *, distance_samples: int = 64) -> dict:
-    """Kernel behavior after fine-tuning (behavior_rows), summarized over seeds per optimizer."""
+def behavior_cmd(cfg: LMConfig, ft, *, distance_samples: int = 64, halfwidth: float = 3.0) -> dict:
+    """Kernel behavior after fine-tuning (behavior_rows), summarized over seeds per optimizer.
+
+    The test metrics of zero-shot, Lin. and FT are measurements with the bootstrap interval over seeds and test
+    sentences (_test_measurement), and the table says how many seeds an interval of +-``halfwidth`` points needs
+    for each (metrics.seeds_needed); the gain share, kernel distance and chi carry the t-interval over seeds.
+    """
     clock = _Clock()
     rows, store = [], None
     for sess in iter_sessions(cfg, "lm_behavior"):
-        store = sess.store
+        store, metric = sess.store, sess.task.metric
+        y_test = sess.test_labels()
         rows += behavior_rows(sess, ft, distance_samples=distance_samples)
-    summary, claims = {}, []
-    what = {"zero_shot": ("zero-shot test metric (%)", "[KV] Table 5"),
-            "lin": ("linearized model's test metric (%)", "[KV] Table 5"),
-            "ft": ("fine-tuned test metric (%)", "[KV] Table 5"),
-            "lin_gain_fraction": ("share of FT's gain the linearized model recovers", "[KV] Table 1"),
+    summary, claims, budgets = {}, [], {}
+    tested = {"zero_shot": ("zero-shot test metric (%)", "[KV] Table 5"),
+              "lin": ("linearized model's test metric (%)", "[KV] Table 5"),
+              "ft": ("fine-tuned test metric (%)", "[KV] Table 5")}
+    what = {"lin_gain_fraction": ("share of FT's gain the linearized model recovers", "[KV] Table 1"),
             "kernel_distance": ("element-wise kernel distance K_PT -> K_FT", "[KV] Table 6"),
             "chi_mean": ("mean output derivative chi at theta_PT", "[KV] Table 8")}
     for opt in sorted({r["optimizer"] for r in rows}):
         sel = [r for r in rows if r["optimizer"] == opt]
-        summary[opt] = {c: dict(zip(("mean", "std"), mean_std([r[c] for r in sel]))) for c in what}
         label = "SGD-FT" if opt == "sgd" else "Adam-FT"
+        cols = [c for c in (*tested, *what) if all(c in r for r in sel)]   # no distance at --distance-samples 0
+        summary[opt] = {c: dict(zip(("mean", "std"), mean_std([r[c] for r in sel]))) for c in cols}
+        for c, (text, src) in tested.items():   # a point stored before points kept predictions has none
+            claims.append(_test_measurement(f"{opt}.{c}", f"{label}: {text}",
+                                            [dict({"test": r[c]}, **({"test_pred": r[f"{c}_pred"]}
+                                                                     if f"{c}_pred" in r else {})) for r in sel],
+                                            y_test, metric, source=src))
+            if all(f"{c}_pred" in r for r in sel):
+                budgets[f"{c}_{opt}" if c != "zero_shot" else c] = seeds_needed(
+                    [r[f"{c}_pred"] for r in sel], y_test, metric, halfwidth=halfwidth)
         claims += [_seed_measurement(f"{opt}.{c}", f"{label}: {text}", [r[c] for r in sel], source=src)
-                   for c, (text, src) in what.items()]
+                   for c, (text, src) in what.items() if c in cols]
     store.write_measurements(scalar_columns(rows))
-    result = write_lm_result(store, claims, cfg, clock, {"finetune": asdict(ft), "summary": summary})
-    atomic_write_text(store.path("table.md"), _behavior_table(summary, cfg) + "\n")
-    return {"summary": summary, "rows": rows, "table": _behavior_table(summary, cfg), "dir": str(store.dir),
-            "result": result}
+    table = "\n\n".join(t for t in (_behavior_table(summary, cfg), seeds_table({_task_name(cfg): budgets}, halfwidth))
+                          if t)
+    result = write_lm_result(store, claims, cfg, clock, {"finetune": asdict(ft), "summary": summary,
+                                                         "seeds_needed": budgets})
+    atomic_write_text(store.path("table.md"), table + "\n")
+    return {"summary": summary, "rows": rows, "table": table, "dir": str(store.dir), "result": result}
 
 
 def _gain(pt: float, lin: float, ft: float) -> float:
@@ -332,8 +352,8 @@ def _behavior_table(summary: dict, cfg: LMConfig) -> str:
              "|---|---|---|---|---|---|---|"]
     for opt, s in summary.items():
         cells = [f"{s[c]['mean']:.{2 if c in ('lin_gain_fraction', 'kernel_distance', 'chi_mean') else 1}f} "
-                 f"({s[c]['std']:.2f})" for c in ("zero_shot", "lin", "ft", "lin_gain_fraction", "kernel_distance",
-                                                  "chi_mean")]
+                 f"({s[c]['std']:.2f})" if c in s else "not measured"
+                 for c in ("zero_shot", "lin", "ft", "lin_gain_fraction", "kernel_distance", "chi_mean")]
         lines.append(f"| {opt.upper() if opt == 'sgd' else 'Adam'}-FT | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

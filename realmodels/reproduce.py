@@ -263,8 +263,8 @@ def task_claims(task: str, data: dict, *, judged: bool = True) -> list[Claim]:
                              f"{METHOD_LABELS[ft]}", data, [lin, ft, zs],
                              lambda v, a=lin, b=ft: (v[a] - v[zs]) / (v[b] - v[zs]) if v[b] > v[zs] else float("nan"),
                              relation=rel(">="), predicted=LIN_GAIN, source="[KV] Table 1 (Linearization), Table 5"))
-        rows = [r for r in data["behavior"] if r["optimizer"] == opt]
-        if rows:
+        rows = [r for r in data["behavior"] if r["optimizer"] == opt and "kernel_distance" in r]
+        if rows:   # none at --distance-samples 0
             d, ci = mean_ci([r["kernel_distance"] for r in rows])
             name = f"{label}: kernel distance K_PT -> K_FT after {METHOD_LABELS[ft]} (mean over seeds)"
             out.append(claim(f"{task}.{opt}_fixed_features", name, predicted=FIXED_FEATURES, measured=d,
@@ -330,8 +330,9 @@ def reproduce_table(per_task: dict, k: int, sketch_dim: int | None = None, loss:
             if rows:
                 lines.append(f"| {TASK_LABELS.get(t, t)} | {METHOD_LABELS[f'ft_{opt}']} | "
                              f"{np.mean([r['lin_gain_fraction'] for r in rows]):.2f} | "
-                             f"{np.mean([r['kernel_distance'] for r in rows]):.3f} | "
-                             f"{np.mean([r['chi_mean'] for r in rows]):.3f} | {beta:.3f} |")
+                             + (f"{np.mean([r['kernel_distance'] for r in rows]):.3f} | "
+                                if all("kernel_distance" in r for r in rows) else "not measured | ")
+                             + f"{np.mean([r['chi_mean'] for r in rows]):.3f} | {beta:.3f} |")
     for t, data in per_task.items():
         chosen = selection_table([r for r in data["rows"] if r.get("stage") == "kernel"])
         if chosen:
@@ -392,12 +393,13 @@ def _plots(store: ResultStore, per_task: dict, vectors: dict | None) -> None:
         fig.tight_layout()
         save_figure(fig, store.path("spectrum.png"), dpi=100)
 
-    with_ft = [t for t in tasks if per_task[t]["behavior"]]
+    with_ft = [t for t in tasks if any("kernel_distance" in r for r in per_task[t]["behavior"])]
     if with_ft:
         fig, axes = figure(1, 1, (2 + 1.2 * len(with_ft), 3.2))
         ax = axes[0, 0]
         for j, opt in enumerate(("sgd", "adam")):
-            vals = [np.mean([r["kernel_distance"] for r in per_task[t]["behavior"] if r["optimizer"] == opt] or [np.nan])
+            vals = [np.mean([r["kernel_distance"] for r in per_task[t]["behavior"] if r["optimizer"] == opt
+                             and "kernel_distance" in r] or [np.nan])
                     for t in with_ft]
             ax.bar(np.arange(len(with_ft)) + (j - 0.5) * 0.4, vals, width=0.4, label=METHOD_LABELS[f"ft_{opt}"])
         ax.axhline(FIXED_FEATURES, color="k", ls="--", lw=1, label="[KV] Table 1 threshold")

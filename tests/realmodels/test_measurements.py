@@ -110,6 +110,36 @@ def test_behavior_chi_and_distance(tiny_models, separable_dir, tmp_path):
     assert res["result"].claim("adam.kernel_distance").source == "[KV] Table 6"
 
 
+def test_behavior_without_distance_and_its_intervals(tiny_models, separable_dir, tmp_path, monkeypatch):
+    """--distance-samples 0 computes no kernel (the rows carry no distance, the table says "not measured"); the
+    test metrics' intervals are the bootstrap over seeds and test sentences, and the table says how many seeds
+    +-3 needs for each of zero-shot, Lin. and FT."""
+    from ntkcheck.models import kernels
+    from ntkcheck.realmodels.measure import behavior_cmd
+    from ntkcheck.realmodels.metrics import bootstrap_stat
+
+    calls = []
+    monkeypatch.setattr(kernels, "kernel_distance", lambda *a, **k: calls.append(1))
+    cfg = _cfg(tiny_models, separable_dir, tmp_path, seeds=(13, 21))
+    res = behavior_cmd(cfg, FT, distance_samples=0)
+    assert calls == [] and all("kernel_distance" not in r and "kernel" not in r for r in res["rows"])
+    assert set(res["summary"]["sgd"]) == {"zero_shot", "lin", "ft", "lin_gain_fraction", "chi_mean"}
+    assert "not measured" in res["table"] and "Lin. (SGD-FT)" in res["table"] and "Lin. (Adam-FT)" in res["table"]
+    with pytest.raises(KeyError):
+        res["result"].claim("sgd.kernel_distance")
+    sess = next(iter_sessions(cfg, "lm_behavior"))
+    y = sess.test_labels()
+    sel = [r for r in res["rows"] if r["optimizer"] == "sgd"]
+    value, ci = bootstrap_stat({"m": [r["lin_pred"] for r in sel]}, y, "acc", lambda v: v["m"])
+    lin = res["result"].claim("sgd.lin")
+    assert lin.measured == pytest.approx(value) and tuple(lin.ci) == pytest.approx(ci)
+    assert "over seeds and test sentences" in lin.name
+    assert value == pytest.approx(np.mean([r["lin"] for r in sel]))
+    details = json.loads((tmp_path / "lm_behavior_sst2_k2_gpt-neo" / "details.json").read_text())
+    assert set(details["seeds_needed"]) == {"zero_shot", "lin_sgd", "ft_sgd", "lin_adam", "ft_adam"}
+    assert details["seeds_needed"]["lin_sgd"]["seeds"] == 2
+
+
 def test_behavior_points_are_named_by_the_fine_tuning_they_measure(tiny_models, separable_dir, tmp_path,
                                                                    monkeypatch):
     """Adding Adam to an SGD-only grid computes Adam's behavior point only, and the SGD point read back is the

@@ -267,6 +267,11 @@ def test_claims_on_planted_numbers():
     p["preds"]["lora_sgd"] = _planted(68.0, 90.0, 70.0)["preds"]["sgd"]      # 68 / 85 = 0.8
     lo = task_claims("sst2", p)
     assert state(lo, "lora_ft_vs_ft") == "fails" and state(lo, "lora_kernel_vs_kernel") == "fails"
+    # --distance-samples 0: no kernel distance in the rows, so no fixed-features claim, the rest unchanged
+    nodist = _planted(85.5, 90.0, 70.0)
+    nodist["behavior"] = [{k: v for k, v in r.items() if k != "kernel_distance"} for r in nodist["behavior"]]
+    nd = {c.id: c.state for c in task_claims("sst2", nodist)}
+    assert "sst2.sgd_fixed_features" not in nd and nd["sst2.sgd_linearization"] == "holds"
     # K(SignGD) is reported against Adam-FT, never judged
     p["preds"]["signgd"] = p["preds"]["sgd"]
     assert state(task_claims("sst2", p), "signgd_solves") == "measured"
