@@ -82,7 +82,26 @@ def _words(flag: str, allowed: tuple[str, ...] | None = None):
     return parse
 
 
-def _common(p: argparse.ArgumentParser, kinds: bool = True) -> None:
+def _kinds(none_ok: bool):
+    """--kinds: kernel kinds, comma-separated; with ``none_ok`` the single word "none" means no kernel (an empty
+    tuple: zero-shot, fine-tuning and what needs no kernel, at none of a kernel's cost)."""
+    from ntkcheck.realmodels.experiment import KINDS
+
+    words = _words("--kinds", KINDS + (("none",) if none_ok else ()))
+
+    def parse(text: str) -> tuple[str, ...]:
+        vals = words(text)
+        if "none" not in vals:
+            return vals
+        if len(vals) > 1:
+            raise argparse.ArgumentTypeError(f"--kinds {text!r}: 'none' means no kernel; name kinds or none")
+        return ()
+    return parse
+
+
+def _common(p: argparse.ArgumentParser, kinds: bool = True, kinds_none: str | None = None) -> None:
+    """The flags every `lm` command shares; --kinds where ``kinds``, accepting "none" where ``kinds_none`` says
+    what a run without a kernel still gives."""
     from ntkcheck.realmodels.data import SEEDS
 
     p.add_argument("--model", required=True,
@@ -105,10 +124,8 @@ def _common(p: argparse.ArgumentParser, kinds: bool = True) -> None:
     p.add_argument("--bos", action="store_true", help="prepend the BOS token (causal LMs)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:i")
     if kinds:
-        from ntkcheck.realmodels.experiment import KINDS
-
-        p.add_argument("--kinds", type=_words("--kinds", KINDS), default=("sgd",),
-                       help="kernel kinds: sgd,signgd,asym_signgd")
+        p.add_argument("--kinds", type=_kinds(kinds_none is not None), default=("sgd",),
+                       help="kernel kinds: sgd,signgd,asym_signgd" + (f" (none: {kinds_none})" if kinds_none else ""))
     p.add_argument("--kernel-dtype", default="float64", choices=["float64", "float32"],
                    help="dtype kernels are summed and stored in (default float64)")
     p.add_argument("--model-dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"],
@@ -368,7 +385,7 @@ def add_lm_parser(subparsers) -> None:
     _common(p)
     p.set_defaults(handler=_kernel)
     p = sub.add_parser("solve", help="kernel regression vs zero-shot, [KV] Table 2 layout")
-    _common(p)
+    _common(p, kinds_none="zero-shot only, no kernel")
     _loss_arg(p)
     _halfwidth_arg(p)
     p.set_defaults(handler=_solve)
@@ -396,7 +413,7 @@ def add_lm_parser(subparsers) -> None:
     p.add_argument("--scale", type=float, default=1.0, help="lambda in theta_PT + lambda sum_t tau_t")
     p.set_defaults(handler=_taskvec)
     p = sub.add_parser("reproduce", help="every [KV] / [ES] LM result per task, with claims and a report")
-    _common(p)
+    _common(p, kinds_none="no kernel: zero-shot, fine-tuning, Lin. and the rest")
     p.set_defaults(kinds=("sgd", "asym_signgd"))
     _ft_args(p)
     p.add_argument("--tasks", type=_words("--tasks"), required=True, help="e.g. sst2,sst5,subj,trec")

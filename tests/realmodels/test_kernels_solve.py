@@ -414,6 +414,18 @@ def test_cli_make_tiny_and_solve(tmp_path, separable_dir, capsys):
     report = (tmp_path / "runs" / "report.md").read_text()
     assert "| tp_scaling | check |" in report and "| lm_solve_sst2_k2_tiny | lm | **measured** |" in report
     assert "SST-2 K(SGD) test metric (%)" in report
+    # --kinds none: zero-shot alone (the f0 cache only, no kernel block), and 'none' beside a kind is refused
+    assert main(["lm", "solve", "--model", str(model), "--task", "sst2", "--data", str(separable_dir), "--k", "2",
+                 "--seeds", "13,21", "--kinds", "none", "--out", str(tmp_path / "zs")]) == 0
+    out = capsys.readouterr().out
+    assert "zero-shot f0" in out and "K(SGD)" not in out
+    cached = [f.name for f in (tmp_path / "zs" / "lm_kernels").rglob("*.pt")]
+    assert cached and all(n.startswith("f0_") for n in cached), cached
+    for kinds in ("none,sgd", "none"):
+        cmd = "kernel" if kinds == "none" else "solve"
+        assert main(["lm", cmd, "--model", str(model), "--data", str(separable_dir), "--kinds", kinds,
+                     "--out", str(tmp_path / "zs")]) == 2
+        assert capsys.readouterr().err.strip().count("\n") == 0
     assert main(["lm", "solve", "--model", str(model), "--data", str(separable_dir), "--template", "<S1> It was .",
                  "--out", str(tmp_path / "runs")]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == \

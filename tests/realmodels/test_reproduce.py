@@ -138,6 +138,25 @@ def test_reproduce_each_architecture(tiny4, data_dir, tmp_path, arch, mode):
     assert res["result"].claim("sst2.signgd_solves").state == "measured"   # K(SignGD) has no claim of its own
 
 
+def test_reproduce_without_kernels_or_distance(tiny4, data_dir, tmp_path, monkeypatch):
+    """--kinds none --distance-samples 0: zero-shot, fine-tuning and Lin. with their claims, no kernel computed,
+    no kernel-ratio or fixed-features claim, and the table says the distance was not measured."""
+    from ntkcheck.realmodels.experiment import Session
+    from ntkcheck.realmodels.reproduce import reproduce
+
+    cfg = _cfg(tiny4["gpt-neo"], data_dir, tmp_path, kinds=())
+    called = []
+    real = Session.kernel_fn
+    monkeypatch.setattr(Session, "kernel_fn", lambda self, *a, **k: called.append(a) or real(self, *a, **k))
+    res = reproduce(cfg, _opts(("sst2",), spectrum_samples=0, distance_samples=0))
+    assert called == []
+    assert set(res["per_task"]["sst2"]["preds"]) == {"zero_shot", "ft_sgd", "ft_adam", "lin_sgd", "lin_adam"}
+    ids = {c.id for c in res["result"].claims}
+    assert {"sst2.sgd_linearization", "sst2.adam_linearization", "sst2.lin_sgd.test"} <= ids
+    assert not ids & {"sst2.kernel_beats_zero_shot", "sst2.sgd_solves", "sst2.sgd_fixed_features"}
+    assert "| SST-2 | SGD-FT |" in res["table"] and "not measured" in res["table"]
+
+
 def test_reproduce_with_least_squares_is_lm_solve_with_least_squares(tiny4, data_dir, tmp_path):
     """--loss ridge in lm reproduce solves K(SGD) as lm solve --loss ridge does (same kernel cache, same rows and
     test predictions), differs from the logistic default, says so under its table; an unknown loss is refused."""
