@@ -23,7 +23,9 @@ it shares with the other blocks of the folder (_BlockLibrary) and computes only 
 and an edited example only its own row. f0 is cached by the digest of its rows; a stage's result point is
 bound to cache_fields and carries the digest of its seed's train, dev and test examples (Session.
 seed_data), so runs with more seeds or another cap reuse the points of the seeds they share, and points of
-other data are computed again instead of pairing one order's predictions with another's.
+other data are computed again instead of pairing one order's predictions with another's. Fine-tuning points,
+and the parameters they keep, live in one folder per task and model that every command shares
+(Session.finetune_store): a model trained by `lm finetune` is not trained again by `lm reproduce`.
 """
 from __future__ import annotations
 
@@ -172,6 +174,14 @@ class Session:
             return {**{k: v for k, v in self.config.kernel_fields().items() if k != "test_max"},
                     "probe": examples_digest(self.splits[0].train)}
         return {k: v for k, v in self.config.kernel_fields().items() if k not in ("test_max", "seeds")}
+
+    def finetune_store(self) -> ResultStore:
+        """Where every `lm` command keeps its fine-tuning points and their parameters: the folder of `lm finetune`
+        itself (DIR/lm_finetune_<task>_k<k>_<model>[_lora<r>][_cs<k>], result_name), so `lm behavior`, `lm
+        reproduce` and `lm taskvec` reuse what `lm finetune` or each other trained. A point is bound to
+        point_fields() and names its seed's data (finetune.run_finetune), as every stage's point is; a fresh
+        store object, so binding it leaves the command's own store (self.store) as it was."""
+        return ResultStore(Path(self.config.out), result_name("lm_finetune", self.task.name, self.config))
 
     def kernel_dir(self) -> Path:
         """DIR/lm_kernels/<fingerprint of cache_fields()> (module docstring)."""

@@ -10,7 +10,8 @@ Training is ntkcheck.models.train with a pure optimizer whose rate follows
     eta_t = eta (1 - t / T),   theta_{t+1} = theta_t - eta_t * step(grad L_B(theta_t))
 
 where step is the identity (SGD) or Adam's normalized moment ratio.
-Each (optimizer, lr, batch size, seed) is one point of the run store's sweep;
+Each (optimizer, lr, batch size, seed) is one point of the sweep in the fine-tuning store every `lm` command
+shares (experiment.Session.finetune_store);
 its best parameters are saved atomically, so an interrupted grid resumes.
 """
 from __future__ import annotations
@@ -158,7 +159,8 @@ def run_finetune(session, ft: FTConfig, *, seeds: Sequence[int] | None = None) -
     """Grid-search fine-tuning on every split of ``session``; returns per-(optimizer, seed) best results.
 
     Returns {(optimizer, seed): {"lr", "batch_size", "dev", "test", "test_pred", "params_path"}}; every grid
-    point is a resumable sweep point of session.store (its best params in params/<point>.pt). ``test_pred``
+    point is a resumable sweep point of session.finetune_store(), the one every `lm` command shares (its best
+    params in params/<point>.pt). ``test_pred``
     holds argmax_c f(theta_FT, x)_c per test example, so the stages after fine-tuning need no second pass over
     the test set (test_predictions).
     """
@@ -171,8 +173,9 @@ def run_finetune(session, ft: FTConfig, *, seeds: Sequence[int] | None = None) -
     # a point carries its seed's data digest (Session.seed_data): reused by any run holding that seed's data
     points = [{"optimizer": o, "lr": lr, "batch_size": b, "seed": s, "data": session.seed_data(s)}
               for o in ft.optimizers for lr in ft.lrs(o) for b in ft.batch_sizes for s in seeds]
-    session.store.bind({"finetune": session.point_fields(), "steps": steps, "every": every})
-    pdir = session.store.points_dir / "params"
+    store = session.finetune_store()
+    store.bind({"finetune": session.point_fields(), "steps": steps, "every": every})
+    pdir = store.points_dir / "params"
     y_all = session.labels
 
     def compute(pt):
@@ -187,15 +190,15 @@ def run_finetune(session, ft: FTConfig, *, seeds: Sequence[int] | None = None) -
         return dict(log, test=metric_of(out, y_all[ix["test"]], task.metric), steps=steps,
                     test_pred=out.argmax(-1).tolist())
 
-    rows = sweep(session.store, points, compute, desc=f"finetune {task.name}")
+    rows = sweep(store, points, compute, desc=f"finetune {task.name}")
     keys = ("optimizer", "lr", "batch_size", "seed", "data")
     # a finished point whose parameters file is gone is trained again (a corrupt one is removed when it fails
     # to load, so the next run trains it again)
     lost = [{q: r[q] for q in keys} for r in rows if not (pdir / f"{point_key({q: r[q] for q in keys})}.pt").exists()]
     if lost:
         for pt in lost:
-            session.store.drop_point(pt)
-        rows = sweep(session.store, points, compute, desc=f"finetune {task.name}")
+            store.drop_point(pt)
+        rows = sweep(store, points, compute, desc=f"finetune {task.name}")
     best: dict = {}
     for r in rows:
         key = (r["optimizer"], r["seed"])

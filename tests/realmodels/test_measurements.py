@@ -1,5 +1,6 @@
 """Fine-tuning, behavior, spectrum and task vectors on a tiny model: they run, resume and write the store."""
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -67,6 +68,29 @@ def test_finetune_cmd_table_result_and_best_csv(tiny_models, data_dir, tmp_path)
     import json
     best = json.loads((tmp_path / "lm_finetune_sst2_k2_gpt-neo" / "details.json").read_text())["best"]
     assert len(best) == 4 and all("test_pred" not in r and [s for s, _ in r["dev_curve"]] == [3, 6] for r in best)
+
+
+def test_every_command_shares_the_fine_tuning_points(tiny_models, data_dir, tmp_path, monkeypatch):
+    """What `lm finetune` trained, `lm behavior` and `lm taskvec` read from the same folder without training
+    again; a seed `lm finetune` did not train is trained once, by the first command that needs it, into that
+    folder."""
+    from ntkcheck.realmodels import finetune
+    from ntkcheck.realmodels.measure import behavior_cmd, finetune_cmd
+
+    cfg = LMConfig(model=str(tiny_models["gpt-neo"]), task="sst2", data=str(data_dir), k=2, seeds=(13,),
+                   test_max=8, out=str(tmp_path), params=r"h\.1\.")
+    trained = finetune_cmd(cfg, FT)["best"]
+    real, calls = finetune.fine_tune, []
+    monkeypatch.setattr(finetune, "fine_tune", lambda *a, **k: calls.append(k["seed"]) or real(*a, **k))
+    rows = behavior_cmd(cfg, FT, distance_samples=0)["rows"]
+    assert calls == []
+    assert {(r["optimizer"], r["ft"]) for r in rows} == {(o, trained[(o, 13)]["test"]) for o in ("sgd", "adam")}
+    behavior_cmd(replace(cfg, seeds=(13, 21)), FT, distance_samples=0)
+    assert calls == [21, 21]   # seed 21, once per optimizer
+    assert finetune_cmd(replace(cfg, seeds=(13, 21)), FT)["best"][("adam", 21)]["test"] is not None
+    assert calls == [21, 21]
+    points = list((tmp_path / "lm_finetune_sst2_k2_gpt-neo" / "points").glob("*/*.json"))
+    assert len(points) == 4 and not list((tmp_path / "lm_behavior_sst2_k2_gpt-neo").glob("points/*/params"))
 
 
 def test_finetune_of_a_seed_does_not_depend_on_the_other_seeds(tiny_models, data_dir, tmp_path):
