@@ -256,26 +256,31 @@ class LMAdapter:
         return x.to(self.device)
 
     def outputs(self, x: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None,
-                batch_size: int = 16) -> torch.Tensor:
+                batch_size: int = 16, desc: str | None = None) -> torch.Tensor:
         """f(params, x) for a large x in batches, no grad, [N, C] on the CPU (params default: pretrained).
 
         Batches take the examples by length and are cut to their longest prompt (``trim``): right padding
-        changes no output, so this only skips work; rows come back in the order of x."""
+        changes no output, so this only skips work; rows come back in the order of x. With ``desc``, a
+        progress bar of that name counts the rows."""
         p = self.params if params is None else self.merged(params)
-        return self.batched(lambda xb: self.f(p, xb), x, batch_size)
+        return self.batched(lambda xb: self.f(p, xb), x, batch_size, desc=desc)
 
-    def batched(self, fn, x: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+    def batched(self, fn, x: torch.Tensor, batch_size: int = 16, desc: str | None = None) -> torch.Tensor:
         """fn(batch) [B, ...] over x in length-sorted, trimmed batches, no grad, concatenated on the CPU in
-        the order of x (see ``outputs``)."""
+        the order of x (see ``outputs``); with ``desc``, a progress bar of that name counts the rows."""
+        from ntkcheck.log import progress_bar
+
         if x.shape[0] == 0:
             with torch.no_grad():
                 return fn(x.to(self.device)).cpu()
         order = torch.argsort(x[:, 1].sum(-1), descending=True, stable=True)
         parts = []
-        with torch.no_grad():
+        bar = progress_bar(total=x.shape[0], desc=desc, unit="row", disable=desc is None)
+        with torch.no_grad(), bar:
             for i in range(0, x.shape[0], batch_size):
                 idx = order[i:i + batch_size]
                 parts.append(fn(self.trim(x[idx.to(x.device)]).to(self.device)).cpu())
+                bar.update(len(idx))
         out = torch.cat(parts)
         back = torch.empty_like(order)
         back[order] = torch.arange(len(order))

@@ -189,7 +189,8 @@ class Session:
 
     def f0(self) -> torch.Tensor:
         """Pretrained outputs f(theta_PT, x_r) for every row, [R, C] float64 (cached on disk)."""
-        return self.cached("f0", self.rows, lambda: self.adapter.outputs(self.x_rows).double())
+        return self.cached("f0", self.rows, lambda: self.adapter.outputs(
+            self.x_rows, desc=f"f0 {self.task.name} ({len(self.rows)} rows)").double())
 
     def cached(self, name: str, examples: Sequence[Example], compute) -> torch.Tensor:
         """kernel_dir()/<name>_<digest of ``examples``>.pt if it is there, else compute() saved there: one file

@@ -272,7 +272,7 @@ def behavior_rows(sess: Session, ft, *, distance_samples: int = 64) -> list[dict
         ix = sess.index[seed]
         theta = ad.merged(fine_tuned_params(sess, b))
         xs, ys = sess.x_rows[ix["test"]], y[ix["test"]]
-        lin = ad.batched(lambda xb: f_lin(theta, xb), xs, 8)
+        lin = ad.batched(lambda xb: f_lin(theta, xb), xs, 8, desc=f"Lin. {opt} seed {seed} (test)")
         ft_pred = test_predictions(sess, b, seed, theta)
         distance = {}
         if distance_samples:
