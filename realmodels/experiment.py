@@ -24,15 +24,17 @@ and an edited example only its own row. f0 is cached by the digest of its rows; 
 bound to cache_fields and carries the digest of its seed's train, dev and test examples (Session.
 seed_data), so runs with more seeds or another cap reuse the points of the seeds they share, and points of
 other data are computed again instead of pairing one order's predictions with another's. Fine-tuning points,
-and the parameters they keep, live in one folder per task and model that every command shares
-(Session.finetune_store): a model trained by `lm finetune` is not trained again by `lm reproduce`.
+and the parameters they keep, live in one folder per task and model that every command shares, exact or
+countsketched (Session.finetune_store): a model trained by `lm finetune` is not trained again by `lm reproduce`
+or by a `--sketch-dim` run. So do the behavior points (Session.behavior_store): the linearized model that `lm
+behavior` measured is not measured again by `lm reproduce`.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -175,13 +177,27 @@ class Session:
                     "probe": examples_digest(self.splits[0].train)}
         return {k: v for k, v in self.config.kernel_fields().items() if k not in ("test_max", "seeds")}
 
+    def shared_store(self, command: str) -> ResultStore:
+        """The folder of ``command`` whose points every `lm` command shares, exact or countsketched:
+        DIR/<command>_<task>_k<k>_<model>[_lora<r>] (result_name without the _cs<k> suffix: the stages kept here,
+        fine-tuning and the behavior after it, read no kernel unless their binding says so). A fresh store
+        object, so binding it leaves the command's own store (self.store) as it was."""
+        return ResultStore(Path(self.config.out), result_name(command, self.task.name, replace(self.config,
+                                                                                              sketch_dim=None)))
+
     def finetune_store(self) -> ResultStore:
         """Where every `lm` command keeps its fine-tuning points and their parameters: the folder of `lm finetune`
-        itself (DIR/lm_finetune_<task>_k<k>_<model>[_lora<r>][_cs<k>], result_name), so `lm behavior`, `lm
-        reproduce` and `lm taskvec` reuse what `lm finetune` or each other trained. A point is bound to
-        point_fields() and names its seed's data (finetune.run_finetune), as every stage's point is; a fresh
-        store object, so binding it leaves the command's own store (self.store) as it was."""
-        return ResultStore(Path(self.config.out), result_name("lm_finetune", self.task.name, self.config))
+        itself (shared_store), so `lm behavior`, `lm reproduce` and `lm taskvec` reuse what `lm finetune` or each
+        other trained, with or without --sketch-dim. A point is bound to finetune_fields() and names its seed's
+        data (finetune.run_finetune), as every stage's point is."""
+        return self.shared_store("lm_finetune")
+
+    def behavior_store(self) -> ResultStore:
+        """Where `lm behavior` and `lm reproduce` keep their behavior points (the linearized model, chi, the kernel
+        distance after fine-tuning): the folder of `lm behavior` (shared_store). Points measured without a kernel
+        distance are bound to finetune_fields(), so exact and countsketched runs share them; points with one are
+        bound to point_fields(), sketch included (measure.behavior_rows)."""
+        return self.shared_store("lm_behavior")
 
     def kernel_dir(self) -> Path:
         """DIR/lm_kernels/<fingerprint of cache_fields()> (module docstring)."""
@@ -208,6 +224,13 @@ class Session:
         its seed's examples (seed_data), so a point is reused by any run holding that seed's data (more
         seeds, another order of seeds) and computed again for other data."""
         return self.cache_fields()
+
+    def finetune_fields(self) -> dict:
+        """point_fields() without the countsketch's dimension: what fine-tuning, and every stage that reads no
+        kernel, depends on. A countsketched run thus reads the fine-tunings an exact one stored. (The kernel dtype
+        and method stay in: they are kernel settings too, but dropping them would change every stored
+        fine-tuning's binding.)"""
+        return {k: v for k, v in self.point_fields().items() if k != "sketch_dim"}
 
     def test_labels(self) -> np.ndarray:
         """Labels of the test set [N], which every seed of the session shares (data.cap_test's order)."""
@@ -596,7 +619,6 @@ def load_bundle(cfg: LMConfig):
 def iter_sessions(cfg: LMConfig, check: str, bundle=None):
     """Sessions covering ``cfg.seeds``: one for prompt modes (kernels shared across seeds), one per seed
     for head mode (each split probes its own head, so kernels differ per seed). Yields lazily."""
-    from dataclasses import replace
 
     bundle = bundle or load_bundle(cfg)
     if bundle[2] != "head":

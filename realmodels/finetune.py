@@ -174,7 +174,7 @@ def run_finetune(session, ft: FTConfig, *, seeds: Sequence[int] | None = None) -
     points = [{"optimizer": o, "lr": lr, "batch_size": b, "seed": s, "data": session.seed_data(s)}
               for o in ft.optimizers for lr in ft.lrs(o) for b in ft.batch_sizes for s in seeds]
     store = session.finetune_store()
-    store.bind({"finetune": session.point_fields(), "steps": steps, "every": every})
+    store.bind({"finetune": session.finetune_fields(), "steps": steps, "every": every})
     pdir = store.points_dir / "params"
     y_all = session.labels
 

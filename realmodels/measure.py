@@ -253,7 +253,8 @@ def behavior_rows(sess: Session, ft, *, distance_samples: int = 64) -> list[dict
 
     A point is named by the fine-tuning it measures (optimizer, seed and its data, the dev-chosen lr and batch
     size, the schedule), not by the grid it was chosen from: adding an optimizer or a grid point that the dev
-    set does not choose reuses every stored point.
+    set does not choose reuses every stored point. Points live in sess.behavior_store(), which `lm behavior` and
+    `lm reproduce` share, exact or countsketched where no kernel distance is measured.
     """
     from ntkcheck.checks.sweep import sweep
     from ntkcheck.models.kernels import kernel_distance, linearize
@@ -292,10 +293,12 @@ def behavior_rows(sess: Session, ft, *, distance_samples: int = 64) -> list[dict
                 "lin_pred": lin.argmax(-1).tolist(), "ft_pred": ft_pred}
 
     steps, every = ft_schedule(sess, ft)
-    sess.store.bind({"behavior": sess.point_fields(), "distance_samples": distance_samples}, version=2)
+    store = sess.behavior_store()   # shared with `lm behavior`; a point without a kernel distance reads no kernel
+    store.bind({"behavior": sess.point_fields() if distance_samples else sess.finetune_fields(),
+                "distance_samples": distance_samples}, version=2)
     points = [{"optimizer": o, "seed": s, "data": sess.seed_data(s), "lr": best[(o, s)]["lr"],
                "batch_size": best[(o, s)]["batch_size"], "steps": steps, "every": every} for (o, s) in sorted(best)]
-    return sweep(sess.store, points, compute, desc=f"behavior {task.name}")
+    return sweep(store, points, compute, desc=f"behavior {task.name}")
 
 
 def behavior_cmd(cfg: LMConfig, ft, *, distance_samples: int = 64, halfwidth: float = 3.0) -> dict:

@@ -93,6 +93,40 @@ def test_every_command_shares_the_fine_tuning_points(tiny_models, data_dir, tmp_
     assert len(points) == 4 and not list((tmp_path / "lm_behavior_sst2_k2_gpt-neo").glob("points/*/params"))
 
 
+def test_a_countsketched_run_reads_what_the_exact_run_stored(tiny_models, data_dir, tmp_path, monkeypatch):
+    """--sketch-dim changes the kernels only: after an exact `lm behavior`, a countsketched `lm behavior` and `lm
+    reproduce` without a kernel distance train nothing and measure no behavior point again (they read the
+    fine-tunings and the linearized models of the exact run, the same numbers); with a kernel distance a
+    countsketched run measures its own points, from the same fine-tunings."""
+    from ntkcheck.realmodels import finetune, measure
+    from ntkcheck.realmodels.measure import behavior_cmd
+    from ntkcheck.realmodels.reproduce import ReproduceOptions, reproduce
+
+    cfg = LMConfig(model=str(tiny_models["gpt-neo"]), task="sst2", data=str(data_dir), k=2, seeds=(13,),
+                   test_max=8, out=str(tmp_path), params=r"h\.1\.")
+    exact = behavior_cmd(cfg, FT, distance_samples=0)["rows"]
+    real_ft, real_chi, trained, measured = finetune.fine_tune, measure.output_derivative, [], []
+    monkeypatch.setattr(finetune, "fine_tune", lambda *a, **k: trained.append(k["seed"]) or real_ft(*a, **k))
+    monkeypatch.setattr(measure, "output_derivative", lambda *a: measured.append(1) or real_chi(*a))
+    sketched = replace(cfg, sketch_dim=64)
+    rows = behavior_cmd(sketched, FT, distance_samples=0)["rows"]
+    assert trained == [] and measured == []
+    assert [(r["optimizer"], r["lin"], r["ft"], r["lin_pred"]) for r in rows] == \
+        [(r["optimizer"], r["lin"], r["ft"], r["lin_pred"]) for r in exact]
+    run = reproduce(sketched, ReproduceOptions(tasks=("sst2",), finetune=FT, spectrum_samples=0, distance_samples=0,
+                                               task_vectors=False))
+    assert trained == [] and measured == []
+    assert run["dir"].endswith("_cs64")   # its result in its own folder; the points in the shared ones
+    assert np.asarray(run["per_task"]["sst2"]["preds"]["lin_sgd"]).tolist() == \
+        [r["lin_pred"] for r in exact if r["optimizer"] == "sgd"]
+    assert [r["lin"] for r in run["per_task"]["sst2"]["behavior"]] == [r["lin"] for r in exact]
+    with_distance = behavior_cmd(sketched, FT, distance_samples=2)["rows"]
+    assert trained == [] and len(measured) == 2   # one point per optimizer, sketched kernel distance
+    assert [r["lin"] for r in with_distance] == [r["lin"] for r in exact]
+    assert not (tmp_path / "lm_finetune_sst2_k2_gpt-neo_cs64").exists()
+    assert not list((tmp_path / "lm_behavior_sst2_k2_gpt-neo_cs64").glob("points/*"))
+
+
 def test_finetune_of_a_seed_does_not_depend_on_the_other_seeds(tiny_models, data_dir, tmp_path):
     """A seed's fine-tuning is the same whichever seeds share its session: the session pads every row to its
     longest (31 tokens here against 24 for seed 13 alone), and training batches are trimmed to their own longest
