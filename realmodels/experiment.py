@@ -619,7 +619,6 @@ def load_bundle(cfg: LMConfig):
 def iter_sessions(cfg: LMConfig, check: str, bundle=None):
     """Sessions covering ``cfg.seeds``: one for prompt modes (kernels shared across seeds), one per seed
     for head mode (each split probes its own head, so kernels differ per seed). Yields lazily."""
-
     bundle = bundle or load_bundle(cfg)
     if bundle[2] != "head":
         yield open_session(cfg, check, model_bundle=bundle)
