@@ -20,7 +20,8 @@ head. A block's digest and the ids it stores name its rows' and columns' example
 a kernel entry is a function of its two examples alone, so a block that is not on disk copies every entry
 it shares with the other blocks of the folder (_BlockLibrary) and computes only the rest: raising
 `--test-max` computes the new test rows, adding a seed its train and dev rows and its training columns,
-and an edited example only its own row. f0 is cached by the digest of its rows; a stage's result point is
+and an edited example only its own row. A countsketched kernel also keeps each example's sketch in the
+folder's features/ (models.kernels.feature_store), so those entries cost only the new examples' sketches. f0 is cached by the digest of its rows; a stage's result point is
 bound to cache_fields and carries the digest of its seed's train, dev and test examples (Session.
 seed_data), so runs with more seeds or another cap reuse the points of the seeds they share, and points of
 other data are computed again instead of pairing one order's predictions with another's. Fine-tuning points,
@@ -254,8 +255,11 @@ class Session:
             budget = None if cfg.memory_budget_gb is None else int(cfg.memory_budget_gb * 2**30)
             # --sketch-dim: the countsketch of every parameter's gradient to k buckets (sketch.py), seed 0, so
             # every block, seed and stage (kernels, distance, spectrum) shares one projection
+            # every example's features kept in the kernel folder (named by the weights, like its blocks), so
+            # more seeds, more test rows or a resumed run sketch only examples not sketched before
             sketched = {} if cfg.sketch_dim is None else {"method": "sketch", "sketch": "countsketch",
-                                                          "sketch_dim": cfg.sketch_dim, "seed": 0}
+                                                          "sketch_dim": cfg.sketch_dim, "seed": 0,
+                                                          "feature_dir": self.kernel_dir() / "features"}
             # the model computes in its own dtype (no float64 copy); K is summed in kernel_dtype
             self.kernel_fns[kind] = make_kernel_fn(ad.f, ad.params, kind=kind, select=ad.select,
                                                    **({"method": cfg.method} | sketched),

@@ -155,6 +155,10 @@ _DOC_KEYWORDS = """
       countsketch hashes coordinates (never a P x k matrix) and takes the gradients from the
       structured capture, the one to use for language models.
     sign_storage ("bits" | "int8"): for method "packed".
+    feature_dir: for method "sketch", a folder that keeps each example's sketched features
+      (feature_store.py): an example whose features it holds is not sketched again, by this
+      function or by a later one made with the same folder (a subfolder per parameters' digest).
+      Used only for calls at the function's own parameters, unchanged since it was made.
     trim: x -> x without the trailing padding no example of the batch needs (e.g. LMAdapter.trim,
       which cuts right padding to the batch's longest prompt): examples are then taken in order of
       length and the structured and countsketch paths drop each chunk's unneeded positions, which
@@ -188,7 +192,7 @@ class KernelFn:
                  dtype: torch.dtype | None = None, device: str | torch.device | None = None,
                  sketch_dim: int | None = None, sketch: str = "gaussian", seed: int = 0,
                  sign_storage: str = "bits", accumulate: torch.dtype | None = None,
-                 trim: Callable[[torch.Tensor], torch.Tensor] | None = None):
+                 trim: Callable[[torch.Tensor], torch.Tensor] | None = None, feature_dir=None):
         self.kind = parse_kind(kind)
         self.method = parse_method(method)
         if decompose not in _DECOMPOSE:
@@ -226,6 +230,22 @@ class KernelFn:
         self.plans: dict[tuple, Plan] = {}
         #: the sketch's x2-side features of the last call at these parameters (sketch._remembered_side)
         self.side_memo: dict = {}
+        #: per-example sketched features on disk (feature_store), for calls at these parameters unchanged
+        self.feature_store = None
+        if feature_dir is not None:
+            if self.method is not KernelMethod.SKETCH:
+                raise ValueError(f"feature_dir keeps sketched features: it needs method 'sketch', got "
+                                 f"{self.method.value!r}")
+            from pathlib import Path
+
+            from ntkcheck.models.kernels.feature_store import FeatureStore, params_digest
+
+            self.feature_store = FeatureStore(Path(feature_dir) / params_digest(self.params))
+            self._store_params = self._params_key()
+
+    def _params_key(self) -> tuple:
+        """(identity, version) of each held tensor: changes when one is replaced or changed in place."""
+        return tuple((id(t), t._version) for t in self.params.values())
 
     def spec(self) -> Spec:
         return Spec(kind=self.kind, names=self.names, weights=self.weights, eps={}, dtype=self.dtype,
@@ -269,7 +289,9 @@ class KernelFn:
                 order2 = _length_order(self.trim, x2)
                 x2 = x2[order2]
         if params is None:   # the tensors are held here, so (id, version) names their values
-            spec.extra["side_memo"] = (self.side_memo, tuple((id(t), t._version) for t in self.params.values()))
+            spec.extra["side_memo"] = (self.side_memo, self._params_key())
+            if self.feature_store is not None and spec.extra["side_memo"][1] == self._store_params:
+                spec.extra["feature_store"] = self.feature_store
         acc = Accumulator(spec, n1, c, n2)
         plan = self.plan(p, x1, x2, c, spec)
         METHODS[plan.method](self.f, p, x1, x2, c, spec, acc, plan)
@@ -298,7 +320,7 @@ def make_kernel_fn(f: Callable, params: Mapping[str, torch.Tensor], **keywords) 
     """The configured kernel function of f at params: ``kernel_fn(x1, x2=None, params=None)``.
 
     Keywords (kind, method, select, weights, eps, decompose, memory_budget, dtype, device,
-    accumulate, sketch_dim, sketch, seed, sign_storage) as for ``empirical_kernel``; they are validated once,
+    accumulate, sketch_dim, sketch, seed, sign_storage, trim, feature_dir) as for ``empirical_kernel``; they are validated once,
     and AUTO's method choice is made once per input signature.
     """
     return KernelFn(f, params, **keywords)

@@ -23,7 +23,9 @@ multiply-add-shift hashes of the coordinate (``count_hash``), their constants
 drawn per (seed, tensor): nothing of size P x k exists, and the cost is one
 pass over each gradient. The gradients come from the structured capture (per-example
 sum_t g_t a_t^T for linear weights, embedding rows as their nonzero rows),
-so every tensor the capture covers is sketched without per-example Jacobians.
+so every tensor the capture covers is sketched without per-example Jacobians. With a feature store
+(``feature_dir``, feature_store.py) each example's sketch is kept on disk and read back by later calls
+and later kernel functions at the same parameters, so an example is sketched once.
 
 IntrinsicDimension (Def. D.1): theta = theta0 + Pi theta_hat, trained in theta_hat, so
 grad_{theta_hat} f = Pi^T grad_theta f and the kernel of optimizer A is
@@ -42,6 +44,7 @@ from typing import Callable, Mapping
 
 import torch
 
+from ntkcheck.log import progress_bar
 from ntkcheck.models.kernels.common import (DEFAULT_MEMORY_BUDGET, Accumulator, KernelKind, MemoryBudgetError,
                                             Spec, activation_bytes, chunks, group_key, parse_kind,
                                             select_names)
@@ -53,6 +56,8 @@ _SPARSITY = 3.0
 #: a sketch's capture pass may take budget / SKETCH_PASS_SHARE: it holds one pass's factors at a time (each
 #: example is sketched on its own), beside the hash tables (a quarter) and a chunk's gradients (an eighth)
 SKETCH_PASS_SHARE = 4
+#: examples sketched and kept together when a feature store is given (_stored_side)
+STORE_CHUNK = 32
 
 
 def jl_failure_probability(k: int, eps: float, n_pairs: int = 1) -> float:
@@ -376,6 +381,61 @@ def _gather_rows(S2: dict, shared, S_rest: dict | None, n1: int, c: int) -> dict
     return out
 
 
+def _feature_config(spec: Spec, k: int, sketch: str, seed: int, side, weight: Mapping[str, float],
+                    sizes: Mapping[str, int]) -> str:
+    """The digest of what one side's features S(x) depend on besides x and the parameters' values
+    (feature_store): the projection (k, sketch, seed), phi (the kind, the side, eps, the weights) and the
+    tensors with their sizes (which also fix the exact columns), and the dtype."""
+    import hashlib
+
+    desc = repr((k, sketch, seed, spec.kind.name, side, sorted(spec.eps.items()), sorted(weight.items()),
+                 [(m, sizes[m]) for m in spec.names], str(spec.dtype)))
+    return hashlib.sha256(desc.encode()).hexdigest()[:16]
+
+
+def _stored_side(store, config: str, x: torch.Tensor, c: int, spec: Spec,
+                 sketch_rows: Callable[[torch.Tensor], dict]) -> dict:
+    """{key: [N C, k']} of x's examples: those the store holds read back (one at a time, into the output), the
+    others sketched STORE_CHUNK at a time (sketch_rows(indices)) and kept after each chunk."""
+    from ntkcheck.models.kernels.feature_store import example_digest
+
+    n = x.shape[0]
+    if n == 0:
+        return sketch_rows(torch.zeros(0, dtype=torch.long, device=x.device))
+    trim = spec.extra.get("trim")
+    digests = [example_digest(x[i:i + 1], trim) for i in range(n)]
+    out: dict[str, torch.Tensor] | None = None
+    miss = []
+    for i, d in enumerate(digests):
+        held = store.load(config, d)
+        if held is None:
+            miss.append(i)
+            continue
+        if out is None:
+            out = {key: torch.empty(n * c, v.shape[1], dtype=spec.dtype, device=spec.device) for key, v in held.items()}
+        for key, v in held.items():
+            out[key][i * c:(i + 1) * c] = v
+    if not miss:
+        return out
+    # sketched and kept a few examples at a time: an interrupted side loses one chunk, not the side
+    bar = progress_bar(total=len(miss), desc=f"sketching {len(miss)} examples", unit="example",
+                       disable=len(miss) <= STORE_CHUNK)
+    for part in chunks(len(miss), STORE_CHUNK):
+        idx = miss[part]
+        fresh = sketch_rows(torch.tensor(idx, dtype=torch.long, device=x.device))
+        store.save(config, [digests[i] for i in idx],
+                   [{key: v[j * c:(j + 1) * c] for key, v in fresh.items()} for j in range(len(idx))])
+        if out is None:
+            out = {key: torch.empty(n * c, v.shape[1], dtype=spec.dtype, device=spec.device)
+                   for key, v in fresh.items()}
+        at = (torch.tensor(idx)[:, None] * c + torch.arange(c)).reshape(-1).to(spec.device)
+        for key, v in fresh.items():
+            out[key][at] = v
+        bar.update(len(idx))
+    bar.close()
+    return out
+
+
 def sketch_kernel(f: Callable, params: Mapping[str, torch.Tensor], x1: torch.Tensor, x2: torch.Tensor | None,
                   c: int, spec: Spec, acc: Accumulator, plan=None) -> None:
     """Adds the sketched kernel (module docstring) into ``acc``: an unbiased estimate of the exact one.
@@ -411,7 +471,10 @@ def sketch_kernel(f: Callable, params: Mapping[str, torch.Tensor], x1: torch.Ten
     sizes = {m: params[m].numel() for m in spec.names}
     exact = ExactFeatures(k, exact_tensors(sizes, keyed, k), sizes, keyed)
 
-    def side(x, phi):
+    store = spec.extra.get("feature_store")
+    same_phi = spec.kind.symmetric and nonneg    # then an example's x1 features are its x2 features
+
+    def sketched(x, phi):
         out = {}
         if cover:
             pr = probed
@@ -429,7 +492,13 @@ def sketch_kernel(f: Callable, params: Mapping[str, torch.Tensor], x1: torch.Ten
                 out[key] = out[key] + v if key in out else v
         return out
 
-    same_phi = spec.kind.symmetric and nonneg    # then an example's x1 features are its x2 features
+    def side(x, phi):
+        if store is None:
+            return sketched(x, phi)
+        config = _feature_config(spec, k, sketch, seed, "both" if same_phi else (1 if phi is phi1 else 2),
+                                 w1 if phi is phi1 else w2, sizes)
+        return _stored_side(store, config, x, c, spec, lambda idx: sketched(x[idx], phi))
+
     shared = _rows_in(x1, x2) if same_phi and x2 is not None else None
     if shared is not None and shared[0].numel():
         # rows that are also columns (how `ntkcheck lm` orders its rows: the training examples first, so its

@@ -582,3 +582,62 @@ def test_sketch_column_side_is_reused_across_blocks_of_rows(kind, mlp, sketch_ca
     kfn(rows[:4], x[:4], params={n: p * 2 for n, p in params.items()})
     kfn(rows[:4], x[:4], params={n: p * 2 for n, p in params.items()})
     assert sides == [4, 4, 4, 4]                 # explicit params are never remembered
+
+
+@pytest.mark.parametrize("kind", ["sgd", "asym_signgd"])
+def test_sketched_features_kept_on_disk_are_not_sketched_again(kind, mlp, sketch_captures, tmp_path, monkeypatch):
+    """feature_dir: a second kernel function on the same folder sketches nothing and returns the first one's
+    kernel bit for bit; more rows sketch only the new ones; both equal the kernel computed without a folder,
+    which sketches each side in one call where the folder's function sketches (and keeps) STORE_CHUNK at a time.
+    Controls: a changed parameter, another kind, a damaged file and a full disk are each sketched again, never
+    read stale (a stale read would return the old numbers)."""
+    from ntkcheck.models.kernels import make_kernel_fn
+    from ntkcheck.models.kernels import sketch as sketch_mod
+    from ntkcheck.models.kernels.feature_store import FeatureStore, example_digest
+
+    monkeypatch.setattr(sketch_mod, "STORE_CHUNK", 3)
+
+    _, f, params, x = mlp
+    params = {n: p.clone() for n, p in params.items()}
+    x = torch.randn(12, x.shape[1], generator=torch.Generator().manual_seed(4), dtype=DT)
+    sides = sketch_captures
+    kw = dict(kind=kind, method="sketch", sketch="countsketch", sketch_dim=64, seed=5)
+    rows, cols = x[:7], x[7:]
+    K = make_kernel_fn(f, params, feature_dir=tmp_path, **kw)(rows, cols)
+    first = list(sides)
+    sides.clear()
+    plain = make_kernel_fn(f, params, **kw)(rows, cols)
+    assert sides == [7, 5] and first == [3, 3, 1, 3, 2]     # the same examples, in chunks with a folder
+    torch.testing.assert_close(K, plain, rtol=1e-12, atol=1e-12 * float(plain.abs().max()))
+    sides.clear()
+    again = make_kernel_fn(f, params, feature_dir=tmp_path, **kw)(rows, cols)
+    assert sides == []
+    torch.testing.assert_close(again, K, rtol=0, atol=0)
+    more = torch.randn(3, x.shape[1], generator=torch.Generator().manual_seed(5), dtype=DT)
+    grown = make_kernel_fn(f, params, feature_dir=tmp_path, **kw)(torch.cat([rows[:2], more, rows[2:]]), cols)
+    assert sides == [3]                                     # only the new rows
+    torch.testing.assert_close(grown, make_kernel_fn(f, params, **kw)(torch.cat([rows[:2], more, rows[2:]]), cols),
+                               rtol=1e-12, atol=1e-12 * float(plain.abs().max()))
+    (victim,) = tmp_path.rglob(f"{example_digest(rows[:1])}.pt")
+    victim.write_bytes(victim.read_bytes()[:100])           # a damaged file: that example again
+    sides.clear()
+    torch.testing.assert_close(make_kernel_fn(f, params, feature_dir=tmp_path, **kw)(rows, cols), K, rtol=1e-12,
+                               atol=1e-12 * float(plain.abs().max()))
+    assert sides == [1]
+    sides.clear()                                           # another kind: its own features
+    make_kernel_fn(f, params, feature_dir=tmp_path, **dict(kw, kind="signgd"))(rows, cols)
+    assert sum(sides) == len(rows) + len(cols)
+    kfn = make_kernel_fn(f, params, feature_dir=tmp_path, **kw)
+    with torch.no_grad():
+        next(iter(params.values())).mul_(1.5)               # the function's tensors changed since it was made
+    for fn in (kfn, make_kernel_fn(f, params, feature_dir=tmp_path, **kw)):   # and a function made after
+        sides.clear()
+        K_new = fn(rows, cols)
+        assert sum(sides) == len(rows) + len(cols)
+        torch.testing.assert_close(K_new, make_kernel_fn(f, params, **kw)(rows, cols), rtol=1e-12,
+                                   atol=1e-12 * float(K_new.abs().max()))
+        assert float((K_new - K).abs().max()) > 1e-3 * float(K.abs().max())
+    full = FeatureStore(tmp_path / "full", reserve=2**62)     # a disk that cannot take them: nothing kept
+    assert not full.save("c", ["d"], [{"total": torch.zeros(2, 3)}]) and not list((tmp_path / "full").rglob("*.pt"))
+    with pytest.raises(ValueError, match="feature_dir"):
+        make_kernel_fn(f, params, feature_dir=tmp_path, kind=kind, method="structured")

@@ -1,6 +1,7 @@
 """Kernels through the session cache equal a naive gradient loop; solvers reach 100% end to end; CLI."""
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -661,6 +662,7 @@ def test_sketched_session_kernels(tiny_models, separable_dir, tmp_path, sketch_c
         assert float((Ks - K).abs().max()) > 1e-3 * float(K.abs().max())
         for p in small.kernel_dir().glob(f"{kind}_*.pt"):
             p.unlink()
+        shutil.rmtree(small.kernel_dir() / "features")   # kept features would leave nothing to capture
         captured.clear()
         torch.testing.assert_close(one_block.kernel(kind), Ks, rtol=1e-12, atol=1e-12 * float(K.abs().max()))
         R, U = len(one_block.rows), one_block.n_cols
@@ -668,6 +670,37 @@ def test_sketched_session_kernels(tiny_models, separable_dir, tmp_path, sketch_c
         others = sum(b not in set(as_bytes[:U]) for b in as_bytes[U:])   # here 0: test inputs repeat train's
         assert sum(captured) == (U + others if kind == "sgd" else R + U) and U < R
         assert not small.kernel_fns[kind].side_memo    # let go once the kernel is complete
+
+
+def test_a_sketched_kernel_sketches_each_example_once_across_runs(tiny_models, tmp_path, sketch_captures):
+    """--sketch-dim keeps every example's features in the kernel folder: a run with seeds (13, 21) after one
+    with seed 13 sketches only the examples the first did not have (without the folder: every row again, for
+    the new columns), a run resumed after losing its blocks sketches nothing, and each kernel equals the one
+    computed from scratch in another folder."""
+    from dataclasses import replace
+
+    from ntkcheck.realmodels.data import example_ids
+
+    _write_distinct_sst2(tmp_path / "data")
+    cfg = LMConfig(model=str(tiny_models["gpt-neo"]), task="sst2", data=str(tmp_path / "data"), k=2, seeds=(13,),
+                   test_max=4, out=str(tmp_path / "a"), block=3, model_dtype="float64", sketch_dim=64)
+    one = next(iter_sessions(cfg, "lm_kernel"))
+    one.kernel("sgd")
+    assert sum(sketch_captures) == len(set(example_ids(one.rows)))
+    two = next(iter_sessions(replace(cfg, seeds=(13, 21)), "lm_kernel"))
+    sketch_captures.clear()
+    K = two.kernel("sgd")
+    new = set(example_ids(two.rows)) - set(example_ids(one.rows))
+    assert 0 < sum(sketch_captures) == len(new)
+    fresh = _fresh_kernel(replace(cfg, seeds=(13, 21)), tmp_path / "b")
+    torch.testing.assert_close(K, fresh, rtol=1e-12, atol=1e-12 * float(fresh.abs().max()))
+    for p in two.kernel_dir().glob("sgd_*.pt"):          # every block lost: the features are still there
+        p.unlink()
+    again = next(iter_sessions(replace(cfg, seeds=(13, 21)), "lm_kernel"))
+    sketch_captures.clear()
+    torch.testing.assert_close(again.kernel("sgd"), K, rtol=1e-12, atol=1e-12 * float(fresh.abs().max()))
+    assert sketch_captures == []
+    assert len(list((two.kernel_dir() / "features").rglob("*.pt"))) == len(set(example_ids(two.rows)))
 
 
 def test_kernel_cache_key_follows_the_registered_prompt(tiny_models, separable_dir, tmp_path, monkeypatch):
