@@ -158,7 +158,8 @@ _DOC_KEYWORDS = """
     feature_dir: for method "sketch", a folder that keeps each example's sketched features
       (feature_store.py): an example whose features it holds is not sketched again, by this
       function or by a later one made with the same folder (a subfolder per parameters' digest).
-      Used only for calls at the function's own parameters, unchanged since it was made.
+      Used only for calls at the function's own parameters, unchanged since it was made. f itself
+      is not hashed: give each f (model, readout) its own folder, as ``ntkcheck lm`` does.
     trim: x -> x without the trailing padding no example of the batch needs (e.g. LMAdapter.trim,
       which cuts right padding to the batch's longest prompt): examples are then taken in order of
       length and the structured and countsketch paths drop each chunk's unneeded positions, which

@@ -16,7 +16,9 @@ parameter's name, shape, dtype and bytes (``params_digest``: about a second for 
 per kernel function); the configuration digest names what else S(x) depends on (sketch dimension, sketch,
 seed, kind and side of phi, eps, per-tensor weights, the selected tensors, dtype); the example digest is the
 sha256 of the example's bytes after ``trim`` (the padding a batch adds is not part of an example). The store
-is used only for calls at the kernel function's own parameters, unchanged since it was made (KernelFn).
+is used only for calls at the kernel function's own parameters, unchanged since it was made (KernelFn). The
+function f is not hashed (a closure has no stable digest): one folder belongs to one f, which the caller
+names it by (``ntkcheck lm``: its kernel folder, keyed by the model, mode, prompt and label words).
 
 Hand-rolled: the entries are rows of a batch computed together, looked up one by one by content; joblib's
 Memory and diskcache cache whole calls by their arguments, which would miss every batch that mixes old and new
