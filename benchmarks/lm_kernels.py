@@ -31,7 +31,11 @@ Measured in this process, on the same inputs:
 - with --sketch-dim k (default 2^17): each kind by the engine's sketch, and the
   median relative error of its entries |K_hat - K| / |K| against the exact
   kernel, beside [KV] Lemma D.3's bound at probability 1/2 (which is relative
-  to c >= ||u||^2, ||v||^2, so looser for entries much smaller than c).
+  to c >= ||u||^2, ||v||^2, so looser for entries much smaller than c);
+- and the first kind's sketch with a feature store (feature_dir, in a temporary
+  folder): once sketching and keeping every example's features, once reading
+  them back from a second kernel function, with the disk they take and their
+  largest difference from the sketch without a folder (--no-feature-store skips).
 Per row: seconds, seconds per example (over R + U), x floor, the peak RSS
 during the call above the RSS at its start, the heap's free blocks having gone
 back to the OS first (CPU; the kernel's VmHWM, ntkcheck.models.kernels.memory),
@@ -177,6 +181,8 @@ def main(argv=None) -> int:
     ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     ap.add_argument("--sketch-dim", type=int, default=2**17, help="k of the sketched rows; 0 skips them")
     ap.add_argument("--sketch", default="countsketch", help="sketch family of the sketched rows")
+    ap.add_argument("--no-feature-store", dest="feature_store", action="store_false",
+                    help="skip the rows that keep the sketch's features on disk and read them back")
     ap.add_argument("--batch", type=int, default=8, help="batch size of the floor's passes")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--model-dtype", default="float32", choices=["float32", "bfloat16"])
@@ -245,6 +251,27 @@ def main(argv=None) -> int:
                 r["median_rel_err"] = sketch_error(Kh, exact[kind])
             rows.append(r)
             show(r)
+        if args.feature_store:
+            # the feature store (feature_dir): the first function sketches and writes every example, a second one
+            # on the same folder reads them back; both against the sketch without a folder
+            import tempfile
+
+            kind = args.kinds[0]
+            plain = make_kernel_fn(ad.f, ad.params, kind=kind, select=ad.select, method="sketch", sketch_dim=k,
+                                   sketch=args.sketch, seed=0, memory_budget=budget, trim=ad.trim)(x_rows, x_cols)
+            with tempfile.TemporaryDirectory(prefix="ntkcheck-features-") as folder:
+                for label in ("kept", "read back"):
+                    fn = make_kernel_fn(ad.f, ad.params, kind=kind, select=ad.select, method="sketch", sketch_dim=k,
+                                        sketch=args.sketch, seed=0, memory_budget=budget, trim=ad.trim,
+                                        feature_dir=folder)
+                    Kh, sec, peak = timed(lambda: fn(x_rows, x_cols), device)
+                    rows.append(dict(row=f"{kind} features {label}", seconds=sec, per_example=sec / n_ex,
+                                     x_floor=sec / floor, peak_bytes=peak, budget_bytes=fn.budget,
+                                     max_abs_diff=float((Kh - plain).abs().max())))
+                    show(rows[-1])
+                size = sum(f.stat().st_size for f in Path(folder).rglob("*.pt"))
+            print(f"# features kept: {size / 2**20:.0f} MiB for {n_ex} examples; largest |K - K without a folder|: "
+                  + ", ".join(f"{r['max_abs_diff']:.1e}" for r in rows[-2:]) + f" (|K| max {float(plain.abs().max()):.1e})")
         print(f"# [KV] Lemma D.3 at k = 2^{int(math.log2(k))}: Pr[|u.v - h(u).h(v)| >= eps c] <= 4 exp(-(eps^2 - eps^3) k / 4)"
               f" = 1/2 at eps = {100 * eps:.2f}% (c >= ||u||^2, ||v||^2)")
     load = os.getloadavg()

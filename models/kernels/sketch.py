@@ -457,35 +457,52 @@ def sketch_kernel(f: Callable, params: Mapping[str, torch.Tensor], x1: torch.Ten
     for m in spec.names:
         first.setdefault(group_key(m, spec.decompose), m)
     keyed = {m: group_key(m, spec.decompose) for m in spec.names}
-    cover, probed = [], None
-    if sketch == "countsketch":
-        from ntkcheck.models.kernels.structured import probe
-
-        try:
-            probed = probe(f, params, spec.names, x1, c)
-            cover = list(probed[0])
-        except (RuntimeError, TypeError, IndexError, NotImplementedError):
-            cover = []
-    rest = [m for m in spec.names if m not in set(cover)]
     cs = CountSketch(k, seed, index, spec.dtype, spec.device, spec.budget // 4)
     sizes = {m: params[m].numel() for m in spec.names}
     exact = ExactFeatures(k, exact_tensors(sizes, keyed, k), sizes, keyed)
+    # the structured capture's probe (a few examples' passes), taken when an example is first sketched, not
+    # when every one is read back from a feature store; one per padded input shape
+    probes: dict[tuple, tuple | None] = {}
+
+    def probed_for(x) -> tuple | None:
+        from ntkcheck.models.kernels.structured import probe
+
+        shape = tuple(x.shape[1:])
+        if shape in probes:
+            return probes[shape]
+        if sketch != "countsketch":
+            pr = None
+        elif not probes:
+            try:
+                pr = probe(f, params, spec.names, x, c)
+            except (RuntimeError, TypeError, IndexError, NotImplementedError):
+                pr = None
+            pr = pr if pr is not None and pr[0] else None
+        else:   # another padded length: the tensors covered at the first must be covered here too
+            first_pr = next(iter(probes.values()))
+            if first_pr is None:
+                pr = None
+            else:
+                pr = probe(f, params, first_pr[0], x, c)
+                lost = [m for m in first_pr[0] if m not in set(pr[0])]
+                if lost:
+                    raise ValueError(f"tensors {lost[:4]} are captured for inputs of shape {next(iter(probes))} "
+                                     f"but not of shape {shape}; use sketch='gaussian'")
+        probes[shape] = pr
+        return pr
 
     store = spec.extra.get("feature_store")
     same_phi = spec.kind.symmetric and nonneg    # then an example's x1 features are its x2 features
 
-    def sketched(x, phi):
+    def sketched(x, phi, whole=None):
+        """The features of x; ``whole``: the side x is a chunk of, probed in its place (2 and 3 examples)."""
         out = {}
+        pr = probed_for(x if whole is None else whole)
+        cover = list(pr[0]) if pr is not None else []
         if cover:
-            pr = probed
-            if tuple(x.shape[1:]) != tuple(x1.shape[1:]):   # the other side padded to another length
-                pr = probe(f, params, cover, x, c)
-                lost = [m for m in cover if m not in set(pr[0])]
-                if lost:
-                    raise ValueError(f"tensors {lost[:4]} are captured for inputs of shape {tuple(x1.shape[1:])} "
-                                     f"but not of shape {tuple(x.shape[1:])}; use sketch='gaussian'")
             out = _countsketch_structured(f, params, x, c, cover, pr, spec, cs, phi, keyed,
                                           1 if phi is phi1 else 2, w1 if phi is phi1 else w2, exact)
+        rest = [m for m in spec.names if m not in set(cover)]
         if rest:
             for key, v in _projected(f, params, x, c, rest, index, spec, k, sketch, seed, phi,
                                      exact=exact).items():
@@ -497,7 +514,7 @@ def sketch_kernel(f: Callable, params: Mapping[str, torch.Tensor], x1: torch.Ten
             return sketched(x, phi)
         config = _feature_config(spec, k, sketch, seed, "both" if same_phi else (1 if phi is phi1 else 2),
                                  w1 if phi is phi1 else w2, sizes)
-        return _stored_side(store, config, x, c, spec, lambda idx: sketched(x[idx], phi))
+        return _stored_side(store, config, x, c, spec, lambda idx: sketched(x[idx], phi, whole=x))
 
     shared = _rows_in(x1, x2) if same_phi and x2 is not None else None
     if shared is not None and shared[0].numel():

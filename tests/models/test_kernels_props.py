@@ -610,8 +610,13 @@ def test_sketched_features_kept_on_disk_are_not_sketched_again(kind, mlp, sketch
     assert sides == [7, 5] and first == [3, 3, 1, 3, 2]     # the same examples, in chunks with a folder
     torch.testing.assert_close(K, plain, rtol=1e-12, atol=1e-12 * float(plain.abs().max()))
     sides.clear()
+    from ntkcheck.models.kernels import structured
+
+    probes = []
+    real_probe = structured.probe
+    monkeypatch.setattr(structured, "probe", lambda *a, **k_: probes.append(1) or real_probe(*a, **k_))
     again = make_kernel_fn(f, params, feature_dir=tmp_path, **kw)(rows, cols)
-    assert sides == []
+    assert sides == [] and probes == []                     # read back: not even the capture's probe runs
     torch.testing.assert_close(again, K, rtol=0, atol=0)
     more = torch.randn(3, x.shape[1], generator=torch.Generator().manual_seed(5), dtype=DT)
     grown = make_kernel_fn(f, params, feature_dir=tmp_path, **kw)(torch.cat([rows[:2], more, rows[2:]]), cols)
