@@ -53,6 +53,43 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def tensor_sha256(payload) -> str:
+    """sha256 (hex) of a tensor's bytes, or of a {key: tensor} mapping's keys and bytes in key order: the
+    checksum save_checked_tensor stores beside its payload."""
+    import torch
+
+    h = hashlib.sha256()
+    if isinstance(payload, torch.Tensor):
+        payload = {None: payload}
+    for key in sorted(payload, key=lambda k: "" if k is None else k):
+        if key is not None:
+            h.update(key.encode())
+        h.update(payload[key].detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_checked_tensor(path: Path, field: str, payload, **extra: Any) -> None:
+    """Write {field: payload, "sha": tensor_sha256(payload), **extra} as one torch file, atomically; payload
+    is a tensor or a {key: tensor} mapping. load_checked_tensor reads it back. Hand-rolled: torch.save has no
+    checksum, and safetensors keeps no nested metadata (row digests, example ids)."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({field: payload, "sha": tensor_sha256(payload), **extra}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checked_tensor(path: Path, field: str) -> dict:
+    """The dict save_checked_tensor wrote at ``path``, its ``field`` verified against the stored sha256;
+    raises ValueError on a checksum mismatch (torch or pickle errors on an unreadable file)."""
+    import torch
+
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if tensor_sha256(blob[field]) != blob["sha"]:
+        raise ValueError("checksum mismatch")
+    return blob
+
+
 def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=True)
 

@@ -32,8 +32,6 @@ behavior` measured is not measured again by `lm reproduce`.
 """
 from __future__ import annotations
 
-import hashlib
-import io
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -47,7 +45,8 @@ from ntkcheck.errors import UserError
 from ntkcheck.log import note, progress_bar
 from ntkcheck.realmodels.data import SEEDS, Example, Split, example_ids, examples_digest, k_shot_split, load_task
 from ntkcheck.realmodels.tasks import Task, custom_task, get_task
-from ntkcheck.store import ResultStore, atomic_write_bytes, fingerprint, try_lock, unlock
+from ntkcheck.store import (ResultStore, fingerprint, load_checked_tensor, save_checked_tensor, try_lock,
+                            unlock)
 
 KINDS = ("sgd", "signgd", "asym_signgd")
 
@@ -403,22 +402,16 @@ def _save_tensor(path: Path, t: torch.Tensor, *, rows: str | None = None,
     """Write ``t`` atomically with its checksum and, for a cache computed on examples, their digest ``rows``
     (data.examples_digest), which _load_tensor compares; a kernel block also stores its rows' and columns'
     example ids (``ids``), by which _BlockLibrary finds its entries for other blocks."""
-    buf = io.BytesIO()
-    payload = t.contiguous()
-    blob = {"t": payload, "sha": hashlib.sha256(payload.numpy().tobytes()).hexdigest(), "rows": rows}
+    extra = {"rows": rows}
     if ids is not None:
-        blob["ids"] = [list(ids[0]), list(ids[1])]
-    torch.save(blob, buf)
-    atomic_write_bytes(path, buf.getvalue())
+        extra["ids"] = [list(ids[0]), list(ids[1])]
+    save_checked_tensor(path, "t", t.contiguous(), **extra)
 
 
 def _checked_blob(path: Path) -> dict:
     """The dict _save_tensor wrote at ``path``, its tensor ``t`` verified against the stored sha256; raises
     (ValueError on a checksum mismatch, torch/pickle errors on an unreadable file) otherwise."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if hashlib.sha256(blob["t"].contiguous().numpy().tobytes()).hexdigest() != blob["sha"]:
-        raise ValueError("checksum mismatch")
-    return blob
+    return load_checked_tensor(path, "t")
 
 
 class _BlockLibrary:

@@ -28,6 +28,7 @@ from ntkcheck.models import optim
 from ntkcheck.models.training import train as train_loop
 from ntkcheck.realmodels.metrics import score
 from ntkcheck.seeding import generator
+from ntkcheck.store import save_checked_tensor
 
 DEFAULT_LRS = {"sgd": (1e-4, 5e-4, 1e-3, 5e-3, 1e-2), "adam": (1e-5, 2e-5, 5e-5)}  # [KV] Table 4
 DEFAULT_BATCH_SIZES = (2, 4, 8)
@@ -132,11 +133,10 @@ def ft_schedule(session, ft: FTConfig) -> tuple[int, int]:
 
 
 def save_params(path: Path, params: Mapping[str, torch.Tensor]) -> None:
-    """Atomically save a params dict (CPU copies) with a checksum (see experiment._save_tensor)."""
-    from ntkcheck.realmodels.experiment import _save_tensor
-
+    """Atomically save a params dict, flattened to one float32 vector, with a checksum
+    (store.save_checked_tensor, the format experiment._load_tensor reads)."""
     flat = torch.cat([v.detach().reshape(-1).float().cpu() for v in params.values()])
-    _save_tensor(path, flat)
+    save_checked_tensor(path, "t", flat, rows=None)
 
 
 def load_params(path: Path, like: Mapping[str, torch.Tensor]) -> dict | None:

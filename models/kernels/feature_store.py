@@ -22,14 +22,13 @@ names it by (``ntkcheck lm``: its kernel folder, keyed by the model, mode, promp
 
 Hand-rolled: the entries are rows of a batch computed together, looked up one by one by content; joblib's
 Memory and diskcache cache whole calls by their arguments, which would miss every batch that mixes old and new
-examples. Writes are atomic (ntkcheck.store.atomic_write_bytes); a file that fails to load or to match its
+examples. Files are written atomically with a checksum (ntkcheck.store.save_checked_tensor); a file that fails to load or to match its
 checksum is computed again. Disk is checked before it is spent: when a batch's features would leave less
 than ``reserve`` bytes free, they are not kept (said once), and the kernel is computed all the same.
 """
 from __future__ import annotations
 
 import hashlib
-import io
 import shutil
 from pathlib import Path
 from typing import Callable, Sequence
@@ -37,7 +36,7 @@ from typing import Callable, Sequence
 import torch
 
 from ntkcheck.log import note
-from ntkcheck.store import atomic_write_bytes
+from ntkcheck.store import load_checked_tensor, save_checked_tensor
 
 #: bytes a store leaves free on its disk
 DISK_RESERVE = 2 * 2**30
@@ -63,14 +62,6 @@ def params_digest(params) -> str:
     return h.hexdigest()[:32]
 
 
-def _tensor_sha(tensors: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for key in sorted(tensors):
-        h.update(key.encode())
-        h.update(tensors[key].contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 class FeatureStore:
     """One folder of per-example sketched features (module docstring)."""
 
@@ -90,10 +81,8 @@ class FeatureStore:
         if not path.exists():
             return None
         try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-            if _tensor_sha(blob["features"]) != blob["sha"]:
-                return None
-        except Exception:   # unreadable or truncated: computed again, and overwritten
+            blob = load_checked_tensor(path, "features")
+        except Exception:   # unreadable, truncated or damaged: computed again, and overwritten
             return None
         self.loaded += 1
         return blob["features"]
@@ -114,8 +103,6 @@ class FeatureStore:
             return False
         for d, f in zip(digests, features):
             f = {k: v.detach().contiguous().cpu().clone() for k, v in f.items()}
-            buf = io.BytesIO()
-            torch.save({"features": f, "sha": _tensor_sha(f)}, buf)
-            atomic_write_bytes(self._path(config, d), buf.getvalue())
+            save_checked_tensor(self._path(config, d), "features", f)
         self.saved += len(digests)
         return True
