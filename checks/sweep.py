@@ -8,16 +8,12 @@ a killed process is taken over.
 from __future__ import annotations
 
 import itertools
-import time
 from typing import Any, Callable, Mapping, Sequence
 
-from ntkcheck import distributed
-from ntkcheck.log import note, progress_bar
-from ntkcheck.store import ResultStore
+from ntkcheck.log import progress_bar
+from ntkcheck.store import ResultStore, cooperate
 
 Row = dict[str, Any]
-#: seconds between looks at points another process is computing
-POLL_SECONDS = 0.5
 
 
 def grid(**axes: Sequence[Any]) -> list[dict[str, Any]]:
@@ -41,37 +37,24 @@ def sweep(store: ResultStore, points: Sequence[Mapping[str, Any]],
         got = store.load_point(p)
         if got is not None:
             done[i] = got
-    # under torchrun, ranks start on disjoint points and then help with the rest (ntkcheck.distributed)
-    pending = distributed.take_order([i for i in range(len(points)) if i not in done])
     bar = progress_bar(total=len(points), initial=len(done), desc=desc or store.name, unit="pt")
-    told = False
+
+    def computed(i: int) -> list[Row]:
+        out = compute(dict(points[i]))
+        got = [dict(points[i], **r) for r in (out if isinstance(out, list) else [out])]
+        store.save_point(points[i], got)
+        return got
+
+    def arrived(i: int, got: list[Row]) -> None:
+        done[i] = got
+        bar.update(1)
+        bar.set_postfix_str(", ".join(f"{k}={v}" for k, v in points[i].items()))
+
     try:
-        while pending:
-            waiting = []
-            for i in pending:
-                point = points[i]
-                got = store.load_point(point)
-                if got is None and store.try_lock_point(point):
-                    try:
-                        got = store.load_point(point)      # finished by another process meanwhile?
-                        if got is None:
-                            out = compute(dict(point))
-                            got = [dict(point, **r) for r in (out if isinstance(out, list) else [out])]
-                            store.save_point(point, got)
-                    finally:
-                        store.unlock_point(point)
-                if got is None:
-                    waiting.append(i)
-                    continue
-                done[i] = got
-                bar.update(1)
-                bar.set_postfix_str(", ".join(f"{k}={v}" for k, v in point.items()))
-            if waiting:
-                if not told:
-                    note(f"{len(waiting)} point(s) of {store.name} are being computed by another process; waiting")
-                    told = True
-                time.sleep(POLL_SECONDS)
-            pending = waiting
+        # processes on one store (and torchrun's ranks) split the points through their lock files
+        cooperate([i for i in range(len(points)) if i not in done], load=lambda i: store.load_point(points[i]),
+                  lock=lambda i: store.lock_path(points[i]), compute=computed, arrived=arrived,
+                  what=f"point(s) of {store.name}")
     finally:
         bar.close()
     return [r for i in range(len(points)) for r in done[i]]

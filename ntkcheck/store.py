@@ -27,10 +27,13 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 from ntkcheck.errors import UserError
 from ntkcheck.log import note
+
+T = TypeVar("T")
+V = TypeVar("V")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -148,12 +151,9 @@ class ResultStore:
         """Forget a finished point (its rows file), so the next sweep computes it again."""
         self._point_path(point).unlink(missing_ok=True)
 
-    def try_lock_point(self, point: Mapping[str, Any]) -> bool:
-        """Claim a point for this process (see the module docstring); False if another live process holds it."""
-        return try_lock(self._point_path(point).with_suffix(".lock"))
-
-    def unlock_point(self, point: Mapping[str, Any]) -> None:
-        unlock(self._point_path(point).with_suffix(".lock"))
+    def lock_path(self, point: Mapping[str, Any]) -> Path:
+        """The lock file a process holds while it computes ``point`` (try_lock, cooperate)."""
+        return self._point_path(point).with_suffix(".lock")
 
     def save_point(self, point: Mapping[str, Any], rows: list[dict]) -> None:
         rows = json.loads(canonical_json(rows))  # plain JSON types only
@@ -253,6 +253,49 @@ def unlock(path: Path) -> None:
             path.unlink(missing_ok=True)
     except (OSError, ValueError):
         pass
+
+
+#: seconds between looks at units another process is computing
+POLL_SECONDS = 0.5
+
+
+def cooperate(units: Sequence[T], *, load: Callable[[T], V | None], lock: Callable[[T], Path],
+              compute: Callable[[T], V], arrived: Callable[[T, V], None], what: str) -> None:
+    """Every unit of ``units`` computed once over all the processes that work on one folder.
+
+    A unit is computed only by the process holding its lock file ``lock(u)`` (try_lock), after ``load(u)``,
+    its finished value or None, says again that nobody finished it meanwhile; ``compute(u)`` computes it,
+    saves it where load finds it and returns it. A unit locked by another live process is waited for (one
+    note naming ``what``, then a look every POLL_SECONDS) and read once it lands; a lock whose process died
+    is taken over. Under torchrun ranks start on disjoint shares and then help with the rest
+    (distributed.take_order). ``arrived(u, value)`` is called once a unit, in the order values arrive.
+    Hand-rolled: the units are files in a run folder that processes of separate launches (and machines) share,
+    which no work queue of torch.distributed or multiprocessing spans."""
+    from ntkcheck import distributed
+
+    pending, told = distributed.take_order(list(units)), False
+    while pending:
+        waiting = []
+        for u in pending:
+            got = load(u)
+            if got is None and try_lock(lock(u)):
+                try:
+                    got = load(u)                     # finished by another process meanwhile?
+                    if got is None:
+                        got = compute(u)
+                finally:
+                    unlock(lock(u))
+            if got is None:
+                waiting.append(u)
+                continue
+            arrived(u, got)
+        if waiting:
+            if not told:
+                note(f"{len(waiting)} {what} are being computed by another process; waiting")
+                told = True
+            time.sleep(POLL_SECONDS)
+        pending = waiting
+
 
 
 def _plain(v: Any) -> Any:
