@@ -45,8 +45,8 @@ from ntkcheck.errors import UserError
 from ntkcheck.log import note, progress_bar
 from ntkcheck.realmodels.data import SEEDS, Example, Split, example_ids, examples_digest, k_shot_split, load_task
 from ntkcheck.realmodels.tasks import Task, custom_task, get_task
-from ntkcheck.store import (ResultStore, fingerprint, load_checked_tensor, save_checked_tensor, try_lock,
-                            unlock)
+from ntkcheck.store import (ResultStore, atomic_write_bytes, cooperate, fingerprint, load_checked_tensor,
+                            save_checked_tensor)
 
 KINDS = ("sgd", "signgd", "asym_signgd")
 
@@ -305,52 +305,83 @@ class Session:
         todo = sum(b is None for b in blocks)
         bar = progress_bar(total=len(starts), initial=len(starts) - todo, desc=f"kernel {kind} ({R}x{U} examples)",
                            unit="block", disable=not progress)
-        told = False
         world = distributed.world_size()
         if world > len(starts):
             raise UserError(f"{world} ranks but only {len(starts)} kernel block(s) of {R} rows at --block {B}: "
                             f"use at most {len(starts)} ranks or a smaller --block")
-        mine = 0
+        counting = world > 1 and cfg.sketch_dim is not None     # a rank notes what it sketched
+        mine, sketched_before = 0, self._sketched(kind) if counting else 0
+
+        def load(i: int) -> torch.Tensor | None:
+            return _usable(_load_tensor(kdir / f"{names[i]}.pt", rows=digests[i]), need[starts[i]:starts[i] + B])
+
+        def compute(i: int) -> torch.Tensor:
+            nonlocal mine
+            s, e = starts[i], min(starts[i] + B, R)
+            t0 = time.perf_counter()
+            got = self._compute_block(kind, s, e, U, ids, library, names[i], need[s:e])
+            _save_tensor(kdir / f"{names[i]}.pt", got, rows=digests[i], ids=(ids[s:e], ids[:U]))
+            mine += 1
+            self.meta.setdefault("kernel_seconds", {}).setdefault(kind, 0.0)
+            self.meta["kernel_seconds"][kind] += time.perf_counter() - t0
+            return got
+
+        def arrived(i: int, got: torch.Tensor) -> None:
+            blocks[i] = got
+            bar.update(1)
+
         try:
-            # ranks start on disjoint blocks and then help with the rest (ntkcheck.distributed)
-            pending = distributed.take_order([i for i, b in enumerate(blocks) if b is None])
-            while pending:
-                waiting = []
-                for i in pending:
-                    s = starts[i]
-                    path, lock = kdir / f"{names[i]}.pt", kdir / f"{names[i]}.lock"
-                    e = min(s + B, R)
-                    got = _usable(_load_tensor(path, rows=digests[i]), need[s:e])
-                    if got is None and try_lock(lock):   # processes on one --out split the blocks
-                        try:
-                            got = _usable(_load_tensor(path, rows=digests[i]), need[s:e])
-                            if got is None:
-                                t0 = time.perf_counter()
-                                got = self._compute_block(kind, s, e, U, ids, library, names[i], need[s:e])
-                                _save_tensor(path, got, rows=digests[i], ids=(ids[s:e], ids[:U]))
-                                mine += 1
-                                self.meta.setdefault("kernel_seconds", {}).setdefault(kind, 0.0)
-                                self.meta["kernel_seconds"][kind] += time.perf_counter() - t0
-                        finally:
-                            unlock(lock)
-                    if got is None:
-                        waiting.append(i)
-                        continue
-                    blocks[i] = got
-                    bar.update(1)
-                if waiting:
-                    if not told:
-                        note(f"{len(waiting)} {kind} kernel block(s) are being computed by another process; waiting")
-                        told = True
-                    time.sleep(0.5)
-                pending = waiting
+            if world > 1 and todo:
+                self._sketch_columns(kind, U, ids)
+            # processes on one --out (and torchrun's ranks) split the blocks through their lock files
+            cooperate([i for i, b in enumerate(blocks) if b is None], load=load,
+                      lock=lambda i: kdir / f"{names[i]}.lock", compute=compute, arrived=arrived,
+                      what=f"{kind} kernel block(s)")
         finally:
             bar.close()
         if world > 1:
-            note(f"rank {distributed.rank()} of {world}: computed {mine} of {len(starts)} {kind} kernel block(s)")
+            sketched = f", sketched {self._sketched(kind) - sketched_before} example(s)" if counting else ""
+            note(f"rank {distributed.rank()} of {world}: computed {mine} of {len(starts)} {kind} kernel block(s)"
+                 + sketched)
         if kind in self.kernel_fns:   # a sketch's column features, held across the blocks, are not needed now
             self.kernel_fns[kind].side_memo.clear()
         return torch.cat(blocks, 0)
+
+    def _sketched(self, kind: str) -> int:
+        """How many examples' features this process has sketched and kept for ``kind`` (0 without a store)."""
+        fn = self.kernel_fns.get(kind)
+        store = None if fn is None else fn.feature_store
+        return 0 if store is None else store.saved
+
+    def _sketch_columns(self, kind: str, U: int, ids: list[str]) -> None:
+        """Under torchrun with a sketched kernel: the U columns' features sketched once over all ranks, before
+        the blocks. Every block needs every column, so without this each rank sketched all U columns itself
+        for its first block (the store keeps what a rank sketched, but the ranks start together); here the
+        columns are split into chunks that the ranks take through lock files (store.cooperate), each chunk
+        sketched by one kernel call on itself, which keeps its examples' features in the feature store, and a
+        marker file saying it is done. The blocks then read the columns back. The columns are the first U
+        rows (the training examples), so both sides' features of a sign kind are the ones the blocks need."""
+        fn = self.kernel_fn(kind)
+        if fn.feature_store is None:
+            return
+        world = distributed.world_size()
+        size = max(1, -(-U // (4 * world)))   # four chunks a rank: a fast rank can help a slow one
+        chunks = [(c, min(c + size, U)) for c in range(0, U, size)]
+        marks = {ch: fn.feature_store.folder / "columns" / f"{kind}_{fingerprint(ids[ch[0]:ch[1]])}"
+                 for ch in chunks}
+
+        def compute(ch: tuple[int, int]) -> bool:
+            fn(self.x_rows[ch[0]:ch[1]])
+            atomic_write_bytes(marks[ch].with_suffix(".done"), b"")
+            return True
+
+        bar = progress_bar(total=U, desc=f"{kind} columns' sketches, shared over {world} ranks", unit="example")
+        try:
+            cooperate(chunks, load=lambda ch: True if marks[ch].with_suffix(".done").exists() else None,
+                      lock=lambda ch: marks[ch].with_suffix(".lock"), compute=compute,
+                      arrived=lambda ch, _: bar.update(ch[1] - ch[0]), what=f"{kind} column chunk(s)")
+        finally:
+            bar.close()
 
     def _compute_block(self, kind: str, s: int, e: int, U: int, ids: list[str], library: "_BlockLibrary",
                        name: str, need: np.ndarray) -> torch.Tensor:

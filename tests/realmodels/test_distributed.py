@@ -55,6 +55,36 @@ def test_two_gloo_ranks_give_the_one_process_kernels_and_accuracies(tiny, data_d
     assert acc[0] == acc[1] and res[1]["provenance"]["world_size"] == 2
 
 
+def test_two_gloo_ranks_sketch_each_example_once_and_give_the_one_process_sketched_kernel(tiny, data_dir, tmp_path):
+    """--sketch-dim under torchrun: the columns' sketches are split over the ranks (Session._sketch_columns)
+    and each row is sketched by the rank that computes its block, so over both ranks every example is
+    sketched exactly once (before, each rank sketched all the columns for its first block), and the kernel is
+    the one process's to rounding."""
+    common = ["kernel", "--model", str(tiny), "--task", "sst2", "--data", str(data_dir), "--k", "2",
+              "--seeds", "13,21", "--test-max", "8", "--block", "4", "--kinds", "sgd", "--sketch-dim", "64",
+              "--model-dtype", "float64"]
+    one = _lm(common + ["--out", str(tmp_path / "one")])
+    assert one.returncode == 0, one.stderr
+    two = _lm(common + ["--out", str(tmp_path / "two")], nproc=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    k1, k2 = _blocks(tmp_path / "one"), _blocks(tmp_path / "two")
+    assert k1.keys() == k2.keys() and len(k1) >= 4
+    for name in k1:
+        # GPT-Neo's attention scores are float32 whatever the model's dtype, so a column sketched in a chunk of
+        # its own and the same column sketched in the whole side's batch differ by float32 rounding (1e-7)
+        torch.testing.assert_close(k2[name], k1[name], rtol=1e-5, atol=1e-6 * float(k1[name].abs().max()))
+    (kdir,) = (tmp_path / "two" / "lm_kernels").iterdir()
+    examples = len(list((kdir / "features").glob("*/*/*.pt")))
+    assert examples == 2 * 2 * 2 * 2 + 8         # (train + dev) x 2 seeds x k = 2 x 2 labels, and 8 test
+    # every rank notes what it sketched at each kernel() call (rank 0 calls it again for the command's summary,
+    # reading every block back); which rank computes what depends on timing, the total does not
+    notes = [s for s in two.stderr.splitlines() if " of 2: computed" in s and "sketched" in s]
+    assert {s.split("rank ")[1].split()[0] for s in notes} == {"0", "1"}, two.stderr[-2000:]
+    assert sum(int(s.split("sketched ")[1].split()[0]) for s in notes) == examples, two.stderr[-2000:]
+    # the 8 columns went in 8 chunks of one (four chunks a rank), each marked done by the rank that took it
+    assert len(list((kdir / "features").glob("*/columns/sgd_*.done"))) == 8
+
+
 def test_more_ranks_than_blocks_is_one_line(tiny, separable_dir, tmp_path):
     bad = _lm(["kernel", "--model", str(tiny), "--task", "sst2", "--data", str(separable_dir), "--k", "1",
                "--seeds", "13", "--test-max", "2", "--block", "256", "--out", str(tmp_path)], nproc=2)
