@@ -24,6 +24,18 @@ def _blocks(out: Path) -> dict[str, torch.Tensor]:
     return {p.name: torch.load(p, weights_only=True)["t"] for p in sorted(kdir.glob("*_*.pt"))}
 
 
+def _one_and_two(args, tmp_path):
+    """``ntkcheck lm ARGS`` in one process (--out tmp/one) and over 2 gloo ranks (tmp/two): (the 2-rank run,
+    the one process's kernel blocks, the 2-rank run's), with the same block files in both."""
+    one = _lm(args + ["--out", str(tmp_path / "one")])
+    assert one.returncode == 0, one.stderr
+    two = _lm(args + ["--out", str(tmp_path / "two")], nproc=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    k1, k2 = _blocks(tmp_path / "one"), _blocks(tmp_path / "two")
+    assert k1.keys() == k2.keys() and len(k1) >= 4
+    return two, k1, k2
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     from ntkcheck.realmodels.tiny import make_tiny
@@ -34,12 +46,7 @@ def tiny(tmp_path_factory):
 def test_two_gloo_ranks_give_the_one_process_kernels_and_accuracies(tiny, data_dir, tmp_path):
     common = ["solve", "--model", str(tiny), "--task", "sst2", "--data", str(data_dir), "--k", "2",
               "--seeds", "13,21", "--test-max", "8", "--block", "4", "--kinds", "sgd,asym_signgd"]
-    one = _lm(common + ["--out", str(tmp_path / "one")])
-    assert one.returncode == 0, one.stderr
-    two = _lm(common + ["--out", str(tmp_path / "two")], nproc=2)
-    assert two.returncode == 0, two.stderr[-3000:]
-    k1, k2 = _blocks(tmp_path / "one"), _blocks(tmp_path / "two")
-    assert k1.keys() == k2.keys() and len(k1) >= 4
+    two, k1, k2 = _one_and_two(common, tmp_path)
     for name in k1:
         # NaN where no seed reads an entry (Session.needed): the same entries in both
         assert torch.equal(k2[name].isnan(), k1[name].isnan())
@@ -63,12 +70,7 @@ def test_two_gloo_ranks_sketch_each_example_once_and_give_the_one_process_sketch
     common = ["kernel", "--model", str(tiny), "--task", "sst2", "--data", str(data_dir), "--k", "2",
               "--seeds", "13,21", "--test-max", "8", "--block", "4", "--kinds", "sgd", "--sketch-dim", "64",
               "--model-dtype", "float64"]
-    one = _lm(common + ["--out", str(tmp_path / "one")])
-    assert one.returncode == 0, one.stderr
-    two = _lm(common + ["--out", str(tmp_path / "two")], nproc=2)
-    assert two.returncode == 0, two.stderr[-3000:]
-    k1, k2 = _blocks(tmp_path / "one"), _blocks(tmp_path / "two")
-    assert k1.keys() == k2.keys() and len(k1) >= 4
+    two, k1, k2 = _one_and_two(common, tmp_path)
     for name in k1:
         # GPT-Neo's attention scores are float32 whatever the model's dtype, so a column sketched in a chunk of
         # its own and the same column sketched in the whole side's batch differ by float32 rounding (1e-7)
