@@ -360,7 +360,9 @@ class Session:
         columns are split into chunks that the ranks take through lock files (store.cooperate), each chunk
         sketched by one kernel call on itself, which keeps its examples' features in the feature store, and a
         marker file saying it is done. The blocks then read the columns back. The columns are the first U
-        rows (the training examples), so both sides' features of a sign kind are the ones the blocks need."""
+        rows (the training examples), so both sides' features of a sign kind are the ones the blocks need. A
+        marker is only a hint: should its chunk's features be gone (features/ deleted but for the markers), the
+        blocks sketch what the store lacks, and the ranks only repeat each other's work as before."""
         fn = self.kernel_fn(kind)
         if fn.feature_store is None:
             return
