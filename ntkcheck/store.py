@@ -13,7 +13,9 @@ SHA-256 of its payload; a truncated or corrupt file is detected on load,
 reported, and recomputed. Point files live under points/<fingerprint>/, the
 fingerprint hashing the measurement's version and its config without its sweep
 axes (widths, seeds, ...), so widening a sweep reuses finished points while
-changing any other setting, or the code's version, recomputes.
+changing any other setting, or the code's version, recomputes. A binding that
+drops a setting its points never depended on names the former bindings
+(``bind(formerly=...)``), and their points are adopted, not recomputed.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import io
 import json
 import math
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -117,10 +120,18 @@ class ResultStore:
         self.name = name
         self.dir = Path(root) / name
         self.fingerprint = "default"
+        self.former: list[str] = []
+        self._adopted_from: set[str] = set()
 
-    def bind(self, config_without_axes: Mapping[str, Any], version: int = 1) -> None:
-        """Scope point files to this configuration (sweep axes excluded) and code version."""
-        self.fingerprint = fingerprint({"config": dict(config_without_axes), "version": int(version)})
+    def bind(self, config_without_axes: Mapping[str, Any], version: int = 1, *,
+             formerly: Iterable[Mapping[str, Any]] = ()) -> None:
+        """Scope point files to this configuration (sweep axes excluded) and code version.
+
+        ``formerly``: configurations under which earlier code bound the same points (a binding that held a
+        setting the points never depended on). load_point adopts a point it finds under one of them (adopt)."""
+        fp = lambda c: fingerprint({"config": dict(c), "version": int(version)})  # noqa: E731
+        self.fingerprint = fp(config_without_axes)
+        self.former = [f for f in dict.fromkeys(fp(c) for c in formerly) if f != self.fingerprint]
 
     @property
     def points_dir(self) -> Path:
@@ -130,8 +141,11 @@ class ResultStore:
         return self.points_dir / f"{point_key(point)}.json"
 
     def load_point(self, point: Mapping[str, Any]) -> list[dict] | None:
-        """The rows of a finished point, or None if absent, truncated or corrupt (then it is removed)."""
+        """The rows of a finished point, or None if absent, truncated or corrupt (then it is removed). A point
+        absent here but stored under a former binding (bind's ``formerly``) is adopted first."""
         path = self._point_path(point)
+        if not path.exists():
+            self.adopt(point)
         if not path.exists():
             return None
         try:
@@ -146,6 +160,35 @@ class ResultStore:
             path.unlink(missing_ok=True)
             return None
         return rows
+
+    def adopt(self, point: Mapping[str, Any]) -> bool:
+        """Bring ``point`` from the first former binding that has it into this one: its rows file and the
+        files named after it in the former folder's subfolders (a point's artifacts, e.g. params/<key>.pt),
+        artifacts first, so a rows file never appears before its artifacts. Hard links where the file system
+        allows (no copy of a large artifact), copies elsewhere; a file another process adopted meanwhile is
+        kept. The former files stay, for code that still reads them. Returns whether a point was adopted."""
+        key = point_key(point)
+        for former in self.former:
+            src_dir = self.dir / "points" / former
+            rows = src_dir / f"{key}.json"
+            if not rows.exists():
+                continue
+            for src in [q for q in src_dir.glob(f"*/{key}.*") if q.is_file()] + [rows]:
+                dst = self.points_dir / src.relative_to(src_dir)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(src, dst)
+                except FileExistsError:
+                    pass
+                except OSError:
+                    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+                    shutil.copy2(src, tmp)
+                    os.replace(tmp, dst)
+            if former not in self._adopted_from:   # one note per former binding, not one per point
+                self._adopted_from.add(former)
+                note(f"{self.name}: reading points stored under their earlier binding points/{former}")
+            return True
+        return False
 
     def drop_point(self, point: Mapping[str, Any]) -> None:
         """Forget a finished point (its rows file), so the next sweep computes it again."""

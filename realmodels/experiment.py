@@ -43,12 +43,17 @@ import torch
 from ntkcheck import distributed
 from ntkcheck.errors import UserError
 from ntkcheck.log import note, progress_bar
+from ntkcheck.models.kernels.common import KernelMethod
 from ntkcheck.realmodels.data import SEEDS, Example, Split, example_ids, examples_digest, k_shot_split, load_task
 from ntkcheck.realmodels.tasks import Task, custom_task, get_task
 from ntkcheck.store import (ResultStore, atomic_write_bytes, cooperate, fingerprint, load_checked_tensor,
                             save_checked_tensor)
 
 KINDS = ("sgd", "signgd", "asym_signgd")
+KERNEL_DTYPES = ("float64", "float32")  # --kernel-dtype
+METHODS = tuple(m.value for m in KernelMethod)  # --method
+# the config fields only a kernel reads: fine-tuning and the stages that read no kernel do not bind to them
+_KERNEL_ONLY = ("sketch_dim", "kernel_dtype", "method")
 
 
 @dataclass(frozen=True)
@@ -226,11 +231,18 @@ class Session:
         return self.cache_fields()
 
     def finetune_fields(self) -> dict:
-        """point_fields() without the countsketch's dimension: what fine-tuning, and every stage that reads no
-        kernel, depends on. A countsketched run thus reads the fine-tunings an exact one stored. (The kernel dtype
-        and method stay in: they are kernel settings too, but dropping them would change every stored
-        fine-tuning's binding.)"""
-        return {k: v for k, v in self.point_fields().items() if k != "sketch_dim"}
+        """point_fields() without the kernel's settings (the countsketch's dimension, the kernel dtype and the
+        engine method): what fine-tuning, and every stage that reads no kernel, depends on. Exact, countsketched,
+        float64 and float32 runs thus share their fine-tunings and the behavior measured without a kernel."""
+        return {k: v for k, v in self.point_fields().items() if k not in _KERNEL_ONLY}
+
+    def former_finetune_fields(self) -> list[dict]:
+        """The bindings under which earlier code kept what finetune_fields() binds now: the same fields plus
+        every kernel dtype and method the CLI offers (it kept both, though fine-tuning reads neither), this
+        run's own first. ResultStore.bind(formerly=...) adopts a point stored under any of them."""
+        ft, cfg = self.finetune_fields(), self.config
+        combos = [(cfg.kernel_dtype, cfg.method)] + [(d, m) for d in KERNEL_DTYPES for m in METHODS]
+        return [ft | {"kernel_dtype": d, "method": m} for d, m in dict.fromkeys(combos)]
 
     def test_labels(self) -> np.ndarray:
         """Labels of the test set [N], which every seed of the session shares (data.cap_test's order)."""

@@ -174,7 +174,8 @@ def run_finetune(session, ft: FTConfig, *, seeds: Sequence[int] | None = None) -
     points = [{"optimizer": o, "lr": lr, "batch_size": b, "seed": s, "data": session.seed_data(s)}
               for o in ft.optimizers for lr in ft.lrs(o) for b in ft.batch_sizes for s in seeds]
     store = session.finetune_store()
-    store.bind({"finetune": session.finetune_fields(), "steps": steps, "every": every})
+    store.bind({"finetune": session.finetune_fields(), "steps": steps, "every": every},
+               formerly=[{"finetune": f, "steps": steps, "every": every} for f in session.former_finetune_fields()])
     pdir = store.points_dir / "params"
     y_all = session.labels
 

@@ -294,8 +294,11 @@ def behavior_rows(sess: Session, ft, *, distance_samples: int = 64) -> list[dict
 
     steps, every = ft_schedule(sess, ft)
     store = sess.behavior_store()   # shared with `lm behavior`; a point without a kernel distance reads no kernel
-    store.bind({"behavior": sess.point_fields() if distance_samples else sess.finetune_fields(),
-                "distance_samples": distance_samples}, version=2)
+    if distance_samples:   # reads the kernel, so bound to its settings
+        store.bind({"behavior": sess.point_fields(), "distance_samples": distance_samples}, version=2)
+    else:
+        store.bind({"behavior": sess.finetune_fields(), "distance_samples": 0}, version=2,
+                   formerly=[{"behavior": f, "distance_samples": 0} for f in sess.former_finetune_fields()])
     points = [{"optimizer": o, "seed": s, "data": sess.seed_data(s), "lr": best[(o, s)]["lr"],
                "batch_size": best[(o, s)]["batch_size"], "steps": steps, "every": every} for (o, s) in sorted(best)]
     return sweep(store, points, compute, desc=f"behavior {task.name}")

@@ -70,3 +70,29 @@ def test_a_killed_run_resumes_and_its_stale_lock_is_taken_over(tmp_path, capsys)
     assert len(calls) == 11                                         # the one finished point was kept
     assert "taking over the stale lock" in capsys.readouterr().err
     assert not list(store.points_dir.glob("*.lock"))
+
+
+def test_a_point_stored_under_a_former_binding_is_adopted_with_its_artifacts(tmp_path, capsys):
+    """bind(formerly=...): a point absent under the binding but stored under a former one is read from there,
+    its rows file and the files named after it in the former folder's subfolders hard-linked in (no copy);
+    a point of another former binding that is not listed, or of another point, is not."""
+    old, other, new = ResultStore(tmp_path, "r"), ResultStore(tmp_path, "r"), ResultStore(tmp_path, "r")
+    old.bind({"a": 1, "dtype": "float64"})
+    other.bind({"a": 2})
+    pt, pt2 = {"seed": 13}, {"seed": 21}
+    for s, p, v in ((old, pt, 1.5), (other, pt2, 2.5)):
+        s.save_point(p, [{"v": v}])
+        art = s.points_dir / "params" / "seed=13.pt"
+        art.parent.mkdir(parents=True, exist_ok=True)
+        art.write_bytes(b"theta")
+    new.bind({"a": 1}, formerly=[{"a": 1, "dtype": "float32"}, {"a": 1, "dtype": "float64"}, {"a": 1}])
+    assert len(new.former) == 2                     # the binding itself is not a former one
+    assert new.load_point(pt2) is None              # stored under a binding not listed
+    assert new.load_point(pt) == [{"v": 1.5}]
+    assert "stored under their earlier binding" in capsys.readouterr().err
+    art, old_art = new.points_dir / "params" / "seed=13.pt", old.points_dir / "params" / "seed=13.pt"
+    assert art.read_bytes() == b"theta" and os.stat(art).st_ino == os.stat(old_art).st_ino
+    assert os.stat(new._point_path(pt)).st_ino == os.stat(old._point_path(pt)).st_ino
+    new.save_point(pt, [{"v": 9.0}])                # an atomic rewrite replaces the link, not the former file
+    assert old.load_point(pt) == [{"v": 1.5}] and new.load_point(pt) == [{"v": 9.0}]
+    assert not new.adopt(pt2)

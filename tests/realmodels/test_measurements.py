@@ -127,6 +127,42 @@ def test_a_countsketched_run_reads_what_the_exact_run_stored(tiny_models, data_d
     assert not list((tmp_path / "lm_behavior_sst2_k2_gpt-neo_cs64").glob("points/*"))
 
 
+def test_fine_tunings_stored_under_a_kernel_dtype_and_method_serve_every_kernel_setting(tiny_models, data_dir,
+                                                                                        tmp_path, monkeypatch):
+    """Fine-tuning and the behavior measured without a kernel read no kernel setting. Points that earlier code
+    bound to the kernel dtype and method (moved here to those bindings) are read by a run with another dtype and
+    method: nothing is trained or measured again, the numbers are the same, and the parameters are linked, not
+    copied."""
+    import os
+
+    from ntkcheck.realmodels import finetune, measure
+    from ntkcheck.realmodels.finetune import ft_schedule
+    from ntkcheck.realmodels.measure import behavior_cmd
+    from ntkcheck.store import ResultStore
+
+    cfg = LMConfig(model=str(tiny_models["gpt-neo"]), task="sst2", data=str(data_dir), k=2, seeds=(13,),
+                   test_max=8, out=str(tmp_path), params=r"h\.1\.", kernel_dtype="float64")
+    first = behavior_cmd(cfg, FT, distance_samples=0)["rows"]
+    sess = next(iter_sessions(cfg, "lm_behavior"))
+    steps, every = ft_schedule(sess, FT)
+    legacy = sess.finetune_fields() | {"kernel_dtype": "float64", "method": "auto"}
+    for store, binding, version in ((sess.finetune_store(), {"finetune": legacy, "steps": steps, "every": every}, 1),
+                                    (sess.behavior_store(), {"behavior": legacy, "distance_samples": 0}, 2)):
+        (now,) = (store.dir / "points").iterdir()
+        former = ResultStore(tmp_path, store.name)
+        former.bind(binding, version)
+        now.rename(former.points_dir)
+    real_ft, real_chi, trained, measured = finetune.fine_tune, measure.output_derivative, [], []
+    monkeypatch.setattr(finetune, "fine_tune", lambda *a, **k: trained.append(k["seed"]) or real_ft(*a, **k))
+    monkeypatch.setattr(measure, "output_derivative", lambda *a: measured.append(1) or real_chi(*a))
+    rows = behavior_cmd(replace(cfg, kernel_dtype="float32", method="jacobian"), FT, distance_samples=0)["rows"]
+    assert trained == [] and measured == []
+    assert [(r["optimizer"], r["lin"], r["ft"], r["lin_pred"]) for r in rows] == \
+        [(r["optimizer"], r["lin"], r["ft"], r["lin_pred"]) for r in first]
+    params = sorted((tmp_path / sess.finetune_store().name / "points").glob("*/params/*.pt"))
+    assert len(params) == 4 and len({os.stat(q).st_ino for q in params}) == 2   # sgd and adam, each linked
+
+
 def test_finetune_of_a_seed_does_not_depend_on_the_other_seeds(tiny_models, data_dir, tmp_path):
     """A seed's fine-tuning is the same whichever seeds share its session: the session pads every row to its
     longest (31 tokens here against 24 for seed 13 alone), and training batches are trimmed to their own longest
