@@ -20,6 +20,7 @@ drops a setting its points never depended on names the former bindings
 from __future__ import annotations
 
 import csv
+import glob
 import hashlib
 import io
 import json
@@ -173,7 +174,9 @@ class ResultStore:
             rows = src_dir / f"{key}.json"
             if not rows.exists():
                 continue
-            for src in [q for q in src_dir.glob(f"*/{key}.*") if q.is_file()] + [rows]:
+            # <sub>/<key>.<ext> exactly: the key may hold glob characters, and "seed=1" must not take "seed=1.5.pt"
+            artifacts = [q for q in src_dir.glob(f"*/{glob.escape(key)}.*") if q.is_file() and q.stem == key]
+            for src in artifacts + [rows]:
                 dst = self.points_dir / src.relative_to(src_dir)
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 try:

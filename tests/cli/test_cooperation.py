@@ -85,6 +85,7 @@ def test_a_point_stored_under_a_former_binding_is_adopted_with_its_artifacts(tmp
         art = s.points_dir / "params" / "seed=13.pt"
         art.parent.mkdir(parents=True, exist_ok=True)
         art.write_bytes(b"theta")
+    (old.points_dir / "params" / "seed=13.5.pt").write_bytes(b"another point's")
     new.bind({"a": 1}, formerly=[{"a": 1, "dtype": "float32"}, {"a": 1, "dtype": "float64"}, {"a": 1}])
     assert len(new.former) == 2                     # the binding itself is not a former one
     assert new.load_point(pt2) is None              # stored under a binding not listed
@@ -93,6 +94,7 @@ def test_a_point_stored_under_a_former_binding_is_adopted_with_its_artifacts(tmp
     art, old_art = new.points_dir / "params" / "seed=13.pt", old.points_dir / "params" / "seed=13.pt"
     assert art.read_bytes() == b"theta" and os.stat(art).st_ino == os.stat(old_art).st_ino
     assert os.stat(new._point_path(pt)).st_ino == os.stat(old._point_path(pt)).st_ino
+    assert sorted(q.name for q in (new.points_dir / "params").iterdir()) == ["seed=13.pt"]
     new.save_point(pt, [{"v": 9.0}])                # an atomic rewrite replaces the link, not the former file
     assert old.load_point(pt) == [{"v": 1.5}] and new.load_point(pt) == [{"v": 9.0}]
     assert not new.adopt(pt2)
