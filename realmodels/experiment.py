@@ -21,10 +21,12 @@ a kernel entry is a function of its two examples alone, so a block that is not o
 it shares with the other blocks of the folder (_BlockLibrary) and computes only the rest: raising
 `--test-max` computes the new test rows, adding a seed its train and dev rows and its training columns,
 and an edited example only its own row. A countsketched kernel also keeps each example's sketch in the
-folder's features/ (models.kernels.feature_store), so those entries cost only the new examples' sketches. f0 is cached by the digest of its rows; a stage's result point is
-bound to cache_fields and carries the digest of its seed's train, dev and test examples (Session.
-seed_data), so runs with more seeds or another cap reuse the points of the seeds they share, and points of
-other data are computed again instead of pairing one order's predictions with another's. Fine-tuning points,
+folder's features/ (models.kernels.feature_store), so those entries cost only the new examples' sketches.
+f0 is cached per example (Session.cached_rows), so a run of other seeds or caps passes only examples no
+earlier run had through the model. A stage's result point is bound to cache_fields and carries the digest
+of its seed's train, dev and test examples (Session.seed_data), so runs with more seeds or another cap reuse
+the points of the seeds they share, and points of other data are computed again instead of pairing one
+order's predictions with another's. Fine-tuning points,
 and the parameters they keep, live in one folder per task and model that every command shares, exact or
 countsketched (Session.finetune_store): a model trained by `lm finetune` is not trained again by `lm reproduce`
 or by a `--sketch-dim` run. So do the behavior points (Session.behavior_store): the linearized model that `lm
@@ -209,9 +211,53 @@ class Session:
         return Path(self.config.out) / "lm_kernels" / fingerprint(self.cache_fields())
 
     def f0(self) -> torch.Tensor:
-        """Pretrained outputs f(theta_PT, x_r) for every row, [R, C] float64 (cached on disk)."""
-        return self.cached("f0", self.rows, lambda: self.adapter.outputs(
-            self.x_rows, desc=f"f0 {self.task.name} ({len(self.rows)} rows)").double())
+        """Pretrained outputs f(theta_PT, x_r) for every row, [R, C] float64, cached on disk per example
+        (cached_rows): a run with a subset or a superset of another run's seeds, or a larger test cap, passes
+        only the rows no f0 file of the kernel folder holds through the model."""
+        def compute(rows: np.ndarray) -> torch.Tensor:
+            return self.adapter.outputs(self.x_rows[torch.as_tensor(rows)],
+                                        desc=f"f0 {self.task.name} ({len(rows)} rows)").double()
+        return self.cached_rows("f0", self.rows, compute)
+
+    def cached_rows(self, name: str, examples: Sequence[Example], compute) -> torch.Tensor:
+        """T[r] = g(examples[r]) for a function g of one example, [R, ...]: kernel_dir()/<name>_<digest of
+        ``examples``>.pt if it is there; else every row another <name>_*.pt file of the folder holds (found by
+        the example ids each file stores, data.example_ids) and compute(rows) [len(rows), ...] for the rest
+        (``rows`` an int array of indices into ``examples``), saved under this set's digest. Row r of T depends
+        on examples[r] alone (and on cache_fields, which the folder fixes), so any file's row of the same example
+        is the same number. Files written before they stored ids are not a source."""
+        digest = examples_digest(examples)
+        kdir = self.kernel_dir()
+        path = kdir / f"{name}_{digest}.pt"
+        got = _load_tensor(path, rows=digest)
+        if got is not None:
+            return got
+        ids = example_ids(examples)
+        want = {e: r for r, e in enumerate(ids)}
+        known: dict[int, torch.Tensor] = {}
+        for other in sorted(kdir.glob(f"{name}_*.pt")):
+            if len(known) == len(ids):
+                break
+            try:
+                blob = _checked_blob(other)
+                (held,) = blob["ids"]
+            except Exception:   # unreadable, or written before row caches stored their ids
+                continue
+            for i, e in enumerate(held):
+                if e in want and want[e] not in known:
+                    known[want[e]] = blob["t"][i]
+        missing = np.array([r for r in range(len(ids)) if r not in known], dtype=np.int64)
+        if known:
+            note(f"{name}: {len(known)} of {len(ids)} rows read from other cached files")
+        fresh = compute(missing) if len(missing) else None
+        like = fresh if fresh is not None else next(iter(known.values()))[None]
+        got = torch.empty((len(ids), *like.shape[1:]), dtype=like.dtype)
+        if fresh is not None:
+            got[torch.as_tensor(missing)] = fresh
+        for r, row in known.items():
+            got[r] = row
+        _save_tensor(path, got, rows=digest, ids=(ids,))
+        return got
 
     def cached(self, name: str, examples: Sequence[Example], compute) -> torch.Tensor:
         """kernel_dir()/<name>_<digest of ``examples``>.pt if it is there, else compute() saved there: one file
@@ -443,13 +489,14 @@ def _held(K: torch.Tensor) -> torch.Tensor:
 
 
 def _save_tensor(path: Path, t: torch.Tensor, *, rows: str | None = None,
-                 ids: tuple[list[str], list[str]] | None = None) -> None:
+                 ids: tuple[list[str], ...] | None = None) -> None:
     """Write ``t`` atomically with its checksum and, for a cache computed on examples, their digest ``rows``
     (data.examples_digest), which _load_tensor compares; a kernel block also stores its rows' and columns'
-    example ids (``ids``), by which _BlockLibrary finds its entries for other blocks."""
+    example ids (``ids`` = (row ids, column ids)), by which _BlockLibrary finds its entries for other blocks,
+    and a per-row cache its rows' ids (``ids`` = (row ids,), Session.cached_rows)."""
     extra = {"rows": rows}
     if ids is not None:
-        extra["ids"] = [list(ids[0]), list(ids[1])]
+        extra["ids"] = [list(side) for side in ids]
     save_checked_tensor(path, "t", t.contiguous(), **extra)
 
 

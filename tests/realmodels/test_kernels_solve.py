@@ -224,6 +224,52 @@ def test_adding_seeds_computes_only_their_entries_and_points(tiny_models, tmp_pa
     assert again["sgd"]["test_pred"] == first["sgd"]["test_pred"] and again["sgd"]["test"] == first["sgd"]["test"]
 
 
+def test_f0_is_cached_per_example_so_other_seed_sets_compute_only_new_rows(tiny_models, tmp_path, capsys):
+    """f0[r] = f(theta_PT, x_r) depends on x_r alone: seeds (13, 21) after seed 13 pass only the rows seed 13's
+    run lacked through the model, seed 21 alone after both passes none (its f0 file is new, its rows read from
+    the others), every f0 equals one computed from scratch (float64, 1e-12), and a file written before f0
+    files stored their ids is not a source."""
+    from dataclasses import replace
+
+    from ntkcheck.realmodels.data import example_ids
+    from ntkcheck.store import load_checked_tensor, save_checked_tensor
+
+    _write_distinct_sst2(tmp_path / "data")
+    cfg = LMConfig(model=str(tiny_models["gpt-neo"]), task="sst2", data=str(tmp_path / "data"), k=2, seeds=(13,),
+                   test_max=4, out=str(tmp_path / "a"), model_dtype="float64")
+
+    def counted(sess):
+        seen = []
+        outputs = sess.adapter.outputs
+        sess.adapter.outputs = lambda x, *a, **kw: seen.append(x.shape[0]) or outputs(x, *a, **kw)
+        return sess, seen
+
+    def fresh(seeds):
+        return next(iter_sessions(replace(cfg, seeds=seeds, out=str(tmp_path / "b")), "lm_solve")).f0()
+
+    one, seen = counted(next(iter_sessions(cfg, "lm_solve")))
+    f0_one = one.f0()
+    assert seen == [len(one.rows)]
+    two, seen = counted(next(iter_sessions(replace(cfg, seeds=(13, 21)), "lm_solve")))
+    capsys.readouterr()
+    f0_two = two.f0()
+    new = set(example_ids(two.rows)) - set(example_ids(one.rows))
+    assert 0 < len(new) < len(two.rows) and seen == [len(new)]
+    assert f"f0: {len(two.rows) - len(new)} of {len(two.rows)} rows read from other cached files" in capsys.readouterr().err
+    torch.testing.assert_close(f0_two, fresh((13, 21)), rtol=1e-12, atol=1e-12)
+    alone, seen = counted(next(iter_sessions(replace(cfg, seeds=(21,)), "lm_solve")))
+    torch.testing.assert_close(alone.f0(), fresh((21,)), rtol=1e-12, atol=1e-12)
+    assert seen == [] and len(list(alone.kernel_dir().glob("f0_*.pt"))) == 3
+    torch.testing.assert_close(one.f0(), f0_one, rtol=0, atol=0)   # its own file, read back
+    # files without ids (earlier code) are skipped: strip them and a new seed set computes every row
+    for path in alone.kernel_dir().glob("f0_*.pt"):
+        blob = load_checked_tensor(path, "t")
+        save_checked_tensor(path, "t", blob["t"], rows=blob["rows"])
+    other, seen = counted(next(iter_sessions(replace(cfg, seeds=(42,)), "lm_solve")))
+    torch.testing.assert_close(other.f0(), fresh((42,)), rtol=1e-12, atol=1e-12)
+    assert seen == [len(other.rows)]
+
+
 def test_a_kernel_computes_only_the_entries_its_seeds_read(tiny_models, tmp_path):
     """Two seeds from scratch: one kernel call per seed's train and dev rows (its own columns) and one for the
     test rows, exactly the needed entries computed, NaN elsewhere, and solve's predictions those of a kernel
