@@ -12,8 +12,8 @@ Per seed, K(train, train), K(dev, train) and K(test, train) are sub-blocks:
 ntkcheck.models.kernels). Rows are computed in blocks; every finished block is a file
 <kind>_<first row>-<end row>_<digest>.pt written atomically under DIR/lm_kernels/<fingerprint>/ (shared by
 all `lm` commands), so an interrupted run resumes at the first missing block, and a block that fails to
-load is recomputed. The fingerprint hashes everything the kernel depends on besides the examples (model
-folder, its weights' size and mtime, mode, the task's resolved templates and label words, parameter
+load is recomputed. The fingerprint hashes everything the kernel depends on besides the examples (the
+model's resolved folder and its weights' size and mtime, not --model or --data as typed; mode, the task's resolved templates and label words, parameter
 subset, max length, k, dtype, and the sketch dimension of a countsketched run, `--sketch-dim`; Session.
 cache_fields): not the test cap, and not the seeds except in head mode, where each seed probes its own
 head. A block's digest and the ids it stores name its rows' and columns' examples (data.example_ids), and
@@ -90,6 +90,11 @@ class LMConfig:
     lora_targets: tuple[str, ...] | None = None
     out: str = "ntkcheck-runs"
 
+    def typed_paths(self) -> dict:
+        """{"data": --data, "model": --model} as typed: part of the cache keys of code before 2026-12-07, which
+        Session.formerly() puts back to find what that code stored."""
+        return {"data": self.data, "model": self.model}
+
     def lora_spec(self):
         """The LoRASpec of --lora / --lora-alpha / --lora-targets, or None without --lora."""
         from ntkcheck.realmodels.lora import LoRASpec
@@ -101,9 +106,14 @@ class LMConfig:
     def kernel_fields(self) -> dict:
         """The fields the kernels depend on (kinds and output folder excluded), with the task's resolved
         prompt: the registry's templates and label words, so that editing a registered task's prompt
-        invalidates its cached kernels, not only a --template given on the command line."""
+        invalidates its cached kernels, not only a --template given on the command line.
+
+        The --data and --model strings as typed are not fields (typed_paths): every cache checks its examples
+        by their content (data.examples_digest, example_ids) and the model by model_id (its resolved folder and
+        its weight files' sizes and mtimes), so the same run typed from another working directory, or with
+        another spelling of a path, finds its kernels, f0 and points."""
         d = asdict(self)
-        for k in ("kinds", "out", "device", "block", "memory_budget_gb"):
+        for k in ("kinds", "out", "device", "block", "memory_budget_gb", *self.typed_paths()):
             d.pop(k)
         if d["sketch_dim"] is None:   # an exact kernel's key has no sketch field
             d.pop("sketch_dim")
@@ -207,8 +217,24 @@ class Session:
         return self.shared_store("lm_behavior")
 
     def kernel_dir(self) -> Path:
-        """DIR/lm_kernels/<fingerprint of cache_fields()> (module docstring)."""
-        return Path(self.config.out) / "lm_kernels" / fingerprint(self.cache_fields())
+        """DIR/lm_kernels/<fingerprint of cache_fields()> (module docstring). Where that folder does not exist
+        but one under the key of earlier code does (formerly(): the key held --data and --model as typed),
+        it is made a relative symbolic link to that folder, so its kernels, features and f0 are found from any
+        working directory, and a process of the earlier code still writing there keeps its folder."""
+        root = Path(self.config.out) / "lm_kernels"
+        here = root / fingerprint(self.cache_fields())
+        if here.is_symlink() and not here.exists():   # its former folder was deleted: start afresh
+            here.unlink(missing_ok=True)
+        if not here.exists():
+            former = root / fingerprint(self.formerly(self.cache_fields()))
+            if former.is_dir() and former != here:
+                try:
+                    here.symlink_to(former.name, target_is_directory=True)
+                    note(f"kernel folder {former.name} (keyed by --data {self.config.data} and --model "
+                         f"{self.config.model} as typed) is now also {here.name}")
+                except FileExistsError:   # another process linked or made it first
+                    pass
+        return here
 
     def f0(self) -> torch.Tensor:
         """Pretrained outputs f(theta_PT, x_r) for every row, [R, C] float64, cached on disk per example
@@ -249,7 +275,7 @@ class Session:
         missing = np.array([r for r in range(len(ids)) if r not in known], dtype=np.int64)
         if known:
             note(f"{name}: {len(known)} of {len(ids)} rows read from other cached files")
-        fresh = compute(missing) if len(missing) else None
+        fresh = compute(missing) if len(missing) or not known else None   # no rows at all: compute's empty result
         like = fresh if fresh is not None else next(iter(known.values()))[None]
         got = torch.empty((len(ids), *like.shape[1:]), dtype=like.dtype)
         if fresh is not None:
@@ -270,6 +296,11 @@ class Session:
             _save_tensor(path, got, rows=rows)
         return got
 
+    def formerly(self, fields: dict) -> dict:
+        """``fields`` (cache_fields, point_fields, finetune_fields) as code before 2026-12-07 keyed them: with
+        --data and --model as typed (LMConfig.typed_paths), which the keys no longer hold."""
+        return fields | self.config.typed_paths()
+
     def point_fields(self) -> dict:
         """What a stage's result points are bound to: cache_fields(). Each point also carries the digest of
         its seed's examples (seed_data), so a point is reused by any run holding that seed's data (more
@@ -283,12 +314,13 @@ class Session:
         return {k: v for k, v in self.point_fields().items() if k not in _KERNEL_ONLY}
 
     def former_finetune_fields(self) -> list[dict]:
-        """The bindings under which earlier code kept what finetune_fields() binds now: the same fields plus
-        every kernel dtype and method the CLI offers (it kept both, though fine-tuning reads neither), this
-        run's own first. ResultStore.bind(formerly=...) adopts a point stored under any of them."""
-        ft, cfg = self.finetune_fields(), self.config
+        """The bindings under which earlier code kept what finetune_fields() binds now: the same fields with
+        --data and --model as typed (formerly(); code of 2026-12-06), and those plus every kernel dtype and
+        method the CLI offers (before that it kept both, though fine-tuning reads neither), this run's own
+        first. ResultStore.bind(formerly=...) adopts a point stored under any of them."""
+        ft, cfg = self.formerly(self.finetune_fields()), self.config
         combos = [(cfg.kernel_dtype, cfg.method)] + [(d, m) for d in KERNEL_DTYPES for m in METHODS]
-        return [ft | {"kernel_dtype": d, "method": m} for d, m in dict.fromkeys(combos)]
+        return [ft] + [ft | {"kernel_dtype": d, "method": m} for d, m in dict.fromkeys(combos)]
 
     def test_labels(self) -> np.ndarray:
         """Labels of the test set [N], which every seed of the session shares (data.cap_test's order)."""

@@ -295,7 +295,8 @@ def behavior_rows(sess: Session, ft, *, distance_samples: int = 64) -> list[dict
     steps, every = ft_schedule(sess, ft)
     store = sess.behavior_store()   # shared with `lm behavior`; a point without a kernel distance reads no kernel
     if distance_samples:   # reads the kernel, so bound to its settings
-        store.bind({"behavior": sess.point_fields(), "distance_samples": distance_samples}, version=2)
+        store.bind({"behavior": sess.point_fields(), "distance_samples": distance_samples}, version=2,
+                   formerly=[{"behavior": sess.formerly(sess.point_fields()), "distance_samples": distance_samples}])
     else:
         store.bind({"behavior": sess.finetune_fields(), "distance_samples": 0}, version=2,
                    formerly=[{"behavior": f, "distance_samples": 0} for f in sess.former_finetune_fields()])

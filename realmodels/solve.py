@@ -140,7 +140,8 @@ def solve_session(session, kinds: Sequence[str], grid_override: dict | None = No
             out.append({"method": kind, **r})
         return out
 
-    session.store.bind({"solve": session.point_fields(), "kinds": list(kinds), "grid": str(go),
-                        "loss": loss}, version=2)   # 2: rows carry grid_selection's fields
+    binding = {"kinds": list(kinds), "grid": str(go), "loss": loss}
+    session.store.bind({"solve": session.point_fields(), **binding}, version=2,   # 2: rows carry grid_selection's
+                       formerly=[{"solve": session.formerly(session.point_fields()), **binding}])
     return sweep(session.store, [{"seed": sp.seed, "data": session.seed_data(sp.seed)} for sp in session.splits], compute,
                  desc=f"solve {task.name}")

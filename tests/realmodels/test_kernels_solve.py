@@ -270,6 +270,56 @@ def test_f0_is_cached_per_example_so_other_seed_sets_compute_only_new_rows(tiny_
     assert seen == [len(other.rows)]
 
 
+def test_caches_are_found_whatever_the_spelling_of_the_paths(tiny_models, tmp_path, monkeypatch):
+    """The cache keys hold the examples' contents and the model's identity, not --data and --model as typed: the
+    same run typed from another working directory with a relative --data and a trailing slash on --model computes
+    no kernel entry and reads its solve point back. A kernel folder and solve points that earlier code keyed by
+    the typed strings are found too: the folder through a relative symbolic link under the new key (a process of
+    that code may still be writing there), the points adopted by hard link."""
+    import os
+    from dataclasses import replace
+
+    from ntkcheck.realmodels.solve import solve_session
+    from ntkcheck.store import fingerprint
+
+    _write_distinct_sst2(tmp_path / "data")
+    cfg = LMConfig(model=str(tiny_models["gpt-neo"]), task="sst2", data=str(tmp_path / "data"), k=1, seeds=(13,),
+                   test_max=2, out=str(tmp_path / "runs"), params=r"h\.1\.mlp", block=2, model_dtype="float64")
+    first = next(iter_sessions(cfg, "lm_solve"))
+    K = first.kernel("sgd")
+    rows = solve_session(first, ["sgd"])
+    (point,) = first.store.points_dir.glob("*.json")
+    monkeypatch.chdir(tmp_path)
+    typed = replace(cfg, data="data", model=str(tiny_models["gpt-neo"]) + "/", out="runs")
+    again = next(iter_sessions(typed, "lm_solve"))
+    assert again.config.typed_paths() != first.config.typed_paths()
+    assert again.kernel_dir().resolve() == first.kernel_dir().resolve()
+    counting = _count(again)
+    assert torch.equal(again.kernel("sgd"), K) and counting.entries == 0
+    stamp = point.stat().st_mtime_ns
+    assert solve_session(again, ["sgd"]) == rows and point.stat().st_mtime_ns == stamp
+    # earlier code's keys: the folder and the points moved to the fingerprints of the typed strings
+    kdir = first.kernel_dir()
+    former = kdir.parent / fingerprint(first.formerly(first.cache_fields()))
+    kdir.rename(former)
+    assert first.store.former, "solve binds its earlier key"
+    first.store.points_dir.rename(first.store.dir / "points" / first.store.former[0])
+    old = next(iter_sessions(cfg, "lm_solve"))
+    counting = _count(old)
+    assert torch.equal(old.kernel("sgd"), K) and counting.entries == 0
+    assert old.kernel_dir().is_symlink() and os.readlink(old.kernel_dir()) == former.name
+    assert solve_session(old, ["sgd"]) == rows
+    (adopted,) = old.store.points_dir.glob("*.json")
+    assert adopted.stat().st_ino == next((old.store.dir / "points" / first.store.former[0]).glob("*.json")).stat().st_ino
+    # the former folder deleted: the dangling link is replaced by a fresh folder, computed again
+    import shutil
+    shutil.rmtree(former)
+    fresh = next(iter_sessions(cfg, "lm_solve"))
+    counting = _count(fresh)
+    torch.testing.assert_close(fresh.kernel("sgd"), K, rtol=1e-12, atol=1e-12 * float(K.abs().max()))
+    assert counting.entries > 0 and fresh.kernel_dir().is_dir() and not fresh.kernel_dir().is_symlink()
+
+
 def test_a_kernel_computes_only_the_entries_its_seeds_read(tiny_models, tmp_path):
     """Two seeds from scratch: one kernel call per seed's train and dev rows (its own columns) and one for the
     test rows, exactly the needed entries computed, NaN elsewhere, and solve's predictions those of a kernel

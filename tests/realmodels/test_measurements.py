@@ -145,7 +145,7 @@ def test_fine_tunings_stored_under_a_kernel_dtype_and_method_serve_every_kernel_
     first = behavior_cmd(cfg, FT, distance_samples=0)["rows"]
     sess = next(iter_sessions(cfg, "lm_behavior"))
     steps, every = ft_schedule(sess, FT)
-    legacy = sess.finetune_fields() | {"kernel_dtype": "float64", "method": "auto"}
+    legacy = sess.formerly(sess.finetune_fields()) | {"kernel_dtype": "float64", "method": "auto"}   # before 12-06
     for store, binding, version in ((sess.finetune_store(), {"finetune": legacy, "steps": steps, "every": every}, 1),
                                     (sess.behavior_store(), {"behavior": legacy, "distance_samples": 0}, 2)):
         (now,) = (store.dir / "points").iterdir()
