@@ -74,8 +74,10 @@ def table2(results: Mapping[tuple[int, str], Mapping[str, Sequence[float]]]) -> 
 
 def selection_table(rows: Sequence[dict]) -> str:
     """What the dev set chose, per kernel method (rows of solve_session): the dev-chosen test metric, how many
-    grid points tied at the best dev metric and the test span they cover, and the best grid point on test
-    (solve.grid_selection). Per seed, then the mean over seeds. Empty for rows without those fields."""
+    grid points tied at the best dev metric and the test span they cover, the best grid point on test
+    (solve.grid_selection), per seed, then the mean over seeds; and of how many seeds the chosen fit's loss had
+    no minimizer (solve_split's no_minimizer: its predictions are where the optimizer stopped). Empty for rows
+    without those fields."""
     by: dict[str, list[dict]] = {}
     for r in rows:
         if "oracle_test" in r:
@@ -90,14 +92,16 @@ def selection_table(rows: Sequence[dict]) -> str:
         return f"{mean_std([r[key] for r in rs])[0]:.1f}"
 
     lines = ["| method | dev-chosen test | mean | grid points tied on dev | their test span | "
-             "best grid point on test | mean |", "|---|---|---|---|---|---|---|"]
+             "best grid point on test | mean | chosen fit without a minimizer |", "|---|---|---|---|---|---|---|---|"]
     for m, rs in by.items():
         chosen = per_seed(rs, lambda r: f"{r['test']:.1f}")
         ties = per_seed(rs, lambda r: str(r["dev_ties"]))
         span = per_seed(rs, lambda r: f"{r['tied_test_lo']:.1f}-{r['tied_test_hi']:.1f}")
         oracle = per_seed(rs, lambda r: f"{r['oracle_test']:.1f}")
+        known = [r["no_minimizer"] for r in rs if "no_minimizer" in r]
+        unbounded = f"{sum(known)} of {len(rs)} seeds" if len(known) == len(rs) else "not recorded"
         lines.append(f"| {METHOD_LABELS.get(m, m)} | {chosen} | {mean(rs, 'test')} | {ties} | {span} | {oracle} | "
-                     f"{mean(rs, 'oracle_test')} |")
+                     f"{mean(rs, 'oracle_test')} | {unbounded} |")
     return "\n".join(lines)
 
 

@@ -54,7 +54,8 @@ def onehot(y: Sequence[int], C: int) -> np.ndarray:
 
 
 def _fit(kind: str, K_tt: np.ndarray, Y: np.ndarray, f0_t: np.ndarray, hp: dict, loss: str):
-    """A predictor (K_xt [m, C, n, C], f0_x [m, C]) -> logits [m, C] fitted on the training block."""
+    """A Fit (_solvers.Fit: (K_xt [m, C, n, C], f0_x [m, C]) -> logits [m, C], and no_minimizer) on the training
+    block."""
     from ntkcheck.realmodels import _solvers
 
     return _solvers.fit(kind, K_tt, Y, f0_t, hp, loss)
@@ -73,7 +74,9 @@ def solve_split(kind: str, K_tt: torch.Tensor, K_dt: torch.Tensor, K_st: torch.T
     grid points share the best dev metric (a dev set of m examples scores in steps of 100/m points, so
     several usually do); "tied_test_lo" / "tied_test_hi", the test metrics those tied points span (the
     choice among them is the tie rule's, not the data's); "oracle_test", the best test metric of any grid
-    point (an upper bound no dev rule can pass; not a result).
+    point (an upper bound no dev rule can pass; not a result); "no_minimizer", whether the chosen point's loss
+    had no minimizer (logistic at reg 0 on separable training examples, _solvers.Fit): its predictions are
+    then where the optimizer stopped, and move with the kernel's rounding.
     """
     C = K_tt.shape[1]
     Kt, Kd, Ks = (np.asarray(K.double().cpu().numpy() if hasattr(K, "numpy") else K, dtype=np.float64)
@@ -81,7 +84,7 @@ def solve_split(kind: str, K_tt: torch.Tensor, K_dt: torch.Tensor, K_st: torch.T
     Y = onehot(y_t, C)
     f0t, f0d, f0s = (np.asarray(v, dtype=np.float64) for v in (f0_t, f0_d, f0_s))
     y_s = np.asarray(y_s)
-    scored = []   # (dev, test, hp, test logits) of every grid point that fits
+    scored = []   # (dev, test, hp, test logits, no minimizer) of every grid point that fits
     for hp in grid or grid_for(kind):
         try:
             pred = _fit(kind, Kt, Y, f0t, hp, loss)
@@ -89,12 +92,13 @@ def solve_split(kind: str, K_tt: torch.Tensor, K_dt: torch.Tensor, K_st: torch.T
             continue
         dev = score(torch.from_numpy(pred(Kd, f0d)), np.asarray(y_d), metric)
         logits = torch.from_numpy(pred(Ks, f0s))
-        scored.append((dev, score(logits, y_s, metric), hp, logits))
+        scored.append((dev, score(logits, y_s, metric), hp, logits, pred.no_minimizer))
     if not scored:
         return {"dev": float("nan"), "test": float("nan"), "test_pred": [-1] * len(y_s)}
-    dev, test, hp, logits = max(scored, key=lambda p: p[0])   # max keeps the first of equal dev metrics
+    dev, test, hp, logits, unbounded = max(scored, key=lambda p: p[0])   # max keeps the first of equal dev metrics
     return {"dev": dev, "test": test, **{f"hp_{k}": (v if math.isfinite(v) else "inf") for k, v in hp.items()},
-            **grid_selection([(d, t) for d, t, _, _ in scored]), "test_pred": logits.argmax(-1).tolist()}
+            **grid_selection([(d, t) for d, t, *_ in scored]), "no_minimizer": unbounded,
+            "test_pred": logits.argmax(-1).tolist()}
 
 
 def grid_selection(dev_test: Sequence[tuple[float, float]]) -> dict:
@@ -141,7 +145,8 @@ def solve_session(session, kinds: Sequence[str], grid_override: dict | None = No
         return out
 
     binding = {"kinds": list(kinds), "grid": str(go), "loss": loss}
-    session.store.bind({"solve": session.point_fields(), **binding}, version=2,   # 2: rows carry grid_selection's
+    # version 2: rows carry grid_selection's fields; 3: and no_minimizer (recomputed from the cached kernels, seconds)
+    session.store.bind({"solve": session.point_fields(), **binding}, version=3,
                        formerly=[{"solve": session.formerly(session.point_fields()), **binding}])
     return sweep(session.store, [{"seed": sp.seed, "data": session.seed_data(sp.seed)} for sp in session.splits], compute,
                  desc=f"solve {task.name}")

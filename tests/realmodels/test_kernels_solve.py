@@ -487,6 +487,18 @@ def test_solver_grid_and_predictor():
     assert r["test"] == 100.0 and r["hp_reg"] == 0.0
     assert r["oracle_test"] == 100.0 and r["tied_test_lo"] <= r["test"] <= r["tied_test_hi"]
     assert 1 <= r["dev_ties"] <= 25
+    # 6 examples in 20 dimensions are separable: at reg 0 the logistic loss has no minimizer (L-BFGS drives it
+    # below 1e-6 and stops), at a positive reg it has one; least squares at reg 0 is the min-norm interpolant
+    assert r["no_minimizer"] is True
+    at = {"f0_scale": math.inf}
+    assert fit("sgd", K, Y, f0, {"reg": 0.0, **at}, loss="logistic").no_minimizer
+    assert not fit("sgd", K, Y, f0, {"reg": 0.01, **at}, loss="logistic").no_minimizer
+    assert not fit("sgd", K, Y, f0, {"reg": 0.0, **at}, loss="ridge").no_minimizer
+    assert not solve_split("sgd", Kt, Kt, Kt, y, y, y, f0, f0, f0, "acc", grid=[{"reg": 0.1, **at}])["no_minimizer"]
+    # labels no kernel predictor separates (one example twice, opposite labels): the loss stays above log(2) / 7
+    Xd = np.vstack([X[:1], X[:1], X[1:]])
+    Kd = np.einsum("ij,ab->iajb", Xd @ Xd.T, np.eye(2))
+    assert not fit("sgd", Kd, onehot([0, 1, 0, 1, 1, 0, 1], 2), np.zeros((7, 2)), {"reg": 0.0, **at}).no_minimizer
 
 
 def test_grid_selection_on_planted_scores():
@@ -500,12 +512,14 @@ def test_grid_selection_on_planted_scores():
     assert grid_selection([(10.0, 30.0)]) == {"dev_ties": 1, "tied_test_lo": 30.0, "tied_test_hi": 30.0,
                                               "oracle_test": 30.0}
     rows = [{"method": "zero_shot", "seed": 13, "test": 51.0},
-            {"method": "sgd", "seed": 13, "test": 70.0, **grid_selection(planted)},
+            {"method": "sgd", "seed": 13, "test": 70.0, **grid_selection(planted), "no_minimizer": True},
             {"method": "sgd", "seed": 21, "test": 80.0, "dev_ties": 1, "tied_test_lo": 80.0, "tied_test_hi": 80.0,
-             "oracle_test": 84.0}]
+             "oracle_test": 84.0, "no_minimizer": False}]
     table = selection_table(rows).splitlines()
     assert len(table) == 3 and table[2] == "| K(SGD) | 70.0 / 80.0 | 75.0 | 3 / 1 | 70.0-80.0 / 80.0-80.0 | " \
-                                          "95.0 / 84.0 | 89.5 |"
+                                          "95.0 / 84.0 | 89.5 | 1 of 2 seeds |"
+    del rows[2]["no_minimizer"]   # a row of an earlier version: not counted as either
+    assert selection_table(rows).splitlines()[2].endswith("| not recorded |")
     assert selection_table(rows[:1]) == ""
 
 
