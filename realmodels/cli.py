@@ -256,7 +256,7 @@ def _solve(args) -> int:
     if not distributed.is_main():   # torchrun: this rank computes kernel blocks; rank 0 solves
         kernel_share(cfg)
         return 0
-    res = solve_cmd(cfg, loss=args.loss, halfwidth=args.halfwidth)
+    res = solve_cmd(cfg, grid_override=_grid_override(args), loss=args.loss, halfwidth=args.halfwidth)
     print(res["table"])
     print(f"-> {res['dir']}")
     return 0
@@ -327,7 +327,8 @@ def _reproduce(args) -> int:
                            eval_every=ft.eval_every)
     opts = ReproduceOptions(tasks=tuple(args.tasks), finetune=ft, lora_finetune=lora_ft,
                             spectrum_samples=args.spectrum_samples, distance_samples=args.distance_samples,
-                            task_vectors=not args.no_task_vectors, loss=args.loss, halfwidth=args.halfwidth)
+                            task_vectors=not args.no_task_vectors, loss=args.loss, regs=args.regs,
+                            halfwidth=args.halfwidth)
     res = reproduce(cfg, opts)
     print(res["table"])
     r = res["result"]
@@ -353,10 +354,19 @@ def _halfwidth_arg(p) -> None:
                    help="the table states how many seeds a 95%% interval of +-POINTS needs per method (default 3)")
 
 
+def _grid_override(args) -> dict | None:
+    """solve.grid_for's overrides from the solver flags (--regs), None for [KV] Table 4's grid."""
+    return None if args.regs is None else {"regs": tuple(args.regs)}
+
+
 def _loss_arg(p) -> None:
     p.add_argument("--loss", default="logistic", choices=["logistic", "ridge"],
                    help="solver for sgd/signgd kernels: kernel logistic regression ([KV] App. A.3, the default) "
                         "or least squares (asym_signgd always uses He et al.)")
+    p.add_argument("--regs", type=_floats("--regs"), default=None, metavar="R1,R2,...",
+                   help="the solvers' ridge grid, relative to ||K_train||_op (default [KV] Table 4's "
+                        "0,0.001,0.01,0.1,1); under the logistic loss 0 has no minimizer on separable training "
+                        "examples, where a small positive ridge (1e-6) is well-posed")
 
 
 def add_lm_parser(subparsers) -> None:

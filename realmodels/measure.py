@@ -177,7 +177,8 @@ def solve_cmd(cfg: LMConfig, grid_override: dict | None = None, loss: str = "log
                                 f"test metric (%)", [r for r in rows if r["method"] == m], y_test, metric,
                                 source="[KV] Table 2")
               for m in summary]
-    result = write_lm_result(store, claims, cfg, clock, {"loss": loss, "summary": summary, "meta": meta,
+    result = write_lm_result(store, claims, cfg, clock, {"loss": loss, "grid": grid_override or "[KV] Table 4",
+                                                         "summary": summary, "meta": meta,
                                                          "seeds_needed": budgets})
     atomic_write_text(store.path("table.md"), table + "\n")
     _plot_bars(store.path("accuracy.png"), summary, f"{TASK_LABELS.get(task, task)}, k={cfg.k}")

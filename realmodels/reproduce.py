@@ -72,7 +72,13 @@ class ReproduceOptions:
     distance_samples: int = 64
     task_vectors: bool = True
     loss: str = "logistic"             # solver of the sgd/signgd kernels (solve.solve_session)
+    regs: tuple[float, ...] | None = None   # the solvers' ridge grid (--regs); None: [KV] Table 4's
     halfwidth: float = 3.0             # the interval half-width (points) whose seed count the table states
+
+
+def _grid(opts: ReproduceOptions) -> dict | None:
+    """solve_session's grid override from the options: --regs, else None ([KV] Table 4's grid)."""
+    return None if opts.regs is None else {"regs": tuple(opts.regs)}
 
 
 def lora_grid(ft):
@@ -136,7 +142,7 @@ def reproduce(cfg: LMConfig, opts: ReproduceOptions) -> dict:
                                             for k, v in vectors.items()}}
     result = write_lm_result(store, claims, cfg, clock, details)
     table = reproduce_table(per_task, cfg.k, sketch_dim=cfg.sketch_dim, loss=opts.loss, budgets=budgets,
-                            halfwidth=opts.halfwidth)
+                            halfwidth=opts.halfwidth, regs=opts.regs)
     atomic_write_text(store.path("table.md"), table + "\n")
     _plots(store, per_task, vectors)
     report = write_report(cfg.out)
@@ -174,7 +180,7 @@ def _task_stages(cfg: LMConfig, bundle, opts: ReproduceOptions) -> dict:
             y_test = sess.test_labels()
             info = {"task": sess.task.name, "metric": sess.task.metric, "mode": sess.adapter.mode,
                     "y_test": y_test}
-        for r in solve_session(sess, cfg.kinds, loss=opts.loss):
+        for r in solve_session(sess, cfg.kinds, _grid(opts), loss=opts.loss):
             rows.append(dict(r, stage="kernel"))
             keep(r["method"], r, r["test_pred"])
         if opts.finetune is not None:
@@ -189,7 +195,7 @@ def _task_stages(cfg: LMConfig, bundle, opts: ReproduceOptions) -> dict:
         del sess
     for variant in lora:
         for sess in iter_sessions(variant, "lm_reproduce", bundle=bundle):
-            for r in solve_session(sess, ["sgd"], loss=opts.loss):
+            for r in solve_session(sess, ["sgd"], _grid(opts), loss=opts.loss):
                 if r["method"] == "sgd":
                     rows.append(dict(r, stage="lora_kernel", method="lora_sgd"))
                     keep("lora_sgd", r, r["test_pred"])
@@ -311,12 +317,13 @@ def _vector_claims(v: dict) -> list[Claim]:
 
 # ------------------------------------------------------------------ table and plots
 def reproduce_table(per_task: dict, k: int, sketch_dim: int | None = None, loss: str = "logistic",
-                    budgets: dict | None = None, halfwidth: float = 3.0) -> str:
+                    budgets: dict | None = None, halfwidth: float = 3.0, regs: tuple[float, ...] | None = None) -> str:
     """[KV] Table 2 layout (mean (std) over seeds) of every method and task, then Lin./distance per task, then
     per task what the dev sets chose among the kernels' grid points (metrics.selection_table), then how many
     seeds an interval of +-``halfwidth`` points needs per method (``budgets``: {task: {method:
     metrics.seeds_needed}}); a line under it says when the kernels were countsketched (--sketch-dim), one when
-    the symmetric kernels were solved by least squares (--loss ridge) instead of the paper's logistic loss."""
+    the symmetric kernels were solved by least squares (--loss ridge) instead of the paper's logistic loss, and
+    one when the ridge grid was not [KV] Table 4's (--regs)."""
     results: dict = {}
     for t, data in per_task.items():
         for r in data["rows"]:
@@ -343,6 +350,9 @@ def reproduce_table(per_task: dict, k: int, sketch_dim: int | None = None, loss:
     if loss != "logistic":
         lines += ["", f"K(SGD) and K(SignGD) are solved by {'least squares' if loss == 'ridge' else loss} "
                       f"(--loss {loss}), not [KV] App. A.3's kernel logistic regression."]
+    if regs is not None:
+        lines += ["", f"The solvers' ridge grid is {', '.join(f'{r:g}' for r in regs)} x ||K_train||_op (--regs), "
+                      "not [KV] Table 4's 0, 0.001, 0.01, 0.1, 1."]
     if sketch_dim:
         lines += ["", f"Kernels and kernel distances are countsketched to k = {sketch_dim} buckets plus the smallest "
                       "tensors exactly (--sketch-dim): unbiased estimates of the exact ones."]

@@ -533,6 +533,19 @@ def test_cli_make_tiny_and_solve(tmp_path, separable_dir, capsys):
                  "--seeds", "13", "--out", str(tmp_path / "runs")]) == 0
     out = capsys.readouterr().out
     assert "| k-shot | Method | SST-2 |" in out and "K(SGD)" in out
+    # --regs replaces [KV] Table 4's ridge grid (the points of each grid are kept apart); a negative ridge is refused
+    assert main(["lm", "solve", "--model", str(model), "--task", "sst2", "--data", str(separable_dir), "--k", "2",
+                 "--seeds", "13", "--regs", "0.1,1", "--out", str(tmp_path / "runs")]) == 0
+    capsys.readouterr()
+    solved = tmp_path / "runs" / "lm_solve_sst2_k2_tiny"
+    assert json.loads((solved / "details.json").read_text())["grid"] == {"regs": [0.1, 1.0]}
+    bindings = [[r for p in d.glob("*.json") for r in json.loads(p.read_text())["rows"] if r["method"] == "sgd"]
+                for d in (solved / "points").iterdir()]
+    on_grid = [rs for rs in bindings if rs and all(r["hp_reg"] in (0.1, 1.0) for r in rs)]
+    assert len(bindings) == 2 and len(on_grid) == 1 and not any(r["no_minimizer"] for r in on_grid[0])
+    assert main(["lm", "solve", "--model", str(model), "--task", "sst2", "--data", str(separable_dir),
+                 "--regs", "-1", "--out", str(tmp_path / "runs")]) == 2
+    assert "--regs '-1'" in capsys.readouterr().err
     # a check in the same run store: the report lists the LM measurement and the check alike
     assert main(["run", "tp_scaling", "--quick", "--out", str(tmp_path / "runs"), "--widths", "16", "32",
                  "--seeds", "2", "--set", "archs=mlp", "--set", "optimizers=sgd", "--set", "params=NTK"]) == 0
