@@ -251,12 +251,13 @@ def _kernel(args) -> int:
 def _solve(args) -> int:
     _need_transformers()
     from ntkcheck.realmodels.measure import kernel_share, solve_cmd
+    from ntkcheck.realmodels.solve import grid_override
 
     cfg = config_from_args(args)
     if not distributed.is_main():   # torchrun: this rank computes kernel blocks; rank 0 solves
         kernel_share(cfg)
         return 0
-    res = solve_cmd(cfg, grid_override=_grid_override(args), loss=args.loss, halfwidth=args.halfwidth)
+    res = solve_cmd(cfg, grid_override=grid_override(args.regs), loss=args.loss, halfwidth=args.halfwidth)
     print(res["table"])
     print(f"-> {res['dir']}")
     return 0
@@ -352,11 +353,6 @@ def _distance_samples(text: str) -> int:
 def _halfwidth_arg(p) -> None:
     p.add_argument("--halfwidth", type=_positive_float("--halfwidth"), default=3.0, metavar="POINTS",
                    help="the table states how many seeds a 95%% interval of +-POINTS needs per method (default 3)")
-
-
-def _grid_override(args) -> dict | None:
-    """solve.grid_for's overrides from the solver flags (--regs), None for [KV] Table 4's grid."""
-    return None if args.regs is None else {"regs": tuple(args.regs)}
 
 
 def _loss_arg(p) -> None:

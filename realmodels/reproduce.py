@@ -76,11 +76,6 @@ class ReproduceOptions:
     halfwidth: float = 3.0             # the interval half-width (points) whose seed count the table states
 
 
-def _grid(opts: ReproduceOptions) -> dict | None:
-    """solve_session's grid override from the options: --regs, else None ([KV] Table 4's grid)."""
-    return None if opts.regs is None else {"regs": tuple(opts.regs)}
-
-
 def lora_grid(ft):
     """[KV] Table 4's LoRA grid (batch sizes {4, 16}; SGD lr {1e-4, 1e-3, 1e-2}; Adam lr {1e-5, 4e-5,
     4e-4}) with the steps of the full fine-tuning ``ft``."""
@@ -162,7 +157,7 @@ def _task_stages(cfg: LMConfig, bundle, opts: ReproduceOptions) -> dict:
     are opened one at a time (prompt modes: one for all seeds; head mode: one per seed) and let go after."""
     from ntkcheck.realmodels.finetune import run_finetune, test_predictions
     from ntkcheck.realmodels.measure import behavior_rows
-    from ntkcheck.realmodels.solve import solve_session
+    from ntkcheck.realmodels.solve import grid_override, solve_session
 
     rows: list[dict] = []
     preds: dict[str, dict[int, list[int]]] = {}
@@ -180,7 +175,7 @@ def _task_stages(cfg: LMConfig, bundle, opts: ReproduceOptions) -> dict:
             y_test = sess.test_labels()
             info = {"task": sess.task.name, "metric": sess.task.metric, "mode": sess.adapter.mode,
                     "y_test": y_test}
-        for r in solve_session(sess, cfg.kinds, _grid(opts), loss=opts.loss):
+        for r in solve_session(sess, cfg.kinds, grid_override(opts.regs), loss=opts.loss):
             rows.append(dict(r, stage="kernel"))
             keep(r["method"], r, r["test_pred"])
         if opts.finetune is not None:
@@ -195,7 +190,7 @@ def _task_stages(cfg: LMConfig, bundle, opts: ReproduceOptions) -> dict:
         del sess
     for variant in lora:
         for sess in iter_sessions(variant, "lm_reproduce", bundle=bundle):
-            for r in solve_session(sess, ["sgd"], _grid(opts), loss=opts.loss):
+            for r in solve_session(sess, ["sgd"], grid_override(opts.regs), loss=opts.loss):
                 if r["method"] == "sgd":
                     rows.append(dict(r, stage="lora_kernel", method="lora_sgd"))
                     keep("lora_sgd", r, r["test_pred"])

@@ -40,6 +40,12 @@ def grid_for(kind: str, regs=REGS, f0_scales=F0_SCALES, gammas=GAMMAS) -> list[d
     return base
 
 
+def grid_override(regs: Sequence[float] | None) -> dict | None:
+    """grid_for's overrides for a ridge grid ``regs`` (--regs of lm solve and lm reproduce); None keeps [KV]
+    Table 4's grid."""
+    return None if regs is None else {"regs": tuple(float(r) for r in regs)}
+
+
 def flat(K: torch.Tensor) -> np.ndarray:
     """[N1, C, N2, C] -> [N1 C, N2 C] float64 (row index i C + a)."""
     n1, c1, n2, c2 = K.shape

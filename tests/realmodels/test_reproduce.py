@@ -177,6 +177,13 @@ def test_reproduce_with_least_squares_is_lm_solve_with_least_squares(tiny4, data
     assert "least squares" not in runs["logistic"]["table"]
     with pytest.raises(UserError, match="--loss hinge: expected one of logistic, ridge"):
         reproduce(cfg, _opts(("sst2",), loss="hinge", **opts))
+    # --regs: reproduce and lm solve solve on the same ridge grid, every chosen point on it, said under the table
+    gridded = reproduce(cfg, _opts(("sst2",), regs=(0.1, 1.0), **opts))
+    rows = [r for r in gridded["per_task"]["sst2"]["rows"] if r["method"] == "sgd"]
+    assert rows and {r["hp_reg"] for r in rows} <= {0.1, 1.0} and not any(r["no_minimizer"] for r in rows)
+    assert sgd_rows(rows) == sgd_rows(solve_cmd(cfg, grid_override={"regs": (0.1, 1.0)})["rows"])
+    assert "ridge grid is 0.1, 1 x ||K_train||_op (--regs)" in gridded["table"]
+    assert "--regs" not in runs["logistic"]["table"]
 
 
 def test_reproduce_with_a_sketch_of_every_parameter_is_the_exact_run(tiny4, data_dir, tmp_path):
