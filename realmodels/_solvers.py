@@ -14,8 +14,8 @@ lambda = r ||K||_op), f0_scale s (inf: no f0), gamma (asymmetric solver).
 The logistic loss at reg 0 has no minimizer when the training examples are separable in the kernel's features
 (the loss falls towards 0 along a direction): L-BFGS then stops where its tolerance is met, and that point moves
 with the kernel's rounding (a relative 1e-6 perturbation of TREC's kernel changed 7-15% of a seed's test
-predictions, docs/measurements.md). Fit.no_minimizer says so: reg 0 and a mean training cross-entropy below
-NO_MINIMIZER_LOSS.
+predictions, docs/measurements.md). Fit.no_minimizer carries theory.solvers.KernelLogistic's: reg 0 and a mean
+training cross-entropy below solvers.NO_MINIMIZER_LOSS.
 """
 from __future__ import annotations
 
@@ -27,9 +27,6 @@ import numpy as np
 
 Predictor = Callable[[np.ndarray, np.ndarray], np.ndarray]
 LOSSES = ("logistic", "ridge")
-#: a mean training cross-entropy below this at reg 0: every training margin above about 14 nats, the loss
-#: still falling along a direction (separable examples), so the fit is the optimizer's stopping point
-NO_MINIMIZER_LOSS = 1e-6
 
 
 @dataclass(frozen=True)
@@ -52,12 +49,12 @@ def fit(kind: str, K: np.ndarray, Y: np.ndarray, f0: np.ndarray, hp: dict, loss:
     s = float(hp.get("f0_scale", math.inf))
     r = float(hp.get("reg", 0.0))
     if kind in ("sgd", "signgd"):
-        unbounded = False
+        unbounded = False   # least squares has its minimum-norm solution at reg 0
         if loss == "ridge":
             model = solvers.kernel_ridge(K, Y, ridge=r, f0=f0, f0_scaling=s)
         elif loss == "logistic":
             solved = solvers.kernel_logistic(K, Y.argmax(1), C, ridge=r, f0=f0, f0_scaling=s)
-            model, unbounded = solved.model, r == 0 and solved.loss < NO_MINIMIZER_LOSS
+            model, unbounded = solved.model, solved.no_minimizer
         else:
             raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
         return Fit(lambda K_xt, f0_x: model.predict(K_xt, f0_x), no_minimizer=bool(unbounded))

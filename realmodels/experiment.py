@@ -15,10 +15,10 @@ all `lm` commands), so an interrupted run resumes at the first missing block, an
 load is recomputed. The fingerprint hashes everything the kernel depends on besides the examples (the
 model's resolved folder and its weights' size and mtime, not --model or --data as typed; mode, the task's
 resolved templates and label words, parameter subset, max length, k, dtype, and the sketch dimension of a
-countsketched run, `--sketch-dim`; Session.cache_fields): not the test cap, and not the seeds except in head mode, where each seed probes its own
-head. A block's digest and the ids it stores name its rows' and columns' examples (data.example_ids), and
-a kernel entry is a function of its two examples alone, so a block that is not on disk copies every entry
-it shares with the other blocks of the folder (_BlockLibrary) and computes only the rest: raising
+countsketched run, `--sketch-dim`; Session.cache_fields): not the test cap, and not the seeds except in head
+mode, where each seed probes its own head. A block's digest and the ids it stores name its rows' and
+columns' examples (data.example_ids), and a kernel entry is a function of its two examples alone, so a
+block that is not on disk copies every entry it shares with the other blocks of the folder (_BlockLibrary) and computes only the rest: raising
 `--test-max` computes the new test rows, adding a seed its train and dev rows and its training columns,
 and an edited example only its own row. A countsketched kernel also keeps each example's sketch in the
 folder's features/ (models.kernels.feature_store), so those entries cost only the new examples' sketches.

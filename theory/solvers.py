@@ -128,12 +128,17 @@ def kernel_ridge(K, Y, *, ridge: float = 0.0, f0=None, f0_scaling: float = math.
 
 @dataclass(frozen=True)
 class KernelLogistic:
-    """Multinomial kernel logistic regression: logits(x) = K(x, X) alpha + f0(x) / s."""
+    """Multinomial kernel logistic regression: logits(x) = K(x, X) alpha + f0(x) / s.
+
+    ``no_minimizer``: the fit had ridge 0 and drove the mean training cross-entropy below NO_MINIMIZER_LOSS, so
+    the training examples are separable and the loss falls towards 0 along a direction without a minimizer:
+    alpha is where L-BFGS stopped, and it moves with the kernel's rounding."""
 
     model: KernelRegression
     loss: float
     converged: bool
     n_iter: int
+    no_minimizer: bool = False
 
     def predict_logits(self, K_test, f0_test=None) -> np.ndarray:
         return self.model.predict(K_test, f0_test)
@@ -141,6 +146,11 @@ class KernelLogistic:
     def predict(self, K_test, f0_test=None) -> np.ndarray:
         """Predicted classes [M]."""
         return np.argmax(self.predict_logits(K_test, f0_test), axis=1)
+
+
+#: a mean training cross-entropy below this at ridge 0: every training margin above about 14 nats, the loss
+#: still falling along a direction (separable examples), so the fit is the optimizer's stopping point
+NO_MINIMIZER_LOSS = 1e-6
 
 
 def kernel_logistic(K, labels, n_classes: int | None = None, *, ridge: float = 0.0, f0=None,
@@ -189,7 +199,8 @@ def kernel_logistic(K, labels, n_classes: int | None = None, *, ridge: float = 0
                             options={"maxiter": max_iter, "ftol": tol, "gtol": tol})
     model = KernelRegression(alpha=res.x.reshape(shape), multi_output=c is not None, n_outputs=C,
                              f0_scaling=f0_scaling)
-    return KernelLogistic(model=model, loss=float(res.fun), converged=bool(res.success), n_iter=int(res.nit))
+    return KernelLogistic(model=model, loss=float(res.fun), converged=bool(res.success), n_iter=int(res.nit),
+                          no_minimizer=bool(lam == 0 and res.fun < NO_MINIMIZER_LOSS))
 
 
 @dataclass(frozen=True)
