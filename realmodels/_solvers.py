@@ -6,7 +6,8 @@ f0 [n, C] the pretrained logits. Hyperparameters ``hp``: reg r (relative ridge
 lambda = r ||K||_op), f0_scale s (inf: no f0), gamma (asymmetric solver).
 
 - sgd / signgd, loss "logistic" ([KV] App. A.3: the symmetric kernels minimize a
-  regularized logistic loss): theory.solvers.kernel_logistic, logits h(x) = K(x, X) alpha + f0(x)/s;
+  regularized logistic loss): theory.solvers.kernel_logistic, logits h(x) = K(x, X) alpha + f0(x)/s, solved to
+  its minimizer by Newton's method at reg > 0 (where L-BFGS ran out of iterations on ill-conditioned kernels);
   loss "ridge": theory.solvers.kernel_ridge, alpha = (K + lambda I)^+ vec(Y - f0/s);
 - asym_signgd: theory.solvers.asymmetric_kernel_solve (He et al. 2022) on the flattened kernel
   with labels z = 2 Y - 1 in {-1, +1} per output, predictor f_s(x) = K(x, X)(beta * z) + f0(x)/s (c = 1).

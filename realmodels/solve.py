@@ -151,8 +151,9 @@ def solve_session(session, kinds: Sequence[str], grid_override: dict | None = No
         return out
 
     binding = {"kinds": list(kinds), "grid": str(go), "loss": loss}
-    # version 2: rows carry grid_selection's fields; 3: and no_minimizer (recomputed from the cached kernels, seconds)
-    session.store.bind({"solve": session.point_fields(), **binding}, version=3,
+    # version 2: rows carry grid_selection's fields; 3: and no_minimizer; 4: logistic fits at ridge > 0 by Newton
+    # (recomputed from the cached kernels, seconds)
+    session.store.bind({"solve": session.point_fields(), **binding}, version=4,
                        formerly=[{"solve": session.formerly(session.point_fields()), **binding}])
     return sweep(session.store, [{"seed": sp.seed, "data": session.seed_data(sp.seed)} for sp in session.splits], compute,
                  desc=f"solve {task.name}")
