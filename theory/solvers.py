@@ -193,15 +193,13 @@ def kernel_logistic(K, labels, n_classes: int | None = None, *, ridge: float = 0
     off = _f0_term(f0, f0_scaling, n, C, "f0")
     lam = ridge * float(linalg.norm(M, 2)) if ridge > 0 else 0.0
     Mf = M if c is not None else np.kron(M, np.eye(C))   # flat (N C) x (N C): h_flat = Mf alpha_flat
+    shape = (n * C,) if c is not None else (n, C)          # alpha as KernelRegression holds it
 
-    def softmax_parts(a):
+    def fun(a):
         Z = (Mf @ a).reshape(n, C) + off
         Z = Z - Z.max(axis=1, keepdims=True)
         logp = Z - np.log(np.exp(Z).sum(axis=1, keepdims=True))
-        return logp, np.exp(logp)
-
-    def fun(a):
-        logp, P = softmax_parts(a)
+        P = np.exp(logp)
         Ka = Mf @ a
         val = -(onehot * logp).sum() / n + 0.5 * lam * float(a @ Ka)
         G = ((P - onehot) / n).reshape(-1)
@@ -229,14 +227,14 @@ def kernel_logistic(K, labels, n_classes: int | None = None, *, ridge: float = 0
                     break
                 t /= 2
             a, (val, grad, G, P) = a + t * delta, trial
-        model = KernelRegression(alpha=a.reshape(n * C if c is not None else (n, C)), multi_output=c is not None,
-                                 n_outputs=C, f0_scaling=f0_scaling)
+        model = KernelRegression(alpha=a.reshape(shape), multi_output=c is not None, n_outputs=C,
+                                 f0_scaling=f0_scaling)
         return KernelLogistic(model=model, loss=float(val), converged=converged, n_iter=it)
 
     res = optimize.minimize(lambda a: fun(a)[:2], np.zeros(n * C), jac=True, method="L-BFGS-B",
                             options={"maxiter": max_iter, "ftol": tol, "gtol": tol})
-    model = KernelRegression(alpha=res.x.reshape(n * C if c is not None else (n, C)), multi_output=c is not None,
-                             n_outputs=C, f0_scaling=f0_scaling)
+    model = KernelRegression(alpha=res.x.reshape(shape), multi_output=c is not None, n_outputs=C,
+                             f0_scaling=f0_scaling)
     return KernelLogistic(model=model, loss=float(res.fun), converged=bool(res.success), n_iter=int(res.nit),
                           no_minimizer=bool(res.fun < NO_MINIMIZER_LOSS))
 
